@@ -1,0 +1,50 @@
+"""pgtasks: Celery-style background tasks on PostgreSQL, enqueued inside your own transaction."""
+
+from pgtasks.app import App
+from pgtasks.context import JobContext, current_job
+from pgtasks.errors import (
+    Cancel,
+    ConfigurationError,
+    ConnectionLostError,
+    DatabaseError,
+    DuplicateTaskError,
+    PgtasksError,
+    Retry,
+    SchemaNotMigratedError,
+    Snooze,
+    TaskArgumentError,
+    UnknownTaskError,
+)
+from pgtasks.models import JobState
+from pgtasks.retry import Backoff, Fixed, RetryPolicy
+from pgtasks.task import Call, ConfiguredTask, JobRef, Task
+from pgtasks.worker import Worker
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "App",
+    "Backoff",
+    "Call",
+    "Cancel",
+    "ConfigurationError",
+    "ConfiguredTask",
+    "ConnectionLostError",
+    "DatabaseError",
+    "DuplicateTaskError",
+    "Fixed",
+    "JobContext",
+    "JobRef",
+    "JobState",
+    "PgtasksError",
+    "Retry",
+    "RetryPolicy",
+    "SchemaNotMigratedError",
+    "Snooze",
+    "Task",
+    "TaskArgumentError",
+    "UnknownTaskError",
+    "Worker",
+    "__version__",
+    "current_job",
+]

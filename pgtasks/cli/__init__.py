@@ -1,0 +1,14 @@
+"""The `pgtasks` command line: a click group whose subcommands live one per module."""
+
+from __future__ import annotations
+
+from pgtasks.cli.base import main
+from pgtasks.cli.migrate import migrate
+from pgtasks.cli.worker import worker
+from pgtasks.cli.embedded import embedded
+
+main.add_command(worker)
+main.add_command(migrate)
+main.add_command(embedded)
+
+__all__ = ["main"]

@@ -1,0 +1,34 @@
+"""`pgtasks worker`: run jobs until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import click
+
+from pgtasks.cli.base import CliState
+from pgtasks.logs import configure_logging
+
+
+@click.command()
+@click.option("--queues", "-q", default="default", show_default=True, help="Comma-separated queues to run.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Jobs run at once (sync tasks on threads, async tasks on the event loop).")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              help="Seconds between polls; the safety net for LISTEN, the only wakeup with --no-listen.")
+@click.option("--listen/--no-listen", default=True, show_default=True, help="Wake on LISTEN/NOTIFY.")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds running jobs get to finish on shutdown before they are put back.")
+@click.option("--pool-size", type=click.IntRange(min=2), default=3, show_default=True,
+              help="Database connections for fetching and completing (plus one for LISTEN).")
+@click.option("--burst", is_flag=True, help="Exit once no job is ready to run.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]))
+@click.pass_context
+def worker(ctx: click.Context, queues: str, concurrency: int, poll_interval: float, listen: bool, grace: float,
+           pool_size: int, burst: bool, log_level: str, log_format: str) -> None:
+    """Run a worker: claim jobs with SKIP LOCKED, run them, record outcomes."""
+    configure_logging(log_level, log_format)
+    app = ctx.find_object(CliState).app(required=True)  # type: ignore[union-attr]
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()]
+    app.run_worker(queues=queue_list, concurrency=concurrency, poll_interval=poll_interval, listen=listen,
+                   grace=grace, pool_size=pool_size, burst=burst)

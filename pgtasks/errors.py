@@ -1,0 +1,90 @@
+"""The pgtasks exception tree: every error the library raises derives from PgtasksError."""
+
+from __future__ import annotations
+
+
+class PgtasksError(Exception):
+    """Base class of every pgtasks error."""
+
+    __module__ = "pgtasks"
+
+
+class ConfigurationError(PgtasksError, ValueError):
+    """A setting or an argument has a value pgtasks cannot use; the message names the value and the fix."""
+
+    __module__ = "pgtasks"
+
+
+class TaskArgumentError(PgtasksError, TypeError):
+    """Arguments given to .delay() do not fit the task's signature or cannot be encoded."""
+
+    __module__ = "pgtasks"
+
+
+class DuplicateTaskError(PgtasksError, ValueError):
+    """Two tasks were registered under the same name."""
+
+    __module__ = "pgtasks"
+
+
+class UnknownTaskError(PgtasksError, LookupError):
+    """A job names a task that is not registered in this process."""
+
+    __module__ = "pgtasks"
+
+
+class SchemaNotMigratedError(PgtasksError):
+    """The pgtasks tables are missing or older than this code: run `pgtasks migrate`."""
+
+    __module__ = "pgtasks"
+
+
+class DatabaseError(PgtasksError):
+    """A database operation failed; the original psycopg error is the __cause__."""
+
+    __module__ = "pgtasks"
+
+
+class ConnectionLostError(DatabaseError):
+    """The connection to PostgreSQL (or to the pooler in front of it) was lost or refused; retryable."""
+
+    __module__ = "pgtasks"
+
+
+class JobControl(Exception):  # noqa: N818 - these are signals raised by task code, named for what they do
+    """Base of the exceptions a task raises to steer its own job; not errors."""
+
+    __module__ = "pgtasks"
+
+
+class Retry(JobControl):
+    """Retry the job, counting the attempt: `raise pgtasks.Retry(in_=30)` (seconds or timedelta)."""
+
+    __module__ = "pgtasks"
+
+    def __init__(self, in_: float | None = None, reason: str = "") -> None:
+        super().__init__(reason or "retry requested by the task")
+        self.in_ = in_
+        self.reason = reason
+
+
+class Snooze(JobControl):
+    """Run the job again later without counting an attempt: `raise pgtasks.Snooze(30)`."""
+
+    __module__ = "pgtasks"
+
+    def __init__(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ConfigurationError(f"Snooze({seconds!r}): seconds must be >= 0")
+        super().__init__(f"snoozed for {seconds}s")
+        self.seconds = seconds
+
+
+class Cancel(JobControl):
+    """Stop the job for good; it ends `cancelled` and is not retried: `raise pgtasks.Cancel("why")`."""
+
+    __module__ = "pgtasks"
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason or "cancelled by the task")
+        self.reason = reason

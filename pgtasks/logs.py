@@ -1,0 +1,62 @@
+"""Structured, event-keyed logging: `job.completed job_id=1 task=x ...` as text or as JSON lines."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import msgspec
+
+_STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
+    """Log `event` with `fields`; the text form reads `event k=v ...`, the JSON form keeps them as keys."""
+    if not logger.isEnabledFor(level):
+        return
+    template = event + "".join(f" {key}=%s" for key in fields)
+    logger.log(level, template, *fields.values(), extra={"event": event, "fields": fields})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, event, the event's fields, and any exception."""
+
+    _encoder = msgspec.json.Encoder()
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": getattr(record, "event", None) or record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            payload.update(fields)
+        elif payload["event"] != record.getMessage():
+            payload["message"] = record.getMessage()
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return self._encoder.encode({k: _jsonable(v) for k, v in payload.items()}).decode()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool | type(None) | list | dict):
+        return value
+    return str(value)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Set up the `pgtasks` logger for the CLI: text (human) or json (log shippers) on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = __import__("time").gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    root = logging.getLogger("pgtasks")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

@@ -1,0 +1,76 @@
+"""Typed, frozen records that cross module boundaries: job states, claimed jobs, outcomes."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import msgspec
+
+
+class JobState(enum.StrEnum):
+    """The states of a job; the same names as River's state machine."""
+
+    AVAILABLE = "available"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    RETRYABLE = "retryable"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    DISCARDED = "discarded"
+
+
+FINAL_STATES = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
+
+
+class ClaimedJob(msgspec.Struct, frozen=True):
+    """A job a worker has claimed (state = running); `claims` is the fencing token of this claim."""
+
+    id: int
+    task: str
+    queue: str
+    args: str  # the raw JSON text; decoded against the task's signature by the worker
+    priority: int
+    attempt: int
+    max_attempts: int
+    claims: int
+    run_at: datetime
+    created_at: datetime
+    expired: bool
+
+
+class ErrorEntry(msgspec.Struct, frozen=True):
+    """One failed attempt, appended to the job's `errors` array."""
+
+    attempt: int
+    at: datetime
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What one attempt wants written back to its job, fenced on (job_id, claims)."""
+
+    job_id: int
+    claims: int
+    state: JobState
+    retry_in: float | None = None  # seconds from now until run_at, for retryable / scheduled
+    attempt_delta: int = 0  # -1 gives the attempt back (Snooze, shutdown put-back)
+    error: ErrorEntry | None = None
+    result: bytes | None = None  # msgspec-encoded JSON of the return value
+
+
+class EnqueueRow(msgspec.Struct, frozen=True):
+    """One job to insert, its arguments already encoded; times are relative to the database clock."""
+
+    task: str
+    queue: str
+    args: str
+    priority: int
+    max_attempts: int
+    run_at: datetime | None = None  # an absolute eta
+    delay: float | None = None  # a countdown in seconds, applied with the database's now()
+    expires_at: datetime | None = None
+    expires_in: float | None = None
+    unique_key: str | None = None

@@ -1,0 +1,70 @@
+"""Named SQL queries, loaded from pgtasks/sql/*.sql and rendered for one schema."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+from typing import LiteralString, cast
+
+from pgtasks.errors import ConfigurationError
+
+_NAME_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+# Schema names are interpolated into SQL text, so they are restricted to plain identifiers.
+# 50 characters leaves room for the ".jobs" NOTIFY channel inside Postgres' 63-byte limit.
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,49}$")
+
+
+def validate_schema_name(schema: str) -> str:
+    """Return `schema` if it is a safe, unquoted Postgres identifier, else raise ConfigurationError."""
+    if not _SCHEMA_NAME.match(schema):
+        raise ConfigurationError(
+            f"schema={schema!r} is not a valid pgtasks schema name: use 1-50 characters of lowercase "
+            "letters, digits and underscores, starting with a letter or underscore (e.g. 'pgtasks')"
+        )
+    return schema
+
+
+def notify_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel on which inserts into `schema`.jobs announce their queue."""
+    return f"{schema}.jobs"
+
+
+def render(text: str, schema: str) -> LiteralString:
+    """Substitute the schema placeholders of one SQL text.
+
+    The cast is sound because `schema` passed validate_schema_name(): it is a plain identifier,
+    so the rendered text is as trusted as the literal it came from.
+    """
+    validate_schema_name(schema)
+    rendered = text.replace("{schema}", f'"{schema}"').replace("{channel}", f"'{notify_channel(schema)}'")
+    return cast(LiteralString, rendered)
+
+
+def parse_named_queries(text: str) -> dict[str, str]:
+    """Split a file of `-- name: x` sections into {name: sql}."""
+    parts = _NAME_HEADER.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        queries[name] = body.strip()
+    return queries
+
+
+@cache
+def _raw_queries() -> dict[str, str]:
+    queries: dict[str, str] = {}
+    for entry in sorted(resources.files("pgtasks.sql").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sql"):
+            for name, body in parse_named_queries(entry.read_text(encoding="utf-8")).items():
+                if name in queries:
+                    raise ValueError(f"query {name!r} is defined in more than one file")
+                queries[name] = body
+    return queries
+
+
+@cache
+def queries_for(schema: str) -> dict[str, LiteralString]:
+    """Every named query, rendered for `schema`."""
+    return {name: render(body, schema) for name, body in _raw_queries().items()}

@@ -1,0 +1,84 @@
+"""The shape every background service shares: idempotent start/stop, run_once(), a loop that survives outages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import datetime
+
+from pgtasks.errors import DatabaseError
+from pgtasks.logs import log_event
+
+logger = logging.getLogger("pgtasks.service")
+
+
+def backoff_delay(failures: int, *, base: float = 0.5, cap: float = 15.0) -> float:
+    """Reconnect delay after `failures` consecutive failures: exponential, capped, jittered."""
+    return min(cap, base * 2 ** min(failures - 1, 16)) * (0.5 + random.random() / 2)
+
+
+class IntervalService:
+    """Calls run_once() every `interval` seconds until stopped.
+
+    Database errors never end the loop: the first failure is logged once at WARNING, the loop
+    backs off (capped, jittered), and the recovery is logged at INFO. Subclasses implement
+    run_once(now=None) so tests can drive them step by step without sleeping.
+    """
+
+    name = "service"
+
+    def __init__(self, interval: float) -> None:
+        if interval <= 0:
+            raise ValueError(f"{type(self).__name__}: interval must be > 0, got {interval!r}")
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def run_once(self, now: datetime | None = None) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        if not self.running:
+            self._wake = asyncio.Event()
+            self._task = asyncio.create_task(self._loop(), name=f"pgtasks-{self.name}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    def poke(self) -> None:
+        """Run the next iteration now instead of after the interval."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.run_once()
+            except DatabaseError as exc:
+                failures += 1
+                if failures == 1:
+                    log_event(logger, logging.WARNING, f"{self.name}.failing", error=str(exc))
+                await self._sleep(backoff_delay(failures))
+                continue
+            if failures:
+                log_event(logger, logging.INFO, f"{self.name}.recovered", after_failures=failures)
+                failures = 0
+            await self._sleep(self.interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+        self._wake.clear()

@@ -1,0 +1,102 @@
+-- name: job_insert
+-- Insert one job. run_at comes from the database clock (countdown) unless an eta is given, so
+-- client clock skew cannot make a job early. A live duplicate unique_key inserts nothing.
+INSERT INTO {schema}.jobs AS j (task, queue, args, state, priority, max_attempts, run_at, expires_at, unique_key)
+SELECT %(task)s, %(queue)s, %(args)s::jsonb,
+       CASE WHEN v.run_at > now() THEN 'scheduled' ELSE 'available' END::{schema}.job_state,
+       %(priority)s, %(max_attempts)s, v.run_at,
+       coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)),
+       %(unique_key)s
+FROM (SELECT coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => coalesce(%(delay)s::float8, 0)))
+      AS run_at) AS v
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'scheduled', 'running', 'retryable')
+DO NOTHING
+RETURNING j.id
+
+-- name: job_insert_many
+-- Insert many jobs in one statement (one round trip, one trigger run, one NOTIFY per queue).
+-- Rows are inserted, and so returned, in input order; a row skipped as a live duplicate
+-- unique_key is missing from the result and the caller looks its holder up.
+WITH input AS (
+    SELECT * FROM unnest(
+        %(tasks)s::text[], %(queues)s::text[], %(args)s::jsonb[], %(priorities)s::smallint[],
+        %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(delays)s::float8[],
+        %(expires_ats)s::timestamptz[], %(expires_ins)s::float8[], %(unique_keys)s::text[]
+    ) WITH ORDINALITY AS t(task, queue, args, priority, max_attempts, run_at, delay, expires_at,
+                           expires_in, unique_key, ord)
+), prepared AS (
+    SELECT ord, task, queue, args, priority, max_attempts, unique_key,
+           coalesce(run_at, now() + make_interval(secs => coalesce(delay, 0))) AS run_at,
+           coalesce(expires_at, now() + make_interval(secs => expires_in)) AS expires_at
+    FROM input
+)
+INSERT INTO {schema}.jobs (task, queue, args, state, priority, max_attempts, run_at, expires_at, unique_key)
+SELECT task, queue, args,
+       CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END::{schema}.job_state,
+       priority, max_attempts, run_at, expires_at, unique_key
+FROM prepared ORDER BY ord
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL
+    AND state IN ('available', 'scheduled', 'running', 'retryable')
+DO NOTHING
+RETURNING id, unique_key
+
+-- name: job_get_id_by_unique_key
+-- The live job holding a unique_key (used when an insert was skipped as a duplicate).
+SELECT id FROM {schema}.jobs
+WHERE unique_key = %(unique_key)s AND state IN ('available', 'scheduled', 'running', 'retryable')
+
+-- name: job_fetch_available
+-- Claim up to %(limit)s runnable jobs. The CTE is the optimisation fence that makes LIMIT really
+-- bound the UPDATE; SKIP LOCKED lets many workers claim concurrently without waiting on each
+-- other. Every claim bumps `claims`, the fencing token the outcome is written against.
+WITH claimable AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state IN ('available', 'scheduled', 'retryable')
+      AND queue = ANY(%(queues)s::text[])
+      AND run_at <= coalesce(%(now)s::timestamptz, now())
+    ORDER BY queue, priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET state = 'running', attempt = j.attempt + 1, claims = j.claims + 1,
+    attempted_at = coalesce(%(now)s::timestamptz, now()), attempted_by = %(worker_id)s
+FROM claimable
+WHERE j.id = claimable.id
+RETURNING j.id, j.task, j.queue, j.args::text AS args, j.priority, j.attempt, j.max_attempts, j.claims,
+          j.run_at, j.created_at, (j.expires_at IS NOT NULL AND j.expires_at <= coalesce(%(now)s::timestamptz, now())) AS expired
+
+-- name: job_set_outcome_many
+-- Write the outcomes of many finished attempts in one statement. Each row is fenced on
+-- (id, claims) and state = 'running', so an attempt that no longer owns its job (it was
+-- rescued and claimed again) changes nothing. Returns the ids that were written.
+UPDATE {schema}.jobs AS j
+SET state = o.state::{schema}.job_state,
+    finalized_at = CASE WHEN o.state IN ('completed', 'cancelled', 'discarded')
+                        THEN coalesce(%(now)s::timestamptz, now()) END,
+    run_at = CASE WHEN o.retry_in IS NULL THEN j.run_at
+                  ELSE coalesce(%(now)s::timestamptz, now()) + make_interval(secs => o.retry_in) END,
+    attempt = j.attempt + o.attempt_delta,
+    errors = CASE WHEN o.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(o.error) END,
+    result = o.result
+FROM unnest(%(ids)s::bigint[], %(claims)s::int[], %(states)s::text[], %(retry_ins)s::float8[],
+            %(attempt_deltas)s::int[], %(errors)s::jsonb[], %(results)s::jsonb[])
+     AS o(id, claims, state, retry_in, attempt_delta, error, result)
+WHERE j.id = o.id AND j.state = 'running' AND j.claims = o.claims
+RETURNING j.id
+
+-- name: job_get
+SELECT id, task, queue, args::text AS args, state::text AS state, priority, attempt, max_attempts, claims,
+       run_at, created_at, attempted_at, attempted_by, finalized_at, expires_at, errors::text AS errors,
+       result::text AS result, unique_key
+FROM {schema}.jobs WHERE id = %(id)s
+
+-- name: job_count_by_state
+SELECT state::text AS state, count(*) AS count FROM {schema}.jobs
+WHERE queue = ANY(%(queues)s::text[]) OR %(queues)s::text[] IS NULL
+GROUP BY state
+
+-- name: job_count_pending
+-- Jobs a worker on these queues could still run now or later (used by burst mode).
+SELECT count(*) AS count FROM {schema}.jobs
+WHERE state IN ('available', 'scheduled', 'retryable', 'running') AND queue = ANY(%(queues)s::text[])

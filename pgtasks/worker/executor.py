@@ -1,0 +1,140 @@
+"""Runs one claimed job (sync on a thread, async on the loop) and turns what happened into an Outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+import traceback
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from pgtasks.context import JobContext, set_current_job
+from pgtasks.errors import Cancel, Retry, Snooze, UnknownTaskError
+from pgtasks.logs import log_event
+from pgtasks.models import ClaimedJob, ErrorEntry, JobState, Outcome
+from pgtasks.retry import Backoff, RetryPolicy
+from pgtasks.worker.threads import ElasticThreadPool
+
+if TYPE_CHECKING:
+    from pgtasks.app import App
+    from pgtasks.task import Task
+
+logger = logging.getLogger("pgtasks.worker")
+_RESULT_ENCODER = msgspec.json.Encoder()
+_UNKNOWN_TASK_RETRY = Backoff(base=5.0, max_delay=600.0)
+
+
+def _error(job: ClaimedJob, exc: BaseException, *, with_traceback: bool = True) -> ErrorEntry:
+    return ErrorEntry(
+        attempt=job.attempt,
+        at=datetime.now(UTC),
+        type=type(exc).__qualname__,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)) if with_traceback else None,
+    )
+
+
+class Executor:
+    """Executes jobs for one worker. Never raises for task failures; CancelledError propagates."""
+
+    def __init__(self, app: App, worker_id: str, threads: ElasticThreadPool) -> None:
+        self.app = app
+        self.worker_id = worker_id
+        self.threads = threads
+
+    async def run(self, job: ClaimedJob) -> Outcome:
+        started = time.perf_counter()
+        outcome = await self._run(job)
+        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        self._log(job, outcome, duration_ms)
+        return outcome
+
+    async def _run(self, job: ClaimedJob) -> Outcome:
+        if job.expired:
+            error = ErrorEntry(job.attempt, datetime.now(UTC), "Expired", "the job expired before it could run")
+            return Outcome(job.id, job.claims, JobState.CANCELLED, error=error)
+        task = self.app.tasks.get(job.task)
+        if task is None:
+            missing = UnknownTaskError(
+                f"task {job.task!r} is not registered in this worker (pid-local registry has "
+                f"{len(self.app.tasks)} tasks); deploy code that defines it, or check the --app module"
+            )
+            return self._failed(job, missing, _UNKNOWN_TASK_RETRY, with_traceback=False)
+        try:
+            result = await self._invoke(task, job)
+        except Snooze as snooze:
+            return Outcome(job.id, job.claims, JobState.SCHEDULED, retry_in=snooze.seconds, attempt_delta=-1)
+        except Cancel as cancel:
+            return Outcome(job.id, job.claims, JobState.CANCELLED, error=_error(job, cancel, with_traceback=False))
+        except Retry as retry:
+            return self._failed(job, retry, task.config.retry, retry_in=retry.in_, with_traceback=False)
+        except TimeoutError as exc:
+            timeout = TimeoutError(f"task exceeded its timeout of {task.config.timeout}s")
+            timeout.__cause__ = exc
+            return self._failed(job, timeout, task.config.retry, with_traceback=False)
+        except Exception as exc:  # noqa: BLE001 - any task failure becomes a retry, by design
+            return self._failed(job, exc, task.config.retry)
+        return Outcome(job.id, job.claims, JobState.COMPLETED, result=self._encode_result(job, result))
+
+    async def _invoke(self, task: Task[Any, Any], job: ClaimedJob) -> Any:
+        args, kwargs = task.codec.decode(job.args)
+        context = JobContext(job.id, job.task, job.queue, job.attempt, job.max_attempts, job.created_at,
+                             self.worker_id)
+        timeout = task.config.timeout
+        if task.is_async:
+            # Each job runs in its own asyncio task, so this context var is private to it.
+            set_current_job(context)
+            return await asyncio.wait_for(task.func(*args, **kwargs), timeout)
+        ctx = contextvars.copy_context()
+        ctx.run(set_current_job, context)
+        future = self.threads.submit(lambda: ctx.run(task.func, *args, **kwargs))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            # A thread cannot be interrupted: it finishes on its own and is not reused before that.
+            log_event(logger, logging.WARNING, "job.thread_abandoned", job_id=job.id, task=job.task,
+                      threads=self.threads.size)
+            raise
+
+    def _failed(self, job: ClaimedJob, exc: BaseException, policy: RetryPolicy, *,
+                retry_in: float | None = None, with_traceback: bool = True) -> Outcome:
+        error = _error(job, exc, with_traceback=with_traceback)
+        if job.attempt >= job.max_attempts:
+            return Outcome(job.id, job.claims, JobState.DISCARDED, error=error)
+        delay = retry_in if retry_in is not None else policy.delay(job.attempt)
+        return Outcome(job.id, job.claims, JobState.RETRYABLE, retry_in=max(float(delay), 0.0), error=error)
+
+    def _encode_result(self, job: ClaimedJob, result: Any) -> bytes | None:
+        if result is None:
+            return None
+        try:
+            return _RESULT_ENCODER.encode(result)
+        except (TypeError, msgspec.EncodeError) as exc:
+            log_event(logger, logging.WARNING, "job.result_not_stored", job_id=job.id, task=job.task,
+                      reason=str(exc))
+            return None
+
+    def _log(self, job: ClaimedJob, outcome: Outcome, duration_ms: float) -> None:
+        event = {
+            JobState.COMPLETED: "job.completed",
+            JobState.RETRYABLE: "job.retrying",
+            JobState.DISCARDED: "job.discarded",
+            JobState.CANCELLED: "job.cancelled",
+            JobState.SCHEDULED: "job.snoozed",
+        }.get(outcome.state, f"job.{outcome.state.value}")
+        level = logging.INFO
+        fields: dict[str, Any] = {"job_id": job.id, "task": job.task, "attempt": job.attempt,
+                                  "duration_ms": duration_ms}
+        if outcome.error is not None:
+            fields["error"] = f"{outcome.error.type}: {outcome.error.message}"
+            if outcome.state is JobState.DISCARDED:
+                level = logging.ERROR
+            elif outcome.state is JobState.RETRYABLE:
+                level = logging.WARNING
+        if outcome.retry_in is not None:
+            fields["retry_in_s"] = round(outcome.retry_in, 3)
+        log_event(logger, level, event, **fields)

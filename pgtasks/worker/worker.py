@@ -1,0 +1,308 @@
+"""The Worker: claims jobs in batches up to its free slots, runs them, and shuts down without losing any."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pgtasks import migrations
+from pgtasks.connections import make_async_pool, redact
+from pgtasks.errors import ConfigurationError, DatabaseError, SchemaNotMigratedError
+from pgtasks.logs import log_event
+from pgtasks.models import ClaimedJob, ErrorEntry, JobState, Outcome
+from pgtasks.options import validate_queue
+from pgtasks.queries import notify_channel
+from pgtasks.service import backoff_delay
+from pgtasks.worker.completer import Completer
+from pgtasks.worker.executor import Executor
+from pgtasks.worker.notifier import Notifier
+from pgtasks.worker.threads import ElasticThreadPool
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+    from pgtasks.app import App
+
+logger = logging.getLogger("pgtasks.worker")
+
+# While the listener is down, poll at least this often so wakeups are not missed for long.
+DEGRADED_POLL_INTERVAL = 0.25
+
+
+class Worker:
+    """Runs jobs from `queues` with up to `concurrency` at once.
+
+    It fetches when told to (a NOTIFY for one of its queues, a slot freed after a full batch,
+    or the poll timer) and never fetches more jobs than it has free slots: jobs it cannot start
+    stay claimable by other workers, which spreads work evenly and keeps latency low.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] = ("default",),
+        concurrency: int = 10,
+        poll_interval: float = 1.0,
+        listen: bool = True,
+        grace: float = 30.0,
+        burst: bool = False,
+        pool_size: int = 3,
+        worker_id: str | None = None,
+    ) -> None:
+        if isinstance(queues, str):
+            queues = [q for q in queues.split(",") if q]
+        if not queues:
+            raise ConfigurationError("queues=[]: give at least one queue name, e.g. queues=['default']")
+        self.queues = [validate_queue(q) for q in queues]
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency={concurrency!r}: expected an integer >= 1")
+        if not poll_interval > 0:
+            raise ConfigurationError(f"poll_interval={poll_interval!r}: expected a number of seconds > 0")
+        if grace < 0:
+            raise ConfigurationError(f"grace={grace!r}: expected a number of seconds >= 0")
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 2:
+            raise ConfigurationError(
+                f"pool_size={pool_size!r}: the worker needs at least 2 connections (fetch and complete)"
+            )
+        self.app = app
+        self.concurrency = concurrency
+        self.poll_interval = float(poll_interval)
+        self.listen = listen
+        self.grace = float(grace)
+        self.burst = burst
+        self.pool_size = pool_size
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._queue_set = frozenset(self.queues)
+        self._running: dict[asyncio.Task[None], ClaimedJob] = {}
+        self._should_fetch = True
+        self._stopping = False
+        self._forced = False
+        self._wake: asyncio.Event | None = None
+        self._force: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.notifier: Notifier | None = None
+        self.completer: Completer | None = None
+        self.threads = ElasticThreadPool()
+        self.fetches = 0
+        self.claimed = 0
+        self.started = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def connection_budget(self) -> dict[str, int]:
+        """Server connections this worker process can hold at once: the pool plus the listener."""
+        listener = 1 if self.listen else 0
+        return {"pool": self.pool_size, "listener": listener, "total": self.pool_size + listener}
+
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT (graceful; a second signal forces) or, in burst mode, until drained."""
+        asyncio.run(self.arun(install_signal_handlers=True))
+
+    def request_stop(self) -> None:
+        """Stop fetching and let running jobs finish within the grace period. Thread-safe."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._request_stop)
+        else:
+            self._stopping = True
+
+    def force_stop(self) -> None:
+        """Stop now: running jobs are put back to run again. Thread-safe."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._force_stop)
+
+    def _request_stop(self) -> None:
+        if not self._stopping:
+            log_event(logger, logging.INFO, "worker.stopping", running=len(self._running), grace_s=self.grace)
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def _force_stop(self) -> None:
+        log_event(logger, logging.WARNING, "worker.forced_stop", running=len(self._running))
+        self._forced = True
+        self._request_stop()
+        if self._force is not None:
+            self._force.set()
+
+    def _on_signal(self, signum: int) -> None:
+        if self._stopping:
+            self._force_stop()
+        else:
+            log_event(logger, logging.INFO, "worker.signal", signal=signal.Signals(signum).name)
+            self._request_stop()
+
+    async def arun(self, *, install_signal_handlers: bool = False) -> None:
+        """Run the worker on the current event loop until stopped."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._force = asyncio.Event()
+        if install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(signum, self._on_signal, signum)
+        dsn = await asyncio.to_thread(lambda: self.app.dsn)
+        pool = make_async_pool(dsn, application_name=self.app.application_name, max_size=self.pool_size,
+                               name="pgtasks-worker")
+        await pool.open(wait=True, timeout=30.0)
+        try:
+            await self._check_schema(pool)
+            self.completer = Completer(pool, self.app.store)
+            self.completer.start()
+            if self.listen:
+                self.notifier = Notifier(self.app.listen_dsn, notify_channel(self.app.schema),
+                                         self.app.application_name, self._on_notify)
+                self.notifier.start()
+                await self.notifier.wait_connected(5.0)
+            budget = self.connection_budget()
+            log_event(logger, logging.INFO, "worker.started", worker_id=self.worker_id,
+                      queues=",".join(self.queues), concurrency=self.concurrency,
+                      poll_interval_s=self.poll_interval, listen=self.listen, tasks=len(self.app.tasks),
+                      connections=budget["total"], database=redact(dsn))
+            self.started.set()
+            await self._fetch_loop(pool)
+        finally:
+            await self._shutdown(pool)
+            if install_signal_handlers:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    self._loop.remove_signal_handler(signum)
+
+    async def _check_schema(self, pool: AsyncConnectionPool[Any]) -> None:
+        async with pool.connection() as conn:
+            version = await self.app.store.amigration_current_version(conn)
+        expected = migrations.latest_version()
+        if version < expected:
+            raise SchemaNotMigratedError(
+                f"schema {self.app.schema!r} is at migration {version} but this pgtasks needs {expected}; "
+                "run `pgtasks migrate`"
+            )
+
+    # -- the fetch loop --------------------------------------------------------------------------
+
+    def _on_notify(self, queue: str | None) -> None:
+        if queue is None or queue in self._queue_set:
+            self._should_fetch = True
+            if self._wake is not None:
+                self._wake.set()
+
+    def _current_poll_interval(self) -> float:
+        if self.notifier is not None and not self.notifier.connected.is_set():
+            return min(self.poll_interval, DEGRADED_POLL_INTERVAL)
+        return self.poll_interval
+
+    async def _fetch_loop(self, pool: AsyncConnectionPool[Any]) -> None:
+        assert self._wake is not None
+        failures = 0
+        last_fetch = 0.0
+        while not self._stopping:
+            free = self.concurrency - len(self._running)
+            if self._should_fetch and free > 0:
+                self._should_fetch = False
+                last_fetch = time.monotonic()
+                try:
+                    async with pool.connection() as conn:
+                        jobs = await self.app.store.job_fetch_available(
+                            conn, queues=self.queues, limit=free, worker_id=self.worker_id)
+                except DatabaseError as exc:
+                    failures += 1
+                    if failures == 1:
+                        log_event(logger, logging.WARNING, "worker.fetch_failing", error=str(exc))
+                    self._should_fetch = True
+                    await self._interruptible_sleep(backoff_delay(failures))
+                    continue
+                if failures:
+                    log_event(logger, logging.INFO, "worker.fetch_recovered", after_failures=failures)
+                    failures = 0
+                self.fetches += 1
+                self.claimed += len(jobs)
+                for job in jobs:
+                    self._start_job(job)
+                if len(jobs) == free:
+                    self._should_fetch = True  # a full batch: more are probably waiting
+                elif self.burst and not jobs and not self._running:
+                    log_event(logger, logging.INFO, "worker.drained", worker_id=self.worker_id)
+                    return
+                continue
+            timeout = max(0.0, last_fetch + self._current_poll_interval() - time.monotonic())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                self._should_fetch = True  # the poll: the safety net for missed or absent NOTIFYs
+            self._wake.clear()
+
+    async def _interruptible_sleep(self, seconds: float) -> None:
+        assert self._wake is not None
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    def _start_job(self, job: ClaimedJob) -> None:
+        task = asyncio.create_task(self._run_job(job), name=f"pgtasks-job-{job.id}")
+        self._running[task] = job
+        task.add_done_callback(self._job_done)
+
+    async def _run_job(self, job: ClaimedJob) -> None:
+        assert self.completer is not None
+        executor = Executor(self.app, self.worker_id, self.threads)
+        outcome = await executor.run(job)
+        self.completer.submit(outcome)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log_event(logger, logging.ERROR, "worker.job_crashed", error=repr(task.exception()))
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- shutdown ----------------------------------------------------------------------------------
+
+    async def _shutdown(self, pool: AsyncConnectionPool[Any]) -> None:
+        assert self._force is not None
+        self._stopping = True
+        if self._running and not self._forced:
+            await self._wait_running_or_forced(asyncio.create_task(self._force.wait()))
+        leftover = dict(self._running)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.wait(leftover)
+        put_back = [job for task, job in leftover.items() if task.cancelled()]
+        if put_back and self.completer is not None:
+            now = datetime.now(UTC)
+            for job in put_back:
+                error = ErrorEntry(job.attempt, now, "WorkerShutdown",
+                                   f"worker {self.worker_id} shut down before the job finished; put back to run again")
+                self.completer.submit(Outcome(job.id, job.claims, JobState.AVAILABLE, attempt_delta=-1, error=error))
+            log_event(logger, logging.WARNING, "worker.jobs_put_back", count=len(put_back),
+                      job_ids=",".join(str(j.id) for j in put_back))
+        if self.completer is not None:
+            flushed = await self.completer.flush(timeout=5.0 if self._forced else 30.0)
+            if not flushed:
+                log_event(logger, logging.ERROR, "worker.outcomes_unwritten", backlog=self.completer.backlog)
+            await self.completer.stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
+        await pool.close()
+        self.threads.shutdown()
+        log_event(logger, logging.INFO, "worker.stopped", worker_id=self.worker_id, claimed=self.claimed)
+
+    async def _wait_running_or_forced(self, waiter: asyncio.Task[bool]) -> None:
+        deadline = time.monotonic() + self.grace
+        try:
+            while self._running and not self._forced:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await asyncio.wait([*self._running, waiter], timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
