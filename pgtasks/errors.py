@@ -51,7 +51,7 @@ class ConnectionLostError(DatabaseError):
     __module__ = "pgtasks"
 
 
-class JobControl(Exception):  # noqa: N818 - these are signals raised by task code, named for what they do
+class JobControl(Exception):
     """Base of the exceptions a task raises to steer its own job; not errors."""
 
     __module__ = "pgtasks"

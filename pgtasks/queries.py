@@ -38,7 +38,7 @@ def render(text: str, schema: str) -> LiteralString:
     """
     validate_schema_name(schema)
     rendered = text.replace("{schema}", f'"{schema}"').replace("{channel}", f"'{notify_channel(schema)}'")
-    return cast(LiteralString, rendered)
+    return cast(LiteralString, rendered)  # type: ignore[redundant-cast] # mypy treats LiteralString as str
 
 
 def parse_named_queries(text: str) -> dict[str, str]:

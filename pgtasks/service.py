@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from datetime import datetime
@@ -15,7 +16,7 @@ logger = logging.getLogger("pgtasks.service")
 
 def backoff_delay(failures: int, *, base: float = 0.5, cap: float = 15.0) -> float:
     """Reconnect delay after `failures` consecutive failures: exponential, capped, jittered."""
-    return min(cap, base * 2 ** min(failures - 1, 16)) * (0.5 + random.random() / 2)
+    return min(cap, base * 2.0 ** min(failures - 1, 16)) * (0.5 + random.random() / 2)
 
 
 class IntervalService:
@@ -51,10 +52,8 @@ class IntervalService:
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
 
     def poke(self) -> None:
         """Run the next iteration now instead of after the interval."""
@@ -77,8 +76,6 @@ class IntervalService:
             await self._sleep(self.interval)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
-        except TimeoutError:
-            pass
         self._wake.clear()

@@ -78,6 +78,17 @@ def _ids_in_input_order(rows: Sequence[EnqueueRow], returned: list[tuple[int, st
     return [next(plain) if row.unique_key is None else by_key.get(row.unique_key) for row in rows]
 
 
+def _missing(ids: list[int | None]) -> list[int]:
+    return [index for index, job_id in enumerate(ids) if job_id is None]
+
+
+def _holder_id(row: EnqueueRow, found: tuple[Any, ...] | None) -> int:
+    if found is None:
+        # The holder finished between our insert and the lookup; a retry would insert afresh.
+        raise DatabaseError(f"unique_key {row.unique_key!r}: the duplicate's holder finished meanwhile; enqueue again")
+    return int(found[0])
+
+
 class Store:
     """Named queries for one schema. Sync methods take a Connection, `a`-prefixed ones an AsyncConnection."""
 
@@ -95,9 +106,7 @@ class Store:
             found = conn.execute(self.q["job_insert"], _insert_params(row)).fetchone()
             if found is None:  # a live job already holds this unique_key: return that one
                 found = conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": row.unique_key}).fetchone()
-        if found is None:
-            raise DatabaseError(f"unique_key {row.unique_key!r}: insert skipped but no live holder found")
-        return int(found[0])
+        return _holder_id(row, found)
 
     async def ajob_insert(self, conn: AsyncConnection[Any], row: EnqueueRow) -> int:
         with self.errors():
@@ -106,36 +115,25 @@ class Store:
             if found is None:
                 cur = await conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": row.unique_key})
                 found = await cur.fetchone()
-        if found is None:
-            raise DatabaseError(f"unique_key {row.unique_key!r}: insert skipped but no live holder found")
-        return int(found[0])
+        return _holder_id(row, found)
 
     def job_insert_many(self, conn: Connection[Any], rows: Sequence[EnqueueRow]) -> list[int]:
         with self.errors():
             returned = conn.execute(self.q["job_insert_many"], _insert_many_params(rows)).fetchall()
             ids = _ids_in_input_order(rows, returned)
-            return [job_id if job_id is not None else self._holder(conn, row) for job_id, row in zip(ids, rows)]
+            for index in _missing(ids):
+                holder = conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": rows[index].unique_key})
+                ids[index] = _holder_id(rows[index], holder.fetchone())
+        return [int(i) for i in ids if i is not None]
 
     async def ajob_insert_many(self, conn: AsyncConnection[Any], rows: Sequence[EnqueueRow]) -> list[int]:
         with self.errors():
             cur = await conn.execute(self.q["job_insert_many"], _insert_many_params(rows))
             ids = _ids_in_input_order(rows, await cur.fetchall())
-            result: list[int] = []
-            for job_id, row in zip(ids, rows, strict=True):
-                if job_id is None:
-                    cur = await conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": row.unique_key})
-                    found = await cur.fetchone()
-                    if found is None:
-                        raise DatabaseError(f"unique_key {row.unique_key!r}: skipped but no live holder found")
-                    job_id = int(found[0])
-                result.append(job_id)
-            return result
-
-    def _holder(self, conn: Connection[Any], row: EnqueueRow) -> int:
-        found = conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": row.unique_key}).fetchone()
-        if found is None:
-            raise DatabaseError(f"unique_key {row.unique_key!r}: skipped but no live holder found")
-        return int(found[0])
+            for index in _missing(ids):
+                cur = await conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": rows[index].unique_key})
+                ids[index] = _holder_id(rows[index], await cur.fetchone())
+        return [int(i) for i in ids if i is not None]
 
     # -- worker hot path -----------------------------------------------------------------------
 

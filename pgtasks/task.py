@@ -42,7 +42,7 @@ class Call:
     task: Task[Any, Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    options: EnqueueOptions = EnqueueOptions()
+    options: EnqueueOptions = field(default_factory=EnqueueOptions)
 
 
 @dataclass(frozen=True, slots=True)

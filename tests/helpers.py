@@ -25,8 +25,9 @@ def worker_thread(app: App, **options: Any) -> Iterator[Worker]:
     def target() -> None:
         async def main() -> None:
             task = asyncio.create_task(worker.arun())
-            while not worker.started.is_set() and not task.done():
-                await asyncio.sleep(0.005)
+            waiter = asyncio.create_task(worker.started.wait())
+            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
             started.set()
             await task
 

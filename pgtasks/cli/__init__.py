@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pgtasks.cli.base import main
+from pgtasks.cli.embedded import embedded
 from pgtasks.cli.migrate import migrate
 from pgtasks.cli.worker import worker
-from pgtasks.cli.embedded import embedded
 
 main.add_command(worker)
 main.add_command(migrate)

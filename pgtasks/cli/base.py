@@ -81,7 +81,8 @@ class PgtasksGroup(click.Group):
               help="Your pgtasks.App, e.g. myproject.tasks:app [env: PGTASKS_APP]")
 @click.option("--database-url", envvar=DATABASE_URL_ENV, metavar="DSN",
               help="PostgreSQL DSN; overrides the app's [env: PGTASKS_DATABASE_URL]")
-@click.option("--schema", default=None, envvar="PGTASKS_SCHEMA", help="Schema holding the pgtasks tables (default: the app's, or pgtasks)")
+@click.option("--schema", default=None, envvar="PGTASKS_SCHEMA",
+              help="Schema holding the pgtasks tables (default: the app's, or pgtasks) [env: PGTASKS_SCHEMA]")
 @click.version_option(package_name="pgtasks")
 @click.pass_context
 def main(ctx: click.Context, app_path: str | None, database_url: str | None, schema: str | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -64,10 +65,8 @@ class Completer:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
 
     async def _loop(self) -> None:
         failures = 0
@@ -83,7 +82,8 @@ class Completer:
                 except DatabaseError as exc:
                     failures += 1
                     if failures == 1:
-                        log_event(logger, logging.WARNING, "completer.failing", error=str(exc), backlog=len(self._pending))
+                        log_event(logger, logging.WARNING, "completer.failing", error=str(exc),
+                                  backlog=len(self._pending))
                     await asyncio.sleep(backoff_delay(failures))
                     continue
                 if failures:

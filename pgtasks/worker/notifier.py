@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -41,10 +42,8 @@ class Notifier:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         self.connected.clear()
 
     async def wait_connected(self, timeout: float) -> bool:
@@ -58,7 +57,8 @@ class Notifier:
         failures = 0
         while True:
             try:
-                conn = await AsyncConnection.connect(self._dsn, **connection_kwargs(self._application_name + "-listener"))
+                kwargs = connection_kwargs(self._application_name + "-listener")
+                conn = await AsyncConnection.connect(self._dsn, **kwargs)
                 async with conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                     if failures:
