@@ -1,0 +1,88 @@
+"""Unit tests (no database): argument binding, validation at enqueue, decoding to annotated types."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import msgspec
+import pytest
+
+from pgtasks.arguments import ArgumentCodec
+from pgtasks.errors import TaskArgumentError
+
+
+class Address(msgspec.Struct):
+    city: str
+    zip: str
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+def rich(when: datetime, ident: uuid.UUID, amount: Decimal, where: Address, point: Point, tags: list[str]) -> None:
+    pass
+
+
+def variadic(first: int, *rest: int, flag: bool = False, **extra: str) -> None:
+    pass
+
+
+def test_round_trip_restores_annotated_types() -> None:
+    codec = ArgumentCodec(rich, "rich")
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    ident = uuid.uuid4()
+    encoded = codec.encode((when, ident, Decimal("12.50"), Address("Oslo", "0150"), Point(1, 2), ["a"]), {})
+    args, kwargs = codec.decode(encoded)
+    assert args == ()
+    assert kwargs == {"when": when, "ident": ident, "amount": Decimal("12.50"), "where": Address("Oslo", "0150"),
+                      "point": Point(1, 2), "tags": ["a"]}
+    assert isinstance(kwargs["where"], Address)
+    assert isinstance(kwargs["point"], Point)
+
+
+def test_variadic_parameters_round_trip_positionally() -> None:
+    codec = ArgumentCodec(variadic, "variadic")
+    args, kwargs = codec.decode(codec.encode((1, 2, 3), {"flag": True, "note": "x"}))
+    assert args == (1, 2, 3)
+    assert kwargs == {"flag": True, "note": "x"}
+    variadic(*args, **kwargs)
+
+
+def test_defaults_are_filled_on_decode() -> None:
+    codec = ArgumentCodec(variadic, "variadic")
+    args, kwargs = codec.decode(codec.encode((7,), {}))
+    assert args == (7,)
+    assert kwargs == {"flag": False}
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((), {}, "missing a required argument: 'when'"),
+        ((datetime.now(UTC), uuid.uuid4(), Decimal(1), Address("a", "b"), Point(1, 2), ["a"], 9), {}, "too many"),
+        ((datetime.now(UTC), uuid.uuid4(), Decimal(1), Address("a", "b"), Point(1, 2), ["a"]), {"bogus": 1},
+         "unexpected keyword argument 'bogus'"),
+        (("yesterday", uuid.uuid4(), Decimal(1), Address("a", "b"), Point(1, 2), ["a"]), {}, "parameter 'when'"),
+        ((datetime.now(UTC), uuid.uuid4(), Decimal(1), Address("a", "b"), Point(1, 2), [1]), {}, "parameter 'tags'"),
+        ((datetime.now(UTC), uuid.uuid4(), Decimal(1), object(), Point(1, 2), ["a"]), {}, "argument 'where'"),
+    ],
+)
+def test_bad_arguments_name_the_parameter(args: tuple[object, ...], kwargs: dict[str, object], message: str) -> None:
+    codec = ArgumentCodec(rich, "rich")
+    with pytest.raises(TaskArgumentError, match=message) as info:
+        codec.encode(args, kwargs)
+    assert str(info.value).startswith("rich:")
+
+
+def test_unannotated_parameters_accept_any_json() -> None:
+    def loose(a, b=None):  # type: ignore[no-untyped-def]
+        pass
+
+    codec = ArgumentCodec(loose, "loose")
+    assert codec.decode(codec.encode(({"k": [1, 2]},), {})) == ((), {"a": {"k": [1, 2]}, "b": None})

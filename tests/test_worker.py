@@ -1,0 +1,331 @@
+"""Integration tests: the worker runs jobs against a real PostgreSQL and records every outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import psycopg
+import pytest
+
+import pgtasks
+from pgtasks import App
+from pgtasks.models import JobState, Outcome
+from tests.helpers import drain, jobs, wait_for, worker_thread
+
+
+class Order(msgspec.Struct):
+    id: int
+    placed: datetime
+
+
+def test_sync_and_async_tasks_complete_with_typed_arguments(app: App, conn: psycopg.Connection[Any]) -> None:
+    seen: list[Any] = []
+
+    @app.task(name="ship")
+    def ship(order: Order, note: str = "") -> int:
+        seen.append(order)
+        return order.id * 2
+
+    @app.task(name="aship")
+    async def aship(when: datetime) -> str:
+        await asyncio.sleep(0)
+        seen.append(when)
+        return when.isoformat()
+
+    placed = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    ship.delay(Order(21, placed))
+    aship.delay(placed)
+    worker = drain(app)
+    assert worker.claimed == 2
+    rows = jobs(conn, app.schema)
+    assert [r["state"] for r in rows] == ["completed", "completed"]
+    assert [r["result"] for r in rows] == [42, placed.isoformat()]
+    assert all(r["attempt"] == 1 and r["finalized_at"] is not None for r in rows)
+    assert Order(21, placed) in seen and placed in seen
+    assert isinstance(seen[0], Order | datetime) and isinstance(seen[1], Order | datetime)
+
+
+def test_failures_retry_with_error_entries_until_discarded(app: App, conn: psycopg.Connection[Any]) -> None:
+    @app.task(name="flaky", max_attempts=3, retry=pgtasks.Fixed(0))
+    def flaky() -> None:
+        raise ValueError("upstream said no")
+
+    flaky.delay()
+    drain(app)
+    [row] = jobs(conn, app.schema)
+    assert (row["state"], row["attempt"]) == ("discarded", 3)
+    assert [e["attempt"] for e in row["errors"]] == [1, 2, 3]
+    assert {e["type"] for e in row["errors"]} == {"ValueError"}
+    assert all("upstream said no" in e["message"] and "Traceback" in e["traceback"] for e in row["errors"])
+
+
+def test_retry_counts_an_attempt_and_waits(app: App, conn: psycopg.Connection[Any]) -> None:
+    @app.task(name="later")
+    def later() -> None:
+        raise pgtasks.Retry(in_=120, reason="rate limited")
+
+    later.delay()
+    drain(app)
+    [row] = jobs(conn, app.schema)
+    assert (row["state"], row["attempt"]) == ("retryable", 1)
+    assert 115 <= (row["run_at"] - row["attempted_at"]).total_seconds() <= 125
+    assert row["errors"][0]["type"] == "Retry" and row["errors"][0]["message"] == "rate limited"
+
+
+def test_snooze_keeps_the_attempt_count(app: App, conn: psycopg.Connection[Any]) -> None:
+    calls: list[int] = []
+
+    @app.task(name="sleepy")
+    def sleepy() -> None:
+        calls.append(pgtasks.current_job().attempt)
+        if len(calls) < 3:
+            raise pgtasks.Snooze(0)
+
+    sleepy.delay()
+    drain(app)
+    [row] = jobs(conn, app.schema)
+    assert calls == [1, 1, 1]  # snoozes did not use up attempts
+    assert (row["state"], row["attempt"], row["claims"], row["errors"]) == ("completed", 1, 3, [])
+
+    @app.task(name="snooze_long")
+    def snooze_long() -> None:
+        raise pgtasks.Snooze(300)
+
+    snooze_long.delay()
+    drain(app)
+    snoozed = jobs(conn, app.schema)[1]
+    assert (snoozed["state"], snoozed["attempt"]) == ("scheduled", 0)
+    assert (snoozed["run_at"] - snoozed["attempted_at"]).total_seconds() > 290
+
+
+def test_cancel_stops_for_good(app: App, conn: psycopg.Connection[Any]) -> None:
+    @app.task(name="doomed")
+    def doomed() -> None:
+        raise pgtasks.Cancel("customer deleted")
+
+    doomed.delay()
+    drain(app)
+    [row] = jobs(conn, app.schema)
+    assert (row["state"], row["attempt"]) == ("cancelled", 1)
+    assert row["errors"][0]["type"] == "Cancel" and row["errors"][0]["message"] == "customer deleted"
+
+
+def test_timeouts_fail_the_attempt_for_async_and_sync_tasks(app: App, conn: psycopg.Connection[Any]) -> None:
+    release = threading.Event()
+
+    @app.task(name="slow_async", timeout=0.2, max_attempts=1)
+    async def slow_async() -> None:
+        await asyncio.sleep(30)
+
+    @app.task(name="slow_sync", timeout=0.2, max_attempts=1)
+    def slow_sync() -> None:
+        release.wait(30)
+
+    @app.task(name="quick")
+    def quick() -> None: ...
+
+    slow_async.delay()
+    slow_sync.delay()
+    started = time.monotonic()
+    worker = drain(app, concurrency=2)
+    assert time.monotonic() - started < 10
+    quick.delay()
+    worker = drain(app, concurrency=2)
+    release.set()
+    rows = {r["task"]: r for r in jobs(conn, app.schema)}
+    for name in ("slow_async", "slow_sync"):
+        assert rows[name]["state"] == "discarded"
+        assert rows[name]["errors"][0]["type"] == "TimeoutError"
+        assert "timeout of 0.2s" in rows[name]["errors"][0]["message"]
+    assert rows["quick"]["state"] == "completed"
+    assert worker.claimed == 1
+
+
+def test_stuck_sync_thread_is_not_reused(app: App) -> None:
+    release = threading.Event()
+    threads_used: list[str] = []
+
+    @app.task(name="stuck", timeout=0.1, max_attempts=1)
+    def stuck() -> None:
+        threads_used.append(threading.current_thread().name)
+        release.wait(30)
+
+    @app.task(name="after")
+    def after() -> None:
+        threads_used.append(threading.current_thread().name)
+
+    with worker_thread(app, concurrency=1, poll_interval=0.05) as worker:
+        stuck.delay()
+        wait_for(lambda: len(threads_used) == 1)
+        after.delay()
+        wait_for(lambda: len(threads_used) == 2)
+        assert threads_used[0] != threads_used[1]
+        assert worker.threads.size == 2
+        release.set()
+
+
+def test_unknown_task_is_retried_with_an_error_naming_it(app: App, conn: psycopg.Connection[Any]) -> None:
+    other = App(app.dsn, schema=app.schema)
+
+    @other.task(name="elsewhere.only")
+    def only() -> None: ...
+
+    only.delay()
+
+    @app.task(name="known")
+    def known() -> None: ...
+
+    known.delay()
+    drain(app)
+    rows = {r["task"]: r for r in jobs(conn, app.schema)}
+    assert rows["known"]["state"] == "completed"
+    missing = rows["elsewhere.only"]
+    assert (missing["state"], missing["attempt"]) == ("retryable", 1)
+    assert missing["errors"][0]["type"] == "UnknownTaskError"
+    assert "'elsewhere.only' is not registered" in missing["errors"][0]["message"]
+
+
+def test_expired_jobs_are_not_run(app: App, conn: psycopg.Connection[Any]) -> None:
+    ran: list[int] = []
+
+    @app.task(name="stale")
+    def stale() -> None:
+        ran.append(1)
+
+    stale.apply_async(expires=0.05)
+    time.sleep(0.2)
+    drain(app)
+    [row] = jobs(conn, app.schema)
+    assert ran == []
+    assert row["state"] == "cancelled" and row["errors"][0]["type"] == "Expired"
+
+
+def test_scheduled_jobs_wait_for_run_at_and_priority_orders(app: App, conn: psycopg.Connection[Any]) -> None:
+    order: list[str] = []
+
+    @app.task(name="record")
+    def record(label: str) -> None:
+        order.append(label)
+
+    record.apply_async(args=("scheduled",), countdown=0.6)
+    record.apply_async(args=("low",), priority=-5)
+    record.apply_async(args=("high",), priority=10)
+    record.apply_async(args=("middle",))
+    drain(app, concurrency=1)
+    assert order == ["high", "middle", "low"]
+    time.sleep(0.7)
+    drain(app, concurrency=1)
+    assert order[-1] == "scheduled"
+    row = next(r for r in jobs(conn, app.schema) if r["args"] == {"label": "scheduled"})
+    assert row["attempted_at"] >= row["run_at"]
+
+
+def test_listen_wakes_an_idle_worker_and_poll_is_the_safety_net(app: App, conn: psycopg.Connection[Any]) -> None:
+    done = threading.Event()
+
+    @app.task(name="ping")
+    def ping() -> None:
+        done.set()
+
+    with worker_thread(app, poll_interval=60, listen=True):
+        started = time.monotonic()
+        ping.delay()
+        assert done.wait(5), "LISTEN did not wake the worker"
+        assert time.monotonic() - started < 2  # far below the 60 s poll
+    done.clear()
+    with worker_thread(app, poll_interval=0.2, listen=False):
+        ping.delay()
+        assert done.wait(5), "polling did not pick the job up"
+
+
+def test_graceful_shutdown_finishes_short_jobs_and_puts_long_ones_back(
+    app: App, conn: psycopg.Connection[Any]
+) -> None:
+    started = threading.Event()
+
+    @app.task(name="short")
+    async def short() -> None:
+        started.set()
+        await asyncio.sleep(0.3)
+
+    @app.task(name="long")
+    async def long() -> None:
+        await asyncio.sleep(60)
+
+    with worker_thread(app, grace=5, poll_interval=0.05):
+        short.delay()
+        assert started.wait(5)
+    assert jobs(conn, app.schema)[0]["state"] == "completed"
+
+    long.delay()
+    with worker_thread(app, grace=0.3, poll_interval=0.05):
+        wait_for(lambda: jobs(conn, app.schema)[1]["state"] == "running")
+    row = jobs(conn, app.schema)[1]
+    assert (row["state"], row["attempt"]) == ("available", 0)
+    assert row["errors"][0]["type"] == "WorkerShutdown"
+
+
+def test_stale_claim_cannot_overwrite_the_new_outcome(app: App, conn: psycopg.Connection[Any]) -> None:
+    @app.task(name="fenced")
+    def fenced() -> None: ...
+
+    ref = fenced.delay()
+
+    async def scenario() -> tuple[set[int], set[int]]:
+        async with await app.aconnect() as aconn:
+            [first] = await app.store.job_fetch_available(aconn, queues=["default"], limit=1, worker_id="old")
+            # The first claimant goes silent; the job is put back and claimed again.
+            await aconn.execute(f'UPDATE "{app.schema}".jobs SET state = \'available\' WHERE id = %s', [ref.id])
+            [second] = await app.store.job_fetch_available(aconn, queues=["default"], limit=1, worker_id="new")
+            assert (first.claims, second.claims) == (1, 2)
+            new = await app.store.job_set_outcome_many(aconn, [Outcome(ref.id, 2, JobState.COMPLETED)])
+            stale = await app.store.job_set_outcome_many(aconn, [Outcome(ref.id, 1, JobState.DISCARDED)])
+            return new, stale
+
+    new, stale = asyncio.run(scenario())
+    assert (new, stale) == ({ref.id}, set())
+    [row] = jobs(conn, app.schema)
+    assert (row["state"], row["attempted_by"]) == ("completed", "new")
+
+
+def test_worker_survives_its_connections_being_killed(database_url: str, schema: str,
+                                                      conn: psycopg.Connection[Any]) -> None:
+    app = App(database_url, schema=schema, application_name=f"pgt-{schema}")
+    app.migrate()
+    count = 0
+
+    @app.task(name="tick")
+    def tick() -> None:
+        nonlocal count
+        count += 1
+
+    enqueuer = App(database_url, schema=schema)  # its connections are not the ones killed
+
+    @enqueuer.task(name="tick")
+    def remote_tick() -> None: ...
+
+    with worker_thread(app, poll_interval=0.1, concurrency=5):
+        remote_tick.delay_many([() for _ in range(20)])
+        wait_for(lambda: count == 20)
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE %s",
+            [f"pgt-{schema}%"],
+        ).fetchone()
+        assert killed is not None and killed[0] >= 2  # the pool and the listener
+        remote_tick.delay_many([() for _ in range(20)])
+        wait_for(lambda: count == 40, timeout=20)
+    states = {r["state"] for r in jobs(conn, schema)}
+    assert states == {"completed"}
+    app.close()
+    enqueuer.close()
+
+
+@pytest.mark.parametrize("bad", [{"concurrency": 0}, {"poll_interval": 0}, {"queues": []}, {"pool_size": 1}])
+def test_bad_worker_settings_are_rejected(app: App, bad: dict[str, Any]) -> None:
+    with pytest.raises(pgtasks.ConfigurationError):
+        app.worker(**bad)
