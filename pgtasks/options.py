@@ -86,7 +86,7 @@ def build_row(task: str, args_json: str, options: EnqueueOptions, defaults: Enqu
         raise ConfigurationError(f"unique_key={unique_key!r}: expected a non-empty string")
     return EnqueueRow(
         task=task,
-        queue=validate_queue(opts.queue or "default"),
+        queue=validate_queue(opts.queue if opts.queue is not None else "default"),
         args=args_json,
         priority=validate_priority(opts.priority if opts.priority is not None else 0),
         max_attempts=validate_max_attempts(opts.max_attempts if opts.max_attempts is not None else 20),
