@@ -16,7 +16,7 @@ import pgtasks
 app = pgtasks.App()
 
 
-@app.task(name="quickstart.send_welcome_email", max_attempts=3, retry=pgtasks.Fixed(0.2))
+@app.task(name="quickstart.send_welcome_email", max_attempts=3, retry=pgtasks.Fixed(0))
 def send_welcome_email(user_id: int, email: str) -> str:
     """Pretend to email a new user; fails once to show a retry."""
     if pgtasks.current_job().attempt == 1:
@@ -43,7 +43,7 @@ def signup(email: str, *, fail: bool = False) -> None:
 def main() -> None:
     with app.transaction() as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS quickstart_users (id serial PRIMARY KEY, email text NOT NULL)")
-        conn.execute("TRUNCATE quickstart_users")
+        conn.execute("TRUNCATE quickstart_users RESTART IDENTITY")
         conn.execute(f'TRUNCATE "{app.schema}".jobs')
     where = "embedded PostgreSQL in ./.pgtasks/postgres" if app.is_embedded else "PGTASKS_DATABASE_URL"
     print(f"database: {where}")
@@ -60,7 +60,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     subprocess.run(
         [sys.executable, "-m", "pgtasks", "--app", "quickstart:app", "worker", "--burst", "--poll-interval", "0.1",
-         "--log-level", "WARNING"],
+         "--log-level", "INFO"],
         check=True, env=env,
     )
 

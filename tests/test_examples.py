@@ -1,0 +1,23 @@
+"""Every example in examples/ runs, as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from pgtasks import App
+from tests.conftest import ROOT
+
+
+def test_quickstart_demo(app: App, database_url: str) -> None:
+    env = {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": app.schema}
+    result = subprocess.run([sys.executable, "examples/quickstart.py"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "rolled back: payment declined for bob@example.com" in out
+    assert "quickstart.send_welcome_email    completed  attempts=2" in out
+    assert "quickstart.add                   completed  attempts=1 result=5" in out
+    assert "users: ['alice@example.com']" in out
+    assert "job.retrying" in result.stderr and "job.completed" in result.stderr
