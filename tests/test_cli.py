@@ -43,7 +43,8 @@ def enqueuer(app: App) -> App:
 
 def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "pgtasks", "--app", "tests.apps.slow_app:app", "worker", "--poll-interval", "0.1", *args],
+        [sys.executable, "-m", "pgtasks", "--app", "tests.apps.slow_app:app", "worker", "--poll-interval", "0.1",
+         *args],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
