@@ -73,6 +73,8 @@ def main() -> None:
     for job_id, task, state, attempt, result in rows:
         print(f"  job {job_id}: {task:<32} {state:<10} attempts={attempt} result={result}")
     print(f"users: {users}")
+    if app.is_embedded:
+        print("the embedded PostgreSQL keeps running for your next run; stop it with: pgtasks embedded stop")
     app.close()
 
 

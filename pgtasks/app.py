@@ -199,6 +199,9 @@ class App:
         loop = asyncio.get_running_loop()
         pool = self._async_pools.get(loop)
         if pool is None:
+            # Pools of event loops that have since closed cannot be closed cleanly; drop them.
+            for stale in [lp for lp in self._async_pools if lp.is_closed()]:
+                del self._async_pools[stale]
             dsn = await asyncio.to_thread(lambda: self.dsn)
             pool = make_async_pool(dsn, application_name=self.application_name,
                                    max_size=self.pool_size, name="pgtasks-async-enqueue")
@@ -352,12 +355,22 @@ class App:
         self.worker(**options).run()
 
     def close(self) -> None:
-        """Close the app's connection pools (the embedded server keeps running for other processes)."""
+        """Close the sync pool (call `await app.aclose()` from async code to close the async pool too).
+
+        The embedded server, if any, keeps running for other processes; `pgtasks embedded stop` stops it.
+        """
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
-        pools, self._async_pools = self._async_pools, {}
-        for loop, apool in pools.items():
-            if not loop.is_closed() and loop.is_running() is False:
+        for loop, apool in list(self._async_pools.items()):
+            if not loop.is_closed() and not loop.is_running():
                 loop.run_until_complete(apool.close())
+                del self._async_pools[loop]
+
+    async def aclose(self) -> None:
+        """Close the async pool of the running event loop, and the sync pool."""
+        apool = self._async_pools.pop(asyncio.get_running_loop(), None)
+        if apool is not None:
+            await apool.close()
+        await asyncio.to_thread(self.close)

@@ -93,6 +93,7 @@ class Worker:
         self.notifier: Notifier | None = None
         self.completer: Completer | None = None
         self.threads = ElasticThreadPool()
+        self.executor = Executor(app, self.worker_id, self.threads)
         self.fetches = 0
         self.claimed = 0
         self.started = asyncio.Event()
@@ -263,8 +264,7 @@ class Worker:
 
     async def _run_job(self, job: ClaimedJob) -> None:
         assert self.completer is not None
-        executor = Executor(self.app, self.worker_id, self.threads)
-        outcome = await executor.run(job)
+        outcome = await self.executor.run(job)
         self.completer.submit(outcome)
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
