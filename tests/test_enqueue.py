@@ -191,7 +191,7 @@ def test_duplicate_task_names_are_an_error(app: App) -> None:
 
 def test_bad_task_and_app_settings_are_rejected(database_url: str) -> None:
     with pytest.raises(ConfigurationError, match="options="):
-        App(database_url + "?options=-c%20statement_timeout%3D5000")
+        App("postgresql://app@127.0.0.1:6432/db?options=-c%20statement_timeout%3D5000")
     with pytest.raises(ConfigurationError, match="schema="):
         App(database_url, schema="Bad-Name")
     app = App(database_url)
