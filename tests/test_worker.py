@@ -329,3 +329,18 @@ def test_worker_survives_its_connections_being_killed(database_url: str, schema:
 def test_bad_worker_settings_are_rejected(app: App, bad: dict[str, Any]) -> None:
     with pytest.raises(pgtasks.ConfigurationError):
         app.worker(**bad)
+
+
+def test_several_queues_are_served_by_priority_not_by_name(app: App) -> None:
+    order: list[str] = []
+
+    @app.task(name="tagged")
+    def tagged(label: str) -> None:
+        order.append(label)
+
+    tagged.configure(queue="a").delay("a-low")
+    tagged.configure(queue="z", priority=3).delay("z-high")
+    tagged.configure(queue="m", priority=1).delay("m-mid")
+    tagged.configure(queue="ignored", priority=9).delay("not mine")
+    drain(app, queues=["a", "m", "z"], concurrency=1)
+    assert order == ["z-high", "m-mid", "a-low"]

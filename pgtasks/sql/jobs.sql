@@ -49,14 +49,23 @@ WHERE unique_key = %(unique_key)s AND state IN ('available', 'scheduled', 'runni
 -- Claim up to %(limit)s runnable jobs. The CTE is the optimisation fence that makes LIMIT really
 -- bound the UPDATE; SKIP LOCKED lets many workers claim concurrently without waiting on each
 -- other. Every claim bumps `claims`, the fencing token the outcome is written against.
+-- One LATERAL index scan per queue (each reads jobs_fetch_idx in order and stops after LIMIT)
+-- then a merge by priority: with `queue = ANY(...)` instead, several queues would need a sort of
+-- the whole backlog, or an ORDER BY queue that drains one queue before the next is looked at.
 WITH claimable AS (
-    SELECT id FROM {schema}.jobs
-    WHERE state IN ('available', 'scheduled', 'retryable')
-      AND queue = ANY(%(queues)s::text[])
-      AND run_at <= coalesce(%(now)s::timestamptz, now())
-    ORDER BY queue, priority DESC, run_at, id
+    SELECT c.id
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM {schema}.jobs
+        WHERE queue = q.name
+          AND state IN ('available', 'scheduled', 'retryable')
+          AND run_at <= coalesce(%(now)s::timestamptz, now())
+        ORDER BY priority DESC, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, claims = j.claims + 1,
@@ -100,3 +109,14 @@ GROUP BY state
 -- Jobs a worker on these queues could still run now or later (used by burst mode).
 SELECT count(*) AS count FROM {schema}.jobs
 WHERE state IN ('available', 'scheduled', 'retryable', 'running') AND queue = ANY(%(queues)s::text[])
+
+-- name: job_release_unknown_claims
+-- Put back jobs this worker claimed without knowing it: a fetch whose reply was lost with its
+-- connection (pooler restart, dropped TCP) may still have committed its claims. Those jobs never
+-- started, so their attempt is given back. Jobs the worker runs or has yet to record are passed in
+-- %(known_ids)s and left alone. A fetch still running on the server holds its row locks, so this
+-- waits for it and then sees its claims.
+UPDATE {schema}.jobs
+SET state = 'available', attempt = greatest(attempt - 1, 0)
+WHERE state = 'running' AND attempted_by = %(worker_id)s AND id <> ALL(%(known_ids)s::bigint[])
+RETURNING id
