@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import select
 from typing import Any
 
 import psycopg
+from psycopg import AsyncConnection, Connection
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg.pq import ConnStatus, TransactionStatus
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from pgtasks.errors import ConfigurationError
+from pgtasks.errors import ConfigurationError, ConnectionLostError
+from pgtasks.logs import log_event
 
 logger = logging.getLogger("pgtasks.connections")
 
@@ -53,9 +57,81 @@ def redact(dsn: str) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items())
 
 
+def went_stale(conn: Connection[Any] | AsyncConnection[Any]) -> bool:
+    """True if an idle connection was closed or broken by the other side since its last use.
+
+    Costs no round trip: an idle connection has nothing to read unless the server or the pooler
+    spoke first. That is EOF when PgBouncer or PostgreSQL restarted, or a FATAL before EOF after
+    pg_terminate_backend(); reading it shows whether the connection is still usable. A socket
+    that died silently (a half-open TCP connection) is not caught here; its first statement fails.
+    """
+    if conn.closed or conn.broken:
+        return True
+    pgconn = conn.pgconn
+    if pgconn.status != ConnStatus.OK or pgconn.transaction_status != TransactionStatus.IDLE:
+        return True
+    try:
+        if not _readable(pgconn.socket):
+            return False
+        pgconn.consume_input()
+    except (OSError, ValueError, psycopg.OperationalError):
+        return True
+    return pgconn.status != ConnStatus.OK
+
+
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))  # POLLHUP and POLLERR are reported even when not asked for
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
+
+
+class CheckedConnectionPool(ConnectionPool):
+    """A ConnectionPool that never hands out a connection the other side already closed.
+
+    After a PgBouncer or PostgreSQL restart every idle pooled connection is dead. psycopg_pool
+    would hand them out one by one, and each caller's first statement would fail. Here stale
+    ones are dropped at checkout (see went_stale) and the next one is taken, without the
+    pool's own check backoff. The wait for a connection ending (PoolTimeout) becomes a
+    ConnectionLostError, like every other lost-connection error pgtasks raises.
+    """
+
+    def getconn(self, timeout: float | None = None) -> Connection[Any]:
+        for _ in range(self.max_size + 1):
+            try:
+                conn = super().getconn(timeout)
+            except PoolTimeout as exc:
+                raise ConnectionLostError(f"no database connection from pool {self.name!r}: {exc}") from exc
+            if not went_stale(conn):
+                return conn
+            log_event(logger, logging.INFO, "connection.stale_dropped", pool=self.name)
+            conn.close()
+            self.putconn(conn)  # a closed connection is discarded and replaced by the pool
+        raise ConnectionLostError(f"pool {self.name!r}: every connection handed out was already closed")
+
+
+class CheckedAsyncConnectionPool(AsyncConnectionPool):
+    """The asyncio twin of CheckedConnectionPool."""
+
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
+        for _ in range(self.max_size + 1):
+            try:
+                conn = await super().getconn(timeout)
+            except PoolTimeout as exc:
+                raise ConnectionLostError(f"no database connection from pool {self.name!r}: {exc}") from exc
+            if not went_stale(conn):
+                return conn
+            log_event(logger, logging.INFO, "connection.stale_dropped", pool=self.name)
+            await conn.close()
+            await self.putconn(conn)
+        raise ConnectionLostError(f"pool {self.name!r}: every connection handed out was already closed")
+
+
 def make_pool(dsn: str, *, application_name: str, max_size: int, name: str) -> ConnectionPool:
     """A sync pool (closed; call .open()) whose connections follow connection_kwargs()."""
-    return ConnectionPool(
+    return CheckedConnectionPool(
         dsn,
         kwargs=connection_kwargs(application_name),
         min_size=0,
@@ -71,7 +147,7 @@ def make_pool(dsn: str, *, application_name: str, max_size: int, name: str) -> C
 
 def make_async_pool(dsn: str, *, application_name: str, max_size: int, name: str) -> AsyncConnectionPool:
     """The asyncio twin of make_pool()."""
-    return AsyncConnectionPool(
+    return CheckedAsyncConnectionPool(
         dsn,
         kwargs=connection_kwargs(application_name),
         min_size=min(1, max_size),

@@ -51,6 +51,12 @@ class ConnectionLostError(DatabaseError):
     __module__ = "pgtasks"
 
 
+class PoolExhaustedError(ConnectionLostError):
+    """The pooler had no free server connection in time (PgBouncer 08P01 query_wait_timeout); retryable."""
+
+    __module__ = "pgtasks"
+
+
 class JobControl(Exception):
     """Base of the exceptions a task raises to steer its own job; not errors."""
 

@@ -9,9 +9,9 @@ from typing import Any, LiteralString
 
 import msgspec
 import psycopg
-from psycopg import AsyncConnection, Connection, errors
+from psycopg import AsyncConnection, Connection, errors, sql
 
-from pgtasks.errors import ConnectionLostError, DatabaseError, SchemaNotMigratedError
+from pgtasks.errors import ConnectionLostError, DatabaseError, PoolExhaustedError, SchemaNotMigratedError
 from pgtasks.models import ClaimedJob, EnqueueRow, Outcome
 from pgtasks.queries import queries_for
 
@@ -35,6 +35,12 @@ def translate_errors(schema: str) -> Iterator[None]:
         ) from exc
     except psycopg.OperationalError as exc:
         # Lost connections, refused connects, and PgBouncer's 08P01 query_wait_timeout.
+        if exc.sqlstate == "08P01" and "query_wait_timeout" in str(exc):
+            raise PoolExhaustedError(
+                f"the connection pooler found no free server connection within its query_wait_timeout ({exc}); "
+                "the statement never ran. Give the pooler a bigger pool (PgBouncer default_pool_size) or "
+                "use fewer connections (see the connection budget in docs/pgbouncer.md)"
+            ) from exc
         raise ConnectionLostError(f"database connection failed: {exc}") from exc
     except psycopg.Error as exc:
         raise DatabaseError(f"database error: {exc}") from exc
@@ -185,3 +191,34 @@ class Store:
             cur = await conn.execute(self.q["migration_current_version"])
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    # -- connection probes and LISTEN/NOTIFY (pgtasks.poolmode, the notifier; issue 4) ------------
+
+    async def abackend_pid(self, conn: AsyncConnection[Any]) -> int:
+        """pg_backend_pid() of the server process running this statement."""
+        with self.errors():
+            cur = await conn.execute(self.q["backend_pid_get"])
+            row = await cur.fetchone()
+        assert row is not None  # SELECT of a function always returns one row
+        return int(row[0])
+
+    async def achannel_listen(self, conn: AsyncConnection[Any], channel: str) -> None:
+        with self.errors():
+            await conn.execute(sql.SQL(self.q["channel_listen"]).format(identifier=sql.Identifier(channel)))
+
+    async def achannel_unlisten(self, conn: AsyncConnection[Any], channel: str) -> None:
+        with self.errors():
+            await conn.execute(sql.SQL(self.q["channel_unlisten"]).format(identifier=sql.Identifier(channel)))
+
+    async def achannel_notify(self, conn: AsyncConnection[Any], channel: str, payload: str) -> None:
+        with self.errors():
+            await conn.execute(self.q["channel_notify"], {"channel": channel, "payload": payload})
+
+    async def job_release_unknown_claims(
+        self, conn: AsyncConnection[Any], *, worker_id: str, known_ids: Sequence[int]
+    ) -> list[int]:
+        """Put back jobs `worker_id` claimed in a fetch whose reply it never got; returns their ids."""
+        with self.errors():
+            cur = await conn.execute(self.q["job_release_unknown_claims"],
+                                     {"worker_id": worker_id, "known_ids": list(known_ids)})
+            return [int(row[0]) for row in await cur.fetchall()]

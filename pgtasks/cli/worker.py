@@ -14,21 +14,27 @@ from pgtasks.logs import configure_logging
               help="Jobs run at once (sync tasks on threads, async tasks on the event loop).")
 @click.option("--poll-interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
               help="Seconds between polls; the safety net for LISTEN, the only wakeup with --no-listen.")
-@click.option("--listen/--no-listen", default=True, show_default=True, help="Wake on LISTEN/NOTIFY.")
+@click.option("--listen/--no-listen", default=None,
+              help="Wake on LISTEN/NOTIFY. Default: auto - LISTEN where a NOTIFY round trip works, poll-only "
+                   "behind a transaction pooler. --listen makes a transaction pooler an error.")
+@click.option("--listen-dsn", metavar="DSN", envvar="PGTASKS_LISTEN_DSN", default=None,
+              help="A direct or session-pooled DSN for the LISTEN connection only, so wakeups stay instant "
+                   "when the database URL goes through a transaction pooler [env: PGTASKS_LISTEN_DSN]")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running jobs get to finish on shutdown before they are put back.")
 @click.option("--pool-size", type=click.IntRange(min=2), default=3, show_default=True,
-              help="Database connections for fetching and completing (plus one for LISTEN).")
+              help="Database connections for fetching and completing (plus one for LISTEN); "
+                   "see the connection budget in docs/pgbouncer.md.")
 @click.option("--burst", is_flag=True, help="Exit once no job is ready to run.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]))
 @click.pass_context
-def worker(ctx: click.Context, queues: str, concurrency: int, poll_interval: float, listen: bool, grace: float,
-           pool_size: int, burst: bool, log_level: str, log_format: str) -> None:
+def worker(ctx: click.Context, queues: str, concurrency: int, poll_interval: float, listen: bool | None,
+           listen_dsn: str | None, grace: float, pool_size: int, burst: bool, log_level: str, log_format: str) -> None:
     """Run a worker: claim jobs with SKIP LOCKED, run them, record outcomes."""
     configure_logging(log_level, log_format)
     app = ctx.find_object(CliState).app(required=True)  # type: ignore[union-attr]
     queue_list = [q.strip() for q in queues.split(",") if q.strip()]
     app.run_worker(queues=queue_list, concurrency=concurrency, poll_interval=poll_interval, listen=listen,
-                   grace=grace, pool_size=pool_size, burst=burst)
+                   listen_dsn=listen_dsn, grace=grace, pool_size=pool_size, burst=burst)

@@ -49,6 +49,10 @@ class Completer:
     def backlog(self) -> int:
         return len(self._pending)
 
+    def pending_job_ids(self) -> list[int]:
+        """Ids of jobs whose outcome is not written yet (their rows still say `running`)."""
+        return [job_id for job_id, _claims in self._pending]
+
     def start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop(), name="pgtasks-completer")

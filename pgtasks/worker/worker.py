@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pgtasks import migrations
-from pgtasks.connections import make_async_pool, redact
-from pgtasks.errors import ConfigurationError, DatabaseError, SchemaNotMigratedError
+from pgtasks.connections import check_dsn, make_async_pool, redact
+from pgtasks.errors import ConfigurationError, ConnectionLostError, DatabaseError, SchemaNotMigratedError
 from pgtasks.logs import log_event
 from pgtasks.models import ClaimedJob, ErrorEntry, JobState, Outcome
 from pgtasks.options import validate_queue
@@ -24,7 +24,8 @@ from pgtasks.queries import notify_channel
 from pgtasks.service import backoff_delay
 from pgtasks.worker.completer import Completer
 from pgtasks.worker.executor import Executor
-from pgtasks.worker.notifier import Notifier
+from pgtasks.worker.listening import ListenPlan, plan_listening
+from pgtasks.worker.notifier import CANARY_INTERVAL, CANARY_TIMEOUT, Notifier
 from pgtasks.worker.threads import ElasticThreadPool
 
 if TYPE_CHECKING:
@@ -53,11 +54,14 @@ class Worker:
         queues: Sequence[str] = ("default",),
         concurrency: int = 10,
         poll_interval: float = 1.0,
-        listen: bool = True,
+        listen: bool | None = None,
         grace: float = 30.0,
         burst: bool = False,
         pool_size: int = 3,
         worker_id: str | None = None,
+        listen_dsn: str | None = None,
+        canary_interval: float = CANARY_INTERVAL,
+        canary_timeout: float = CANARY_TIMEOUT,
     ) -> None:
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
@@ -77,7 +81,13 @@ class Worker:
         self.app = app
         self.concurrency = concurrency
         self.poll_interval = float(poll_interval)
+        # listen: None = auto (LISTEN where it works, else poll), True = required, False = poll only.
         self.listen = listen
+        self.listen_dsn = check_dsn(listen_dsn, name="listen_dsn") if listen_dsn is not None else None
+        self.canary_interval = float(canary_interval)
+        self.canary_timeout = float(canary_timeout)
+        self.listen_plan: ListenPlan | None = None
+        self._claims_uncertain = False
         self.grace = float(grace)
         self.burst = burst
         self.pool_size = pool_size
@@ -101,9 +111,19 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def connection_budget(self) -> dict[str, int]:
-        """Server connections this worker process can hold at once: the pool plus the listener."""
-        listener = 1 if self.listen else 0
+        """Server connections this worker process can hold at once: the pool plus the listener.
+
+        Before start, with listen=None (auto), the listener is counted: the worst case.
+        """
+        if self.listen_plan is not None:
+            return self.listen_plan.budget()
+        listener = 0 if self.listen is False else 1
         return {"pool": self.pool_size, "listener": listener, "total": self.pool_size + listener}
+
+    @property
+    def listening(self) -> bool:
+        """True once started with a LISTEN connection; False when polling only."""
+        return self.listen_plan is not None and self.listen_plan.listen
 
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (graceful; a second signal forces) or, in burst mode, until drained."""
@@ -158,15 +178,11 @@ class Worker:
             await self._check_schema(pool)
             self.completer = Completer(pool, self.app.store)
             self.completer.start()
-            if self.listen:
-                self.notifier = Notifier(self.app.listen_dsn, notify_channel(self.app.schema),
-                                         self.app.application_name, self._on_notify)
-                self.notifier.start()
-                await self.notifier.wait_connected(5.0)
+            await self._start_listening(pool, dsn)
             budget = self.connection_budget()
             log_event(logger, logging.INFO, "worker.started", worker_id=self.worker_id,
                       queues=",".join(self.queues), concurrency=self.concurrency,
-                      poll_interval_s=self.poll_interval, listen=self.listen, tasks=len(self.app.tasks),
+                      poll_interval_s=self.poll_interval, listen=self.listening, tasks=len(self.app.tasks),
                       connections=budget["total"], database=redact(dsn))
             self.started.set()
             await self._fetch_loop(pool)
@@ -175,6 +191,43 @@ class Worker:
             if install_signal_handlers:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     self._loop.remove_signal_handler(signum)
+
+    async def _start_listening(self, pool: AsyncConnectionPool[Any], dsn: str) -> None:
+        """Detect the pool mode, decide LISTEN or poll-only (see worker/listening.py), start the notifier."""
+        listen_dsn = self.listen_dsn
+        if listen_dsn is None:
+            listen_dsn = await asyncio.to_thread(lambda: self.app.listen_dsn)
+        plan = await plan_listening(self.app.store, dsn, listen_dsn, listen=self.listen, pool_size=self.pool_size,
+                                    application_name=self.app.application_name)
+        self.listen_plan = plan
+        plan.log(self.worker_id)
+        if not plan.listen:
+            if self.listen is None:
+                log_event(logger, logging.INFO, "worker.poll_only", reason=plan.reason,
+                          poll_interval_s=self.poll_interval,
+                          hint="for instant wakeups give the listener a direct or session-pooled DSN: --listen-dsn")
+            return
+
+        async def send_canary(channel: str, payload: str) -> None:
+            async with pool.connection() as conn:
+                await self.app.store.achannel_notify(conn, channel, payload)
+
+        self.notifier = Notifier(listen_dsn, notify_channel(self.app.schema), self.app.application_name,
+                                 self._on_notify, store=self.app.store, send_canary=send_canary,
+                                 canary_interval=self.canary_interval, canary_timeout=self.canary_timeout)
+        self.notifier.start()
+        await self.notifier.wait_connected(5.0)
+
+    async def _release_unknown_claims(self, conn: Any) -> None:
+        """After a lost connection, put back jobs a fetch claimed whose reply never arrived."""
+        assert self.completer is not None
+        known = [job.id for job in self._running.values()] + self.completer.pending_job_ids()
+        released = await self.app.store.job_release_unknown_claims(conn, worker_id=self.worker_id, known_ids=known)
+        self._claims_uncertain = False
+        if released:
+            log_event(logger, logging.WARNING, "worker.claims_released", count=len(released),
+                      job_ids=",".join(map(str, released)),
+                      reason="a fetch committed but its reply was lost with the connection")
 
     async def _check_schema(self, pool: AsyncConnectionPool[Any]) -> None:
         async with pool.connection() as conn:
@@ -210,9 +263,13 @@ class Worker:
                 last_fetch = time.monotonic()
                 try:
                     async with pool.connection() as conn:
+                        if self._claims_uncertain:
+                            await self._release_unknown_claims(conn)
                         jobs = await self.app.store.job_fetch_available(
                             conn, queues=self.queues, limit=free, worker_id=self.worker_id)
                 except DatabaseError as exc:
+                    # A lost connection may have lost a committed fetch's reply with it.
+                    self._claims_uncertain = self._claims_uncertain or isinstance(exc, ConnectionLostError)
                     failures += 1
                     if failures == 1:
                         log_event(logger, logging.WARNING, "worker.fetch_failing", error=str(exc))
