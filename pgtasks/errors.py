@@ -57,6 +57,12 @@ class PoolExhaustedError(ConnectionLostError):
     __module__ = "pgtasks"
 
 
+class BenchmarkError(PgtasksError):
+    """A benchmark run could not measure what it set out to (a worker failed, jobs did not complete)."""
+
+    __module__ = "pgtasks"
+
+
 class JobControl(Exception):
     """Base of the exceptions a task raises to steer its own job; not errors."""
 

@@ -12,7 +12,15 @@ import psycopg
 from psycopg import AsyncConnection, Connection, errors, sql
 
 from pgtasks.errors import ConnectionLostError, DatabaseError, PoolExhaustedError, SchemaNotMigratedError
-from pgtasks.models import ClaimedJob, EnqueueRow, Outcome
+from pgtasks.models import (
+    ClaimedJob,
+    EnqueueRow,
+    LastFire,
+    LeaderLease,
+    Outcome,
+    RescuedJob,
+    WorkerInfo,
+)
 from pgtasks.queries import queries_for
 
 _ENCODER = msgspec.json.Encoder()
@@ -178,6 +186,130 @@ class Store:
             cur = await conn.execute(self.q["job_count_pending"], {"queues": list(queues)})
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    # -- leadership, periodic fires, heartbeats, rescuer, cleaner (issue 3) ---------------------
+
+    async def aleader_attempt_elect(self, conn: AsyncConnection[Any], *, leader_id: str, ttl: float,
+                                    now: datetime | None = None) -> LeaderLease | None:
+        """Take the lease if it is free or expired; None while another process holds it."""
+        params = {"leader_id": leader_id, "ttl": ttl, "now": now}
+        with self.errors():
+            row = await (await conn.execute(self.q["leader_attempt_elect"], params)).fetchone()
+        return None if row is None else LeaderLease(*row)
+
+    async def aleader_attempt_reelect(self, conn: AsyncConnection[Any], *, leader_id: str, term: int, ttl: float,
+                                      now: datetime | None = None) -> LeaderLease | None:
+        """Renew our lease of `term`; None once another process has been elected."""
+        params = {"leader_id": leader_id, "term": term, "ttl": ttl, "now": now}
+        with self.errors():
+            row = await (await conn.execute(self.q["leader_attempt_reelect"], params)).fetchone()
+        return None if row is None else LeaderLease(*row)
+
+    async def aleader_resign(self, conn: AsyncConnection[Any], *, leader_id: str, term: int, channel: str,
+                             now: datetime | None = None) -> bool:
+        """Expire our lease of `term` now and notify `channel`; False if it was no longer ours."""
+        params = {"leader_id": leader_id, "term": term, "channel": channel, "now": now}
+        with self.errors():
+            row = await (await conn.execute(self.q["leader_resign"], params)).fetchone()
+        return row is not None
+
+    def leader_get(self, conn: Connection[Any], now: datetime | None = None) -> LeaderLease | None:
+        with self.errors():
+            row = conn.execute(self.q["leader_get"], {"now": now}).fetchone()
+        return None if row is None else LeaderLease(*row)
+
+    async def aleader_get(self, conn: AsyncConnection[Any], now: datetime | None = None) -> LeaderLease | None:
+        with self.errors():
+            row = await (await conn.execute(self.q["leader_get"], {"now": now})).fetchone()
+        return None if row is None else LeaderLease(*row)
+
+    async def aperiodic_fire(self, conn: AsyncConnection[Any], *, schedule: str, fire_time: datetime,
+                             row: EnqueueRow | None, missed: int = 0, leader_term: int | None = None,
+                             now: datetime | None = None) -> tuple[bool, int | None]:
+        """Record one tick and, when `row` is given, enqueue its job in the same transaction.
+
+        Returns (recorded, job_id). recorded is False when the tick was already recorded (by
+        this or another scheduler): then nothing was inserted at all.
+        """
+        params = {"schedule": schedule, "fire_time": fire_time, "outcome": "skipped" if row is None else "enqueued",
+                  "missed": missed, "leader_term": leader_term, "now": now}
+        with self.errors():
+            async with conn.transaction():
+                claimed = await (await conn.execute(self.q["periodic_fire_record"], params)).fetchone()
+                if claimed is None:
+                    return False, None
+                if row is None:
+                    return True, None
+                job_id = await self.ajob_insert(conn, row)
+                await conn.execute(self.q["periodic_fire_set_job"],
+                                   {"schedule": schedule, "fire_time": fire_time, "job_id": job_id})
+        return True, job_id
+
+    async def aperiodic_register(self, conn: AsyncConnection[Any], *, schedule: str, fire_time: datetime,
+                                 leader_term: int | None = None) -> bool:
+        """Record the moment a schedule was first seen: ticks after it are due, none before."""
+        params = {"schedule": schedule, "fire_time": fire_time, "outcome": "registered", "missed": 0,
+                  "leader_term": leader_term, "now": None}
+        with self.errors():
+            row = await (await conn.execute(self.q["periodic_fire_record"], params)).fetchone()
+        return row is not None
+
+    async def aperiodic_last_fires(self, conn: AsyncConnection[Any], names: Sequence[str]) -> dict[str, LastFire]:
+        with self.errors():
+            rows = await (await conn.execute(self.q["periodic_last_fires"], {"names": list(names)})).fetchall()
+        return {row[0]: LastFire(*row) for row in rows}
+
+    def periodic_last_fires(self, conn: Connection[Any], names: Sequence[str]) -> dict[str, LastFire]:
+        with self.errors():
+            rows = conn.execute(self.q["periodic_last_fires"], {"names": list(names)}).fetchall()
+        return {row[0]: LastFire(*row) for row in rows}
+
+    def periodic_schedule_names(self, conn: Connection[Any]) -> list[str]:
+        with self.errors():
+            return [str(row[0]) for row in conn.execute(self.q["periodic_schedule_names"]).fetchall()]
+
+    async def aworker_heartbeat(self, conn: AsyncConnection[Any], *, worker_id: str, hostname: str, pid: int,
+                                queues: Sequence[str], concurrency: int, running: Sequence[int],
+                                now: datetime | None = None) -> None:
+        params = {"worker_id": worker_id, "hostname": hostname, "pid": pid, "queues": list(queues),
+                  "concurrency": concurrency, "running": list(running), "now": now}
+        with self.errors():
+            await conn.execute(self.q["worker_heartbeat"], params)
+
+    async def aworker_delete(self, conn: AsyncConnection[Any], worker_id: str) -> None:
+        with self.errors():
+            await conn.execute(self.q["worker_delete"], {"worker_id": worker_id})
+
+    def worker_list(self, conn: Connection[Any], now: datetime | None = None) -> list[WorkerInfo]:
+        with self.errors():
+            rows = conn.execute(self.q["worker_list"], {"now": now}).fetchall()
+        return [WorkerInfo(*row) for row in rows]
+
+    async def ajob_rescue_stuck(self, conn: AsyncConnection[Any], *, rescue_after: float, limit: int,
+                                now: datetime | None = None) -> list[RescuedJob]:
+        params = {"rescue_after": rescue_after, "limit": limit, "now": now}
+        with self.errors():
+            rows = await (await conn.execute(self.q["job_rescue_stuck"], params)).fetchall()
+        return [RescuedJob(*row[:5]) for row in rows]
+
+    async def ajob_delete_finished(self, conn: AsyncConnection[Any], *, state: str, retention: float, limit: int,
+                                   now: datetime | None = None) -> int:
+        """Delete one batch of `state` jobs finalized more than `retention` seconds ago; returns the count."""
+        params = {"state": state, "retention": retention, "limit": limit, "now": now}
+        with self.errors():
+            return (await conn.execute(self.q["job_delete_finished"], params)).rowcount
+
+    async def aperiodic_fire_prune(self, conn: AsyncConnection[Any], *, retention: float, limit: int,
+                                   now: datetime | None = None) -> int:
+        params = {"retention": retention, "limit": limit, "now": now}
+        with self.errors():
+            return (await conn.execute(self.q["periodic_fire_prune"], params)).rowcount
+
+    async def aworker_prune_dead(self, conn: AsyncConnection[Any], *, retention: float, limit: int,
+                                 now: datetime | None = None) -> int:
+        params = {"retention": retention, "limit": limit, "now": now}
+        with self.errors():
+            return (await conn.execute(self.q["worker_prune_dead"], params)).rowcount
 
     # -- migrations ------------------------------------------------------------------------------
 

@@ -1,0 +1,385 @@
+"""Benchmark workloads shared by `pgtasks bench` and benchmarks/: enqueue, bulk enqueue, drain, idle latency.
+
+Every workload runs in its own throwaway schema (pgtasks_bench_<hex>), dropped afterwards, and
+runs the worker the way users deploy it: a `pgtasks worker` subprocess. Figures come from the
+database, never from logs: completions are counted in `jobs`, and drain windows and start
+latencies are read from the rows' own timestamps (one clock, the database's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+from pgtasks.app import App
+from pgtasks.errors import BenchmarkError
+from pgtasks.task import Task
+
+SCHEMA_PREFIX = "pgtasks_bench_"
+NOOP_TASK = "pgtasks.bench.noop"
+# The `pgtasks worker` entry point, run with this interpreter (no reliance on a `pgtasks` script on PATH).
+_CLI = ("-c", "from pgtasks.cli import main; main()")
+_ENCODER = msgspec.json.Encoder()
+
+
+def bench_app(database_url: str | None = None, *, schema: str | None = None) -> App:
+    """An App holding the one task the benchmarks run: a no-op.
+
+    The worker subprocess loads it with `--app pgtasks.bench:bench_app`, taking the database and the
+    schema from PGTASKS_DATABASE_URL and PGTASKS_SCHEMA.
+    """
+    app = App(database_url, schema=schema, application_name="pgtasks-bench")
+
+    def noop() -> None:
+        return None
+
+    app.task(name=NOOP_TASK)(noop)
+    return app
+
+
+def noop_task(app: App) -> Task[[], None]:
+    """The bench app's no-op task."""
+    task: Task[[], None] = app.tasks[NOOP_TASK]
+    return task
+
+
+@contextlib.contextmanager
+def throwaway_app(database_url: str) -> Iterator[App]:
+    """A bench App on a fresh, migrated schema that is dropped on exit (even after an error)."""
+    schema = SCHEMA_PREFIX + uuid.uuid4().hex[:12]
+    app = bench_app(database_url, schema=schema)
+    try:
+        app.migrate()
+        yield app
+    finally:
+        app.close()
+        drop_schema(app)
+
+
+def drop_schema(app: App) -> None:
+    """Drop a bench app's throwaway schema; refuses any schema not named pgtasks_bench_*."""
+    if not app.schema.startswith(SCHEMA_PREFIX):
+        raise BenchmarkError(f"refusing to drop schema {app.schema!r}: only throwaway {SCHEMA_PREFIX}* schemas are")
+    with app.connect() as conn:
+        app.store.bench_schema_drop(conn)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One measured workload: `rate` is jobs per second; `details` holds workload-specific figures."""
+
+    workload: str
+    jobs: int
+    seconds: float
+    rate: float
+    library: str = "pgtasks"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"library": self.library, "workload": self.workload, "jobs": self.jobs,
+                "seconds": round(self.seconds, 4), "rate": round(self.rate, 1), **self.details}
+
+    def to_json(self) -> str:
+        return _ENCODER.encode(self.as_dict()).decode()
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """p50 / p95 / p99 / max, interpolated as statistics.quantiles(method='inclusive') does."""
+    if not values:
+        raise BenchmarkError("no latencies were recorded: did any job complete?")
+    cuts = [values[0]] * 99 if len(values) == 1 else statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50_ms": round(cuts[49], 2), "p95_ms": round(cuts[94], 2), "p99_ms": round(cuts[98], 2),
+            "max_ms": round(max(values), 2)}
+
+
+# -- the worker subprocess -----------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """A `pgtasks worker` subprocess on a bench app's schema; stderr (its log) goes to a temp file.
+
+    `prefix` wraps the command, e.g. ("py-spy", "record", "-o", "out.svg", "--") to profile it.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        burst: bool = False,
+        concurrency: int | None = None,
+        listen: bool = True,
+        poll_interval: float | None = None,
+        extra_args: Sequence[str] = (),
+        prefix: Sequence[str] = (),
+        log_level: str = "INFO",
+    ) -> None:
+        args = ["worker", "--log-level", log_level]
+        if burst:
+            args.append("--burst")
+        if concurrency is not None:
+            args += ["--concurrency", str(concurrency)]
+        if not listen:
+            args.append("--no-listen")
+        if poll_interval is not None:
+            args += ["--poll-interval", str(poll_interval)]
+        args += list(extra_args)
+        self.command = [*prefix, sys.executable, *_CLI, "--app", "pgtasks.bench:bench_app", *args]
+        self.env = {**os.environ, "PGTASKS_DATABASE_URL": app.dsn, "PGTASKS_SCHEMA": app.schema}
+        self.env.pop("PGTASKS_APP", None)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise BenchmarkError("the worker process was not started")
+        return self.proc.pid
+
+    def start(self) -> WorkerProcess:
+        self._log = tempfile.NamedTemporaryFile(prefix="pgtasks-bench-worker-", suffix=".log")  # noqa: SIM115
+        self.started_at = time.perf_counter()
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=self._log)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self._log is None:
+            return ""
+        return "\n".join(Path(self._log.name).read_text(errors="replace").splitlines()[-lines:])
+
+    def wait(self, timeout: float) -> float:
+        """Wait for the worker to exit; returns its wall-clock lifetime. Raises unless it exited 0."""
+        if self.proc is None:
+            raise BenchmarkError("the worker process was not started")
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise BenchmarkError(
+                f"the worker did not finish within {timeout}s; its log ends:\n{self.log_tail()}") from None
+        elapsed = time.perf_counter() - self.started_at
+        if code != 0:
+            raise BenchmarkError(f"the worker exited with code {code}; its log ends:\n{self.log_tail()}")
+        return elapsed
+
+    def stop(self, timeout: float = 60.0) -> float:
+        """SIGTERM (graceful shutdown), then wait for a clean exit."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float, worker: WorkerProcess | None = None,
+               what: str = "condition", interval: float = 0.02) -> None:
+    """Poll `condition` until true; fail if the worker died or `timeout` ran out first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if worker is not None and not worker.alive():
+            raise BenchmarkError(f"the worker exited while waiting for {what}; its log ends:\n{worker.log_tail()}")
+        if time.monotonic() > deadline:
+            tail = f"; the worker's log ends:\n{worker.log_tail()}" if worker is not None else ""
+            raise BenchmarkError(f"timed out after {timeout}s waiting for {what}{tail}")
+        time.sleep(interval)
+
+
+def completed(app: App) -> int:
+    """Completed no-op jobs in the app's schema."""
+    with app.connect() as conn:
+        return app.store.bench_count_completed(conn, NOOP_TASK)
+
+
+# -- workloads -------------------------------------------------------------------------------------
+
+
+def enqueue_single(app: App, jobs: int) -> Result:
+    """(a) `jobs` calls of .delay(), each its own transaction on the app's pool."""
+    task = noop_task(app)
+    task.delay()  # opens the pool: connecting is not part of enqueueing
+    started = time.perf_counter()
+    for _ in range(jobs):
+        task.delay()
+    seconds = time.perf_counter() - started
+    return Result("enqueue", jobs, seconds, jobs / seconds)
+
+
+def enqueue_bulk(app: App, jobs: int, *, chunk: int = 5000) -> Result:
+    """(b) `jobs` jobs through delay_many(), `chunk` per statement (each its own transaction)."""
+    task = noop_task(app)
+    task.delay_many([()])  # opens the pool
+    calls: list[tuple[Any, ...]] = [()] * jobs
+    started = time.perf_counter()
+    for offset in range(0, jobs, chunk):
+        task.delay_many(calls[offset:offset + chunk])
+    seconds = time.perf_counter() - started
+    return Result("bulk_enqueue", jobs, seconds, jobs / seconds, details={"chunk": chunk})
+
+
+def fill(app: App, jobs: int, *, chunk: int = 5000) -> None:
+    """Queue `jobs` no-op jobs (untimed setup for the drain workloads)."""
+    task = noop_task(app)
+    calls: list[tuple[Any, ...]] = [()] * jobs
+    for offset in range(0, jobs, chunk):
+        task.delay_many(calls[offset:offset + chunk])
+
+
+def drain(
+    app: App,
+    jobs: int,
+    *,
+    concurrency: int | None = None,
+    workload: str = "drain",
+    extra_args: Sequence[str] = (),
+    prefix: Sequence[str] = (),
+    on_start: Callable[[WorkerProcess], None] | None = None,
+    timeout: float = 1800.0,
+) -> Result:
+    """(c) Queue `jobs` no-op jobs, then run a burst worker until they are all done.
+
+    The rate is jobs / (last outcome written - first claim), both from the database; the
+    worker's start-up (imports, connecting) is outside that window and reported separately.
+    """
+    fill(app, jobs)
+    with WorkerProcess(app, burst=True, concurrency=concurrency, extra_args=extra_args, prefix=prefix) as worker:
+        if on_start is not None:
+            on_start(worker)
+        wall = worker.wait(timeout)
+    with app.connect() as conn:
+        done, total, first, last = app.store.bench_drain_window(conn, NOOP_TASK)
+    if done != jobs or first is None or last is None:
+        raise BenchmarkError(f"{workload}: {done} of {jobs} jobs completed ({total} in the table)")
+    seconds = max((last - first).total_seconds(), 1e-6)
+    details: dict[str, Any] = {"concurrency": concurrency if concurrency is not None else "default",
+                               "wall_seconds": round(wall, 3)}
+    return Result(workload, jobs, seconds, jobs / seconds, details=details)
+
+
+def idle_latency(
+    app: App,
+    jobs: int = 200,
+    *,
+    interval: float = 0.02,
+    listen: bool = True,
+    poll_interval: float | None = None,
+    timeout: float = 120.0,
+) -> Result:
+    """(d) An idle worker; `jobs` jobs enqueued `interval` apart; enqueue-to-start percentiles.
+
+    Start latency is jobs.attempted_at - jobs.created_at: now() of the fetch that claimed the
+    job minus now() of the insert, so it covers the insert's commit, the NOTIFY (or the poll),
+    the wakeup and the fetch. One warm-up job (excluded) proves the worker is up first.
+    """
+    task = noop_task(app)
+    with WorkerProcess(app, listen=listen, poll_interval=poll_interval) as worker:
+        task.delay()
+        wait_until(lambda: completed(app) >= 1, timeout=60.0, worker=worker, what="the warm-up job")
+        started = time.perf_counter()
+        for i in range(jobs):
+            task.delay()
+            pause = started + (i + 1) * interval - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+        seconds = time.perf_counter() - started
+        wait_until(lambda: completed(app) >= jobs + 1, timeout=timeout, worker=worker,
+                   what=f"{jobs} jobs to complete")
+        worker.stop()
+    with app.connect() as conn:
+        latencies = app.store.bench_start_latencies(conn, NOOP_TASK)[1:]
+    details: dict[str, Any] = {"listen": listen, "interval_ms": round(interval * 1000, 1), **percentiles(latencies)}
+    if poll_interval is not None:
+        details["poll_interval_s"] = poll_interval
+    name = "idle_latency" if listen else "idle_latency_no_listen"
+    return Result(name, jobs, seconds, jobs / seconds, details=details)
+
+
+# -- the suite `pgtasks bench` runs ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Sizes of the `pgtasks bench` workloads; `jobs` sizes bulk enqueue and drain."""
+
+    jobs: int = 50_000
+    enqueue_jobs: int | None = None  # default: jobs // 10, at least 1
+    latency_jobs: int = 200
+    latency_interval: float = 0.02
+    concurrency: int | None = None  # None: the worker's default
+    chunk: int = 5000
+    no_listen: bool = False  # also measure idle latency with --no-listen (bounded by the poll interval)
+    workloads: tuple[str, ...] = ("enqueue", "bulk", "drain", "latency")
+
+
+WORKLOADS = ("enqueue", "bulk", "drain", "latency")
+
+
+def run_suite(database_url: str, config: SuiteConfig, report: Callable[[Result], None] = lambda r: None,
+              ) -> list[Result]:
+    """Run the configured workloads, each in its own throwaway schema; `report` sees each result."""
+    results: list[Result] = []
+
+    def record(result: Result) -> None:
+        results.append(result)
+        report(result)
+
+    enqueue_jobs = config.enqueue_jobs or max(1, config.jobs // 10)
+    if "enqueue" in config.workloads:
+        with throwaway_app(database_url) as app:
+            record(enqueue_single(app, enqueue_jobs))
+    if "bulk" in config.workloads:
+        with throwaway_app(database_url) as app:
+            record(enqueue_bulk(app, config.jobs, chunk=config.chunk))
+    if "drain" in config.workloads:
+        with throwaway_app(database_url) as app:
+            record(drain(app, config.jobs, concurrency=config.concurrency))
+    if "latency" in config.workloads:
+        with throwaway_app(database_url) as app:
+            record(idle_latency(app, config.latency_jobs, interval=config.latency_interval))
+        if config.no_listen:
+            with throwaway_app(database_url) as app:
+                record(idle_latency(app, config.latency_jobs, interval=config.latency_interval, listen=False))
+    return results
+
+
+def format_table(results: Sequence[Result]) -> str:
+    """A plain-text table of results, one row per workload."""
+    header = ("workload", "jobs", "seconds", "jobs/s", "notes")
+    rows = [header]
+    for r in results:
+        notes = " ".join(f"{k}={v}" for k, v in r.details.items())
+        rate = "-" if "p50_ms" in r.details else f"{r.rate:,.0f}"  # latency runs are paced, not timed
+        rows.append((r.workload, f"{r.jobs:,}", f"{r.seconds:.3f}", rate, notes))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = []
+    for i, row in enumerate(rows):
+        cells = [cell.ljust(w) if j == 0 else cell.rjust(w)
+                 for j, (cell, w) in enumerate(zip(row, widths, strict=False))]
+        lines.append("  ".join([*cells, row[-1]]))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 5)
+    return "\n".join(lines)

@@ -1,0 +1,25 @@
+-- name: bench_drain_window
+-- What a drain benchmark measured, read from the database's own clock: how many of the task's
+-- jobs completed, and the window from the first claim to the last outcome written.
+SELECT count(*) FILTER (WHERE state = 'completed') AS completed,
+       count(*) AS total,
+       min(attempted_at) AS first_claim,
+       max(finalized_at) AS last_outcome
+FROM {schema}.jobs
+WHERE task = %(task)s
+
+-- name: bench_start_latencies
+-- Enqueue-to-claim latency of each completed job of the task, in milliseconds: both timestamps
+-- are now() of their transactions (insert and fetch), so one clock measures both ends.
+SELECT extract(epoch FROM attempted_at - created_at) * 1000.0 AS latency_ms
+FROM {schema}.jobs
+WHERE task = %(task)s AND state = 'completed'
+ORDER BY id
+
+-- name: bench_count_completed
+-- Completed jobs of one task (the benchmarks count completions here, never in logs).
+SELECT count(*) FROM {schema}.jobs WHERE task = %(task)s AND state = 'completed'
+
+-- name: bench_schema_drop
+-- Drop a benchmark's throwaway schema and everything in it (callers check the bench prefix).
+DROP SCHEMA IF EXISTS {schema} CASCADE
