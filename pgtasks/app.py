@@ -28,10 +28,14 @@ from pgtasks.store import Store
 from pgtasks.task import Call, JobRef, Task, TaskConfig
 
 if TYPE_CHECKING:
+    from datetime import timedelta, tzinfo
+
+    from pgtasks.periodic import PeriodicSchedule
     from pgtasks.worker import Worker
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T", bound="Task[Any, Any]")
 
 DATABASE_URL_ENV = "PGTASKS_DATABASE_URL"
 SCHEMA_ENV = "PGTASKS_SCHEMA"
@@ -83,6 +87,7 @@ class App:
         self.embedded_dir = Path(embedded_dir) if embedded_dir is not None else None
         self.store = Store(self.schema)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, PeriodicSchedule] = {}  # @app.periodic (issue 3)
         self._bound: contextvars.ContextVar[Connection[Any] | AsyncConnection[Any] | None] = (
             contextvars.ContextVar(f"pgtasks_bound_{id(self)}", default=None)
         )
@@ -178,6 +183,26 @@ class App:
             return registered
 
         return register(func) if func is not None else register
+
+    # -- periodic tasks (issue 3; logic in pgtasks.periodic) -----------------------------------------
+
+    def periodic(
+        self, *, cron: str | None = None, every: timedelta | float | None = None, args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None, timezone: str | tzinfo | None = None, catch_up: str = "latest",
+        catch_up_limit: int = 100, name: str | None = None,
+    ) -> Callable[[T], T]:
+        """Run a task on a schedule: `@app.periodic(cron="*/5 * * * *")` placed above `@app.task`.
+
+        Give `cron` (5 fields, or 6 with seconds first) evaluated in `timezone` (IANA name,
+        default UTC), or `every` (a timedelta of at least a second). Only the elected leader
+        enqueues, and each tick at most once. `catch_up` decides what runs after downtime:
+        "latest" (default) runs the most recent missed tick once, "skip" runs none, "all" runs
+        each missed tick, the newest `catch_up_limit` of them. See docs/periodic.md.
+        """
+        from pgtasks.periodic import periodic_decorator  # noqa: PLC0415 - keeps croniter off the import path
+
+        return periodic_decorator(self, cron=cron, every=every, args=args, kwargs=kwargs, timezone=timezone,
+                                  catch_up=catch_up, catch_up_limit=catch_up_limit, name=name)
 
     # -- connections ---------------------------------------------------------------------------
 

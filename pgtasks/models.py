@@ -74,3 +74,51 @@ class EnqueueRow(msgspec.Struct, frozen=True):
     expires_at: datetime | None = None
     expires_in: float | None = None
     unique_key: str | None = None
+
+
+# -- leadership, periodic fires, heartbeats, maintenance (issue 3) -------------------------------
+
+
+class LeaderLease(msgspec.Struct, frozen=True):
+    """The leader row as one query saw it; `active` is expires_at > the query's now."""
+
+    leader_id: str
+    term: int
+    elected_at: datetime
+    expires_at: datetime
+    active: bool = True
+    db_now: datetime | None = None
+
+
+class LastFire(msgspec.Struct, frozen=True):
+    """A schedule's newest fire record (its cursor) and its newest enqueued tick, if any."""
+
+    schedule: str
+    last_time: datetime | None
+    last_outcome: str | None
+    enqueued_time: datetime | None
+    enqueued_job_id: int | None
+
+
+class RescuedJob(msgspec.Struct, frozen=True):
+    """A running job the rescuer took back from a silent worker; `state` is retryable or discarded."""
+
+    id: int
+    queue: str
+    state: str
+    attempted_by: str | None
+    attempt: int
+
+
+class WorkerInfo(msgspec.Struct, frozen=True):
+    """One row of the workers table."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    running: list[int]
+    started_at: datetime
+    last_seen_at: datetime
+    seen_ago_s: float

@@ -22,8 +22,9 @@ from pgtasks.logs import configure_logging
                    "when the database URL goes through a transaction pooler [env: PGTASKS_LISTEN_DSN]")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running jobs get to finish on shutdown before they are put back.")
-@click.option("--pool-size", type=click.IntRange(min=2), default=3, show_default=True,
-              help="Database connections for fetching and completing (plus one for LISTEN); "
+@click.option("--pool-size", type=click.IntRange(min=2), default=4, show_default=True,
+              help="Database connections for fetching, completing, heartbeats and leader duties (plus one "
+                   "for LISTEN); "
                    "see the connection budget in docs/pgbouncer.md.")
 @click.option("--burst", is_flag=True, help="Exit once no job is ready to run.")
 @click.option("--log-level", default="INFO", show_default=True,

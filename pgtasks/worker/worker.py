@@ -15,9 +15,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pgtasks import migrations
+from pgtasks.cleaner import Retention
 from pgtasks.connections import check_dsn, make_async_pool, redact
 from pgtasks.errors import ConfigurationError, ConnectionLostError, DatabaseError, SchemaNotMigratedError
 from pgtasks.logs import log_event
+from pgtasks.maintenance import Maintenance, MaintenanceConfig
 from pgtasks.models import ClaimedJob, ErrorEntry, JobState, Outcome
 from pgtasks.options import validate_queue
 from pgtasks.queries import notify_channel
@@ -57,11 +59,16 @@ class Worker:
         listen: bool | None = None,
         grace: float = 30.0,
         burst: bool = False,
-        pool_size: int = 3,
+        pool_size: int = 4,
         worker_id: str | None = None,
         listen_dsn: str | None = None,
         canary_interval: float = CANARY_INTERVAL,
         canary_timeout: float = CANARY_TIMEOUT,
+        leader_ttl: float = 10.0,
+        heartbeat_interval: float = 5.0,
+        rescue_after: float = 60.0,
+        retention: Retention | None = None,
+        elect: bool | None = None,
     ) -> None:
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
@@ -107,6 +114,12 @@ class Worker:
         self.fetches = 0
         self.claimed = 0
         self.started = asyncio.Event()
+        # Heartbeat, leader election and the leader-only services (pgtasks/maintenance.py). A
+        # burst worker drains and exits, so by default it does not stand for election.
+        self.maintenance_config = MaintenanceConfig(
+            leader_ttl=leader_ttl, heartbeat_interval=heartbeat_interval, rescue_after=rescue_after,
+            retention=retention or Retention(), elect=(not burst) if elect is None else elect)
+        self.maintenance: Maintenance | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -178,7 +191,9 @@ class Worker:
             await self._check_schema(pool)
             self.completer = Completer(pool, self.app.store)
             self.completer.start()
+            self.maintenance = self._make_maintenance(pool)
             await self._start_listening(pool, dsn)
+            await self.maintenance.start()
             budget = self.connection_budget()
             log_event(logger, logging.INFO, "worker.started", worker_id=self.worker_id,
                       queues=",".join(self.queues), concurrency=self.concurrency,
@@ -215,8 +230,20 @@ class Worker:
         self.notifier = Notifier(listen_dsn, notify_channel(self.app.schema), self.app.application_name,
                                  self._on_notify, store=self.app.store, send_canary=send_canary,
                                  canary_interval=self.canary_interval, canary_timeout=self.canary_timeout)
+        if self.maintenance is not None:
+            self.notifier.subscribe(self.maintenance.channel, self.maintenance.on_leader_notify)
         self.notifier.start()
         await self.notifier.wait_connected(5.0)
+
+    def _make_maintenance(self, pool: AsyncConnectionPool[Any]) -> Maintenance:
+        completer = self.completer
+        assert completer is not None
+
+        def held_jobs() -> list[int]:
+            return [job.id for job in self._running.values()] + completer.pending_job_ids()
+
+        return Maintenance(self.app, pool, worker_id=self.worker_id, queues=self.queues,
+                           concurrency=self.concurrency, held_jobs=held_jobs, config=self.maintenance_config)
 
     async def _release_unknown_claims(self, conn: Any) -> None:
         """After a lost connection, put back jobs a fetch claimed whose reply never arrived."""
@@ -336,6 +363,8 @@ class Worker:
     async def _shutdown(self, pool: AsyncConnectionPool[Any]) -> None:
         assert self._force is not None
         self._stopping = True
+        if self.maintenance is not None:  # resign first: a follower takes over while we drain
+            await self.maintenance.step_down()
         if self._running and not self._forced:
             await self._wait_running_or_forced(asyncio.create_task(self._force.wait()))
         leftover = dict(self._running)
@@ -359,6 +388,8 @@ class Worker:
             await self.completer.stop()
         if self.notifier is not None:
             await self.notifier.stop()
+        if self.maintenance is not None:  # after the outcomes are written: then the worker row goes
+            await self.maintenance.stop()
         await pool.close()
         self.threads.shutdown()
         log_event(logger, logging.INFO, "worker.stopped", worker_id=self.worker_id, claimed=self.claimed)

@@ -1,0 +1,119 @@
+"""The cleaner: deletes finished jobs past their retention, old fire records and dead worker rows."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from pgtasks.errors import ConfigurationError
+from pgtasks.leader import Elector, LeaderService
+from pgtasks.logs import log_event
+from pgtasks.store import Store
+
+logger = logging.getLogger("pgtasks.cleaner")
+
+BATCH_SIZE = 1000
+# A pass stops after this many batches per kind and leaves the rest to the next pass, so one
+# pass never holds the leader's connection for long after a large backlog builds up.
+MAX_BATCHES = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long finished rows are kept; None keeps them forever."""
+
+    completed: timedelta | None = timedelta(hours=24)
+    cancelled: timedelta | None = timedelta(hours=24)
+    discarded: timedelta | None = timedelta(days=7)
+    periodic_fires: timedelta | None = timedelta(days=7)
+    dead_workers: timedelta | None = timedelta(hours=1)
+
+    def __post_init__(self) -> None:
+        for name in ("completed", "cancelled", "discarded", "periodic_fires", "dead_workers"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, timedelta) or value < timedelta(0)):
+                raise ConfigurationError(
+                    f"Retention({name}={value!r}): expected a timedelta >= 0, or None to keep forever"
+                )
+
+
+@dataclass(slots=True)
+class CleanReport:
+    """What one cleaner pass deleted, and in how many DELETE statements."""
+
+    jobs: dict[str, int] = field(default_factory=dict)
+    periodic_fires: int = 0
+    dead_workers: int = 0
+    batches: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.jobs.values()) + self.periodic_fires + self.dead_workers
+
+
+class Cleaner(LeaderService):
+    """Leader-only: deletes rows past `retention`, `batch_size` rows per statement.
+
+    Each batch is its own short statement that picks rows with FOR UPDATE SKIP LOCKED under a
+    LIMIT, so it never waits on a row someone else holds and never locks many rows at once.
+    """
+
+    name = "cleaner"
+
+    def __init__(self, pool: AsyncConnectionPool[Any], store: Store, *, retention: Retention | None = None,
+                 interval: float = 60.0, elector: Elector | None = None, batch_size: int = BATCH_SIZE,
+                 max_batches: int = MAX_BATCHES) -> None:
+        super().__init__(interval, elector)
+        if batch_size < 1 or max_batches < 1:
+            raise ConfigurationError(f"Cleaner(batch_size={batch_size!r}, max_batches={max_batches!r}): both >= 1")
+        self._pool = pool
+        self._store = store
+        self.retention = retention or Retention()
+        self.batch_size = batch_size
+        self.max_batches = max_batches
+
+    async def run_once(self, now: datetime | None = None) -> None:
+        await self.clean(now)
+
+    async def clean(self, now: datetime | None = None) -> CleanReport:
+        report = CleanReport()
+        r = self.retention
+        store, limit = self._store, self.batch_size
+        for state, keep in (("completed", r.completed), ("cancelled", r.cancelled), ("discarded", r.discarded)):
+            if keep is not None:
+                report.jobs[state] = await self._batches(report, partial(
+                    store.ajob_delete_finished, state=state, retention=keep.total_seconds(), limit=limit, now=now))
+        if r.periodic_fires is not None:
+            report.periodic_fires = await self._batches(report, partial(
+                store.aperiodic_fire_prune, retention=r.periodic_fires.total_seconds(), limit=limit, now=now))
+        if r.dead_workers is not None:
+            report.dead_workers = await self._batches(report, partial(
+                store.aworker_prune_dead, retention=r.dead_workers.total_seconds(), limit=limit, now=now))
+        if report.total:
+            log_event(logger, logging.INFO, "cleaner.deleted", batches=report.batches,
+                      periodic_fires=report.periodic_fires, dead_workers=report.dead_workers,
+                      **{f"jobs_{state}": count for state, count in report.jobs.items()})
+        return report
+
+    async def _batches(self, report: CleanReport,
+                       delete: Callable[[AsyncConnection[Any]], Awaitable[int]]) -> int:
+        deleted = 0
+        for _ in range(self.max_batches):
+            if not self.may_act():
+                break
+            async with self._pool.connection() as conn:
+                count = await delete(conn)
+            report.batches += 1
+            deleted += count
+            if count < self.batch_size:
+                break
+            await asyncio.sleep(0)  # let the worker's own work interleave between batches
+        return deleted

@@ -1,0 +1,228 @@
+"""Periodic schedules: `@app.periodic(...)` validation and the tick arithmetic of cron and intervals."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterBadDateError, CroniterError, croniter
+
+from pgtasks.errors import ConfigurationError, PgtasksError
+from pgtasks.models import EnqueueRow
+from pgtasks.options import EnqueueOptions
+
+if TYPE_CHECKING:
+    from pgtasks.app import App
+    from pgtasks.task import Task
+
+CatchUp = Literal["latest", "skip", "all"]
+CATCH_UP_POLICIES: tuple[CatchUp, ...] = ("latest", "skip", "all")
+DEFAULT_CATCH_UP_LIMIT = 100
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+T = TypeVar("T", bound="Task[Any, Any]")
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicSchedule:
+    """One schedule: which task, with which arguments, at which ticks, and what to do after downtime.
+
+    Ticks are instants (UTC). A cron expression is evaluated in `timezone` by croniter, so
+    daylight-saving changes follow croniter's rules in that zone. An interval (`every`) ticks at
+    whole multiples of it since the Unix epoch, so every process computes the same ticks.
+    """
+
+    name: str
+    task: Task[Any, Any]
+    row: EnqueueRow
+    cron: str | None
+    every: timedelta | None
+    timezone: tzinfo
+    catch_up: CatchUp
+    catch_up_limit: int
+
+    @property
+    def spec(self) -> str:
+        """The schedule as a person reads it: `cron '*/5 * * * *' Europe/Paris` or `every 0:00:30`."""
+        if self.cron is not None:
+            return f"cron {self.cron!r} {self.timezone}"
+        return f"every {self.every}"
+
+    def _cron(self, start: datetime) -> croniter:
+        assert self.cron is not None
+        return croniter(self.cron, start.astimezone(self.timezone),
+                        second_at_beginning=len(self.cron.split()) == 6)
+
+    def next_after(self, moment: datetime) -> datetime:
+        """The first tick strictly after `moment`."""
+        if self.every is not None:
+            step = _us(self.every)
+            return _EPOCH + timedelta(microseconds=(_us(moment - _EPOCH) // step + 1) * step)
+        tick: datetime = self._cron(moment).get_next(datetime)
+        return tick.astimezone(UTC)
+
+    def at_or_before(self, moment: datetime) -> datetime:
+        """The last tick at or before `moment`."""
+        if self.every is not None:
+            step = _us(self.every)
+            return _EPOCH + timedelta(microseconds=(_us(moment - _EPOCH) // step) * step)
+        # croniter's get_prev is strictly before its start, so start a microsecond later.
+        tick: datetime = self._cron(moment + _ONE_US).get_prev(datetime)
+        return tick.astimezone(UTC)
+
+    def ticks_back(self, newest: datetime, after: datetime) -> Iterator[datetime]:
+        """Ticks at or before `newest` and strictly after `after`, newest first."""
+        if newest <= after:
+            return
+        if self.every is not None:
+            tick = self.at_or_before(newest)
+            while tick > after:
+                yield tick
+                tick -= self.every
+            return
+        it = self._cron(newest + _ONE_US)
+        while True:
+            tick = it.get_prev(datetime).astimezone(UTC)
+            if tick <= after:
+                return
+            yield tick
+
+    def count_between(self, after: datetime, upto: datetime, cap: int) -> int:
+        """How many ticks lie in (after, upto], counting at most `cap` (cron has no closed form)."""
+        if upto <= after:
+            return 0
+        if self.every is not None:
+            step = _us(self.every)
+            return min(cap, _us(upto - _EPOCH) // step - _us(after - _EPOCH) // step)
+        count = 0
+        it = self._cron(after)
+        while count < cap and it.get_next(datetime).astimezone(UTC) <= upto:
+            count += 1
+        return count
+
+
+def _us(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def resolve_timezone(value: str | tzinfo | None) -> tzinfo:
+    """A tzinfo from an IANA name ("Europe/Paris"), a tzinfo, or None (UTC)."""
+    if value is None:
+        return UTC
+    if isinstance(value, tzinfo):
+        return value
+    if isinstance(value, str):
+        try:
+            return ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigurationError(
+                f"timezone={value!r} is not a known IANA time zone; use a name such as 'UTC' or "
+                "'Europe/Paris' (see zoneinfo.available_timezones())"
+            ) from None
+    raise ConfigurationError(f"timezone={value!r}: expected an IANA zone name, a tzinfo, or None for UTC")
+
+
+def validate_cron(expression: str, zone: tzinfo) -> str:
+    """Return `expression` normalised, or raise ConfigurationError naming it and the fix."""
+    if not isinstance(expression, str):
+        raise ConfigurationError(f"cron={expression!r}: expected a cron expression string such as '*/5 * * * *'")
+    fields = expression.split()
+    if len(fields) not in (5, 6):
+        raise ConfigurationError(
+            f"cron={expression!r} has {len(fields)} fields; use 5 (minute hour day month weekday) or 6 "
+            "(second minute hour day month weekday), e.g. '*/5 * * * *' or '*/10 * * * * *'"
+        )
+    normalised = " ".join(fields)
+    try:
+        it = croniter(normalised, datetime.now(zone), second_at_beginning=len(fields) == 6)
+        it.get_next(datetime)
+    except CroniterBadDateError:
+        raise ConfigurationError(f"cron={expression!r} never fires (no matching date); check day and month") from None
+    except (CroniterError, ValueError, KeyError) as exc:
+        raise ConfigurationError(f"cron={expression!r} is not a valid cron expression: {exc}") from None
+    return normalised
+
+
+def validate_every(every: timedelta | float | int) -> timedelta:
+    if isinstance(every, bool) or not isinstance(every, timedelta | int | float):
+        raise ConfigurationError(f"every={every!r}: expected a datetime.timedelta (or seconds as a number)")
+    if not isinstance(every, timedelta) and not math.isfinite(every):
+        raise ConfigurationError(f"every={every!r}: the interval must be a finite number of seconds")
+    delta = every if isinstance(every, timedelta) else timedelta(seconds=every)
+    if delta < timedelta(seconds=1):
+        raise ConfigurationError(f"every={every!r}: the interval must be at least one second")
+    return delta
+
+
+def make_schedule(
+    app: App, task: Task[Any, Any], *, cron: str | None, every: timedelta | float | None,
+    args: Sequence[Any], kwargs: Mapping[str, Any] | None, timezone: str | tzinfo | None,
+    catch_up: str, catch_up_limit: int, name: str | None,
+) -> PeriodicSchedule:
+    """Validate everything `@app.periodic` was given; every mistake fails here, at decoration time."""
+    from pgtasks.task import Task  # noqa: PLC0415 - task imports options, which this module also needs
+
+    if not isinstance(task, Task):
+        raise ConfigurationError(
+            f"@app.periodic must decorate a task, got {task!r}: put @app.periodic above @app.task"
+        )
+    if task.app is not app:
+        raise ConfigurationError(f"{task.name} belongs to another App; use that App's periodic()")
+    if (cron is None) == (every is None):
+        raise ConfigurationError(
+            f"@app.periodic on {task.name}: give exactly one of cron='...' or every=timedelta(...) "
+            f"(got cron={cron!r}, every={every!r})"
+        )
+    if catch_up not in CATCH_UP_POLICIES:
+        raise ConfigurationError(f"catch_up={catch_up!r}: expected one of {', '.join(CATCH_UP_POLICIES)}")
+    if isinstance(catch_up_limit, bool) or not isinstance(catch_up_limit, int) or catch_up_limit < 1:
+        raise ConfigurationError(f"catch_up_limit={catch_up_limit!r}: expected an integer >= 1")
+    zone = resolve_timezone(timezone)
+    if every is not None and timezone is not None:
+        raise ConfigurationError(
+            f"timezone={timezone!r} only applies to cron schedules; every= ticks on fixed instants"
+        )
+    schedule_name = name if name is not None else task.name
+    if not isinstance(schedule_name, str) or not schedule_name.strip():
+        raise ConfigurationError(f"name={name!r}: expected a non-empty schedule name")
+    if schedule_name in app.schedules:
+        raise ConfigurationError(
+            f"a periodic schedule named {schedule_name!r} already exists; pass name='...' to tell "
+            "two schedules of the same task apart"
+        )
+    try:
+        # Encoded once, now: a bad argument fails at decoration, not at every tick in the leader.
+        row: EnqueueRow = task._row(tuple(args), dict(kwargs or {}), EnqueueOptions())
+    except PgtasksError as exc:
+        raise ConfigurationError(f"@app.periodic on {task.name}: args/kwargs do not fit the task: {exc}") from exc
+    return PeriodicSchedule(
+        name=schedule_name,
+        task=task,
+        row=row,
+        cron=validate_cron(cron, zone) if cron is not None else None,
+        every=validate_every(every) if every is not None else None,
+        timezone=zone,
+        catch_up=catch_up,  # checked against CATCH_UP_POLICIES above
+        catch_up_limit=catch_up_limit,
+    )
+
+
+def periodic_decorator(
+    app: App, *, cron: str | None, every: timedelta | float | None, args: Sequence[Any],
+    kwargs: Mapping[str, Any] | None, timezone: str | tzinfo | None, catch_up: str, catch_up_limit: int,
+    name: str | None,
+) -> Callable[[T], T]:
+    """The decorator `@app.periodic(...)` returns: registers the schedule, returns the task unchanged."""
+
+    def register(task: T) -> T:
+        schedule = make_schedule(app, task, cron=cron, every=every, args=args, kwargs=kwargs, timezone=timezone,
+                                 catch_up=catch_up, catch_up_limit=catch_up_limit, name=name)
+        app.schedules[schedule.name] = schedule
+        return task
+
+    return register

@@ -1,0 +1,86 @@
+-- name: job_rescue_stuck
+-- Put running jobs whose worker is gone back to retry (or discard them when out of attempts).
+-- A job is stuck when its attempt began more than rescue_after ago and its worker either has no
+-- row (crashed before or after a heartbeat was pruned), has been silent for rescue_after, or is
+-- alive but has not listed the job for rescue_after (a claim whose reply never reached it).
+-- SKIP LOCKED and the state = 'running' re-check keep it safe next to completing workers; the
+-- claim's outcome is fenced on `claims`, so a stale worker that comes back changes nothing.
+-- Retried jobs wake workers on their queue with the same NOTIFY the insert trigger sends.
+WITH stuck AS (
+    SELECT j.id,
+           CASE
+               WHEN w.worker_id IS NULL THEN
+                   'worker ' || coalesce(j.attempted_by, '(unknown)') || ' is gone (no heartbeat row)'
+               WHEN w.last_seen_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(rescue_after)s::float8) THEN
+                   'worker ' || w.worker_id || ' went silent (last heartbeat ' || w.last_seen_at::text || ')'
+               ELSE 'worker ' || w.worker_id || ' is alive but no longer reports running this job'
+           END AS reason
+    FROM {schema}.jobs AS j
+    LEFT JOIN {schema}.workers AS w ON w.worker_id = j.attempted_by
+    WHERE j.state = 'running'
+      AND j.attempted_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(rescue_after)s::float8)
+      AND (w.worker_id IS NULL
+           OR w.last_seen_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(rescue_after)s::float8)
+           OR (NOT j.id = ANY(w.running)
+               AND j.attempted_at < w.last_seen_at - make_interval(secs => %(rescue_after)s::float8)))
+    ORDER BY j.attempted_at, j.id
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+), rescued AS (
+    UPDATE {schema}.jobs AS j
+    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END::{schema}.job_state,
+        finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN coalesce(%(now)s::timestamptz, now()) END,
+        run_at = coalesce(%(now)s::timestamptz, now()),
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempt,
+            'at', coalesce(%(now)s::timestamptz, now()),
+            'type', 'Rescued',
+            'message', 'rescued: ' || stuck.reason || ' for more than ' || %(rescue_after)s::float8::text
+                       || 's; the attempt was abandoned',
+            'traceback', NULL))
+    FROM stuck
+    WHERE j.id = stuck.id AND j.state = 'running'
+    RETURNING j.id, j.queue, j.state::text AS state, j.attempted_by, j.attempt
+), woken AS (
+    SELECT count(pg_notify({channel}, q.queue)) AS notified
+    FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'retryable') AS q
+)
+SELECT r.id, r.queue, r.state, r.attempted_by, r.attempt, (SELECT notified FROM woken) AS notified
+FROM rescued AS r ORDER BY r.id
+
+-- name: job_delete_finished
+-- Delete one small batch of jobs in one final state finalized before the cutoff. The batch is
+-- chosen with SKIP LOCKED and bounded by LIMIT, so a run never holds many row locks or waits
+-- on a row someone else holds; the caller loops until a batch comes back short.
+DELETE FROM {schema}.jobs
+WHERE id IN (
+    SELECT id FROM {schema}.jobs
+    WHERE state = %(state)s::{schema}.job_state
+      AND finalized_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention)s::float8)
+    ORDER BY finalized_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+
+-- name: periodic_fire_prune
+-- Delete one batch of fire records older than the cutoff, always keeping each schedule's newest
+-- record: it is the scheduler's cursor, and losing it would make the schedule start afresh.
+DELETE FROM {schema}.periodic_fires
+WHERE (schedule, fire_time) IN (
+    SELECT p.schedule, p.fire_time FROM {schema}.periodic_fires AS p
+    WHERE p.fire_time < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention)s::float8)
+      AND p.fire_time < (SELECT max(n.fire_time) FROM {schema}.periodic_fires AS n WHERE n.schedule = p.schedule)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+
+-- name: worker_prune_dead
+-- Delete one batch of worker rows not seen since the cutoff (crashed processes). Their running
+-- jobs, if any are left, are still rescued: a missing worker row counts as a dead worker.
+DELETE FROM {schema}.workers
+WHERE worker_id IN (
+    SELECT worker_id FROM {schema}.workers
+    WHERE last_seen_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention)s::float8)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
