@@ -1,0 +1,156 @@
+"""Plumbing shared by the peer benchmarks (run in the peers venv, so stdlib + psycopg only).
+
+Each peer script runs the same workloads as pgtasks.bench, measured the same way: single and
+bulk enqueue timed on the client; drain rate and start latency from the peer's own database
+timestamps (first claim to last completion; claim minus enqueue), completions counted in the
+database; workers run as subprocesses with INFO logging to a temp file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+import psycopg
+
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def with_search_path(dsn: str, schema: str) -> str:
+    """`dsn` with search_path set to `schema` (the peers put their tables in the search_path schema)."""
+    sep = "&" if "?" in dsn else "?"
+    return f"{dsn}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@contextlib.contextmanager
+def throwaway_schema(dsn: str, prefix: str) -> Iterator[str]:
+    """A fresh schema, dropped on exit."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """p50 / p95 / p99 / max, interpolated like pgtasks.bench.percentiles."""
+    if not values:
+        raise RuntimeError("no latencies were recorded")
+    cuts = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else [values[0]] * 99
+    return {"p50_ms": round(cuts[49], 2), "p95_ms": round(cuts[94], 2), "p99_ms": round(cuts[98], 2),
+            "max_ms": round(max(values), 2)}
+
+
+def emit(library: str, workload: str, jobs: int, seconds: float, **details: Any) -> None:
+    """Print one JSON result line, shaped like pgtasks.bench.Result.as_dict()."""
+    rate = jobs / seconds if seconds > 0 else 0.0
+    print(json.dumps({"library": library, "workload": workload, "jobs": jobs, "seconds": round(seconds, 4),
+                      "rate": round(rate, 1), **details}), flush=True)
+
+
+class WorkerProcess:
+    """This script's `worker` subcommand as a subprocess; stderr (its log) goes to a temp file."""
+
+    def __init__(self, script: str, dsn: str, args: Sequence[str]) -> None:
+        self.command = [sys.executable, script, "--database-url", dsn, "worker", *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.started_at = 0.0
+
+    def __enter__(self) -> WorkerProcess:
+        self._log = tempfile.NamedTemporaryFile(prefix="peer-bench-worker-", suffix=".log")
+        self.started_at = time.perf_counter()
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=self._log,
+                                     env={**os.environ})
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self._log is None:
+            return ""
+        return "\n".join(Path(self._log.name).read_text(errors="replace").splitlines()[-lines:])
+
+    def wait(self, timeout: float) -> float:
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise RuntimeError(f"worker did not finish within {timeout}s:\n{self.log_tail()}") from None
+        if code != 0:
+            raise RuntimeError(f"worker exited with {code}:\n{self.log_tail()}")
+        return time.perf_counter() - self.started_at
+
+    def stop(self, timeout: float = 60.0) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float, worker: WorkerProcess, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if not worker.alive():
+            raise RuntimeError(f"worker exited while waiting for {what}:\n{worker.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what}:\n{worker.log_tail()}")
+        time.sleep(0.02)
+
+
+def scalar(dsn: str, query: str, params: dict[str, Any] | None = None) -> Any:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(query.encode(), params).fetchone()
+    return None if row is None else row[0]
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The peer scripts' command line: one subcommand per workload, plus the worker they spawn."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--database-url", default=os.environ.get("PGTASKS_DATABASE_URL", DEFAULT_DSN))
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("enqueue", help="enqueue N jobs one per transaction")
+    e.add_argument("--jobs", type=int, default=5000)
+    b = sub.add_parser("bulk", help="bulk enqueue N jobs")
+    b.add_argument("--jobs", type=int, default=50_000)
+    b.add_argument("--chunk", type=int, default=5000)
+    d = sub.add_parser("drain", help="drain N queued no-op jobs")
+    d.add_argument("--jobs", type=int, default=50_000)
+    d.add_argument("--concurrency", type=int, default=None, help="default: the peer's default")
+    lat = sub.add_parser("latency", help="idle worker: start latency of jobs enqueued --interval apart")
+    lat.add_argument("--jobs", type=int, default=200)
+    lat.add_argument("--interval", type=float, default=0.02)
+    w = sub.add_parser("worker", help="(internal) the worker subprocess")
+    w.add_argument("--schema", required=True)
+    w.add_argument("--concurrency", type=int, default=None)
+    w.add_argument("--burst", action="store_true")
+    return p
