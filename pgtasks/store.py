@@ -354,3 +354,27 @@ class Store:
             cur = await conn.execute(self.q["job_release_unknown_claims"],
                                      {"worker_id": worker_id, "known_ids": list(known_ids)})
             return [int(row[0]) for row in await cur.fetchall()]
+
+    # -- benchmarks (pgtasks.bench; issue 5) -----------------------------------------------------
+
+    def bench_drain_window(self, conn: Connection[Any], task: str) -> tuple[int, int, datetime | None, datetime | None]:
+        """(completed, total, first claim, last outcome) of one task's jobs, on the database clock."""
+        with self.errors():
+            row = conn.execute(self.q["bench_drain_window"], {"task": task}).fetchone()
+        assert row is not None  # an aggregate always returns one row
+        return int(row[0]), int(row[1]), row[2], row[3]
+
+    def bench_start_latencies(self, conn: Connection[Any], task: str) -> list[float]:
+        """Enqueue-to-claim latency (ms) of each completed job of `task`, in id order."""
+        with self.errors():
+            return [float(r[0]) for r in conn.execute(self.q["bench_start_latencies"], {"task": task})]
+
+    def bench_count_completed(self, conn: Connection[Any], task: str) -> int:
+        with self.errors():
+            row = conn.execute(self.q["bench_count_completed"], {"task": task}).fetchone()
+        return int(row[0]) if row else 0
+
+    def bench_schema_drop(self, conn: Connection[Any]) -> None:
+        """Drop this store's schema; only pgtasks.bench.drop_schema() calls it, for its throwaway schemas."""
+        with self.errors():
+            conn.execute(self.q["bench_schema_drop"])
