@@ -8,16 +8,24 @@ from pgtasks.errors import (
     ConnectionLostError,
     DatabaseError,
     DuplicateTaskError,
+    JobCancelledError,
+    JobDiscardedError,
+    JobFailedError,
+    JobNotFoundError,
     PgtasksError,
+    ResultDecodeError,
     Retry,
     SchemaNotMigratedError,
     Snooze,
     TaskArgumentError,
     UnknownTaskError,
+    WaitTimeoutError,
 )
+from pgtasks.hooks import JobEvent
 from pgtasks.models import JobState
 from pgtasks.retry import Backoff, Fixed, RetryPolicy
 from pgtasks.task import Call, ConfiguredTask, JobRef, Task
+from pgtasks.unique import Unique
 from pgtasks.worker import Worker
 
 __version__ = "0.1.0.dev0"
@@ -33,17 +41,25 @@ __all__ = [
     "DatabaseError",
     "DuplicateTaskError",
     "Fixed",
+    "JobCancelledError",
     "JobContext",
+    "JobDiscardedError",
+    "JobEvent",
+    "JobFailedError",
+    "JobNotFoundError",
     "JobRef",
     "JobState",
     "PgtasksError",
+    "ResultDecodeError",
     "Retry",
     "RetryPolicy",
     "SchemaNotMigratedError",
     "Snooze",
     "Task",
     "TaskArgumentError",
+    "Unique",
     "UnknownTaskError",
+    "WaitTimeoutError",
     "Worker",
     "__version__",
     "current_job",

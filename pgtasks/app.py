@@ -20,12 +20,14 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from pgtasks import migrations
 from pgtasks.connections import check_dsn, connection_kwargs, make_async_pool, make_pool
 from pgtasks.errors import ConfigurationError, DuplicateTaskError, SchemaNotMigratedError
+from pgtasks.hooks import Hook, Hooks  # issue 6
 from pgtasks.models import EnqueueRow
 from pgtasks.options import validate_max_attempts, validate_priority, validate_queue
 from pgtasks.queries import validate_schema_name
 from pgtasks.retry import Backoff, RetryPolicy
 from pgtasks.store import Store
 from pgtasks.task import Call, JobRef, Task, TaskConfig
+from pgtasks.unique import Unique, as_unique  # issue 6
 
 if TYPE_CHECKING:
     from datetime import timedelta, tzinfo
@@ -87,6 +89,8 @@ class App:
         self.embedded_dir = Path(embedded_dir) if embedded_dir is not None else None
         self.store = Store(self.schema)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.hooks = Hooks()  # before_job / after_job / on_error (issue 6)
+        self._eager: Any = None  # set by pgtasks.testing.eager(app): .delay() runs inline (issue 6)
         self.schedules: dict[str, PeriodicSchedule] = {}  # @app.periodic (issue 3)
         self._bound: contextvars.ContextVar[Connection[Any] | AsyncConnection[Any] | None] = (
             contextvars.ContextVar(f"pgtasks_bound_{id(self)}", default=None)
@@ -151,14 +155,22 @@ class App:
     @overload
     def task(
         self, *, name: str | None = None, queue: str = "default", priority: int = 0, max_attempts: int = 20,
-        retry: RetryPolicy | None = None, timeout: float | None = None,
+        retry: RetryPolicy | None = None, timeout: float | None = None, store_result: bool = True,
+        unique: Unique | bool | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc] # mypy cannot match ParamSpec-bound overloads to one implementation
         self, func: Callable[P, R] | None = None, /, *, name: str | None = None, queue: str = "default",
         priority: int = 0, max_attempts: int = 20, retry: RetryPolicy | None = None, timeout: float | None = None,
+        store_result: bool = True, unique: Unique | bool | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
-        """Register a function as a task: `@app.task` or `@app.task(queue="mail", timeout=30)`."""
+        """Register a function as a task: `@app.task` or `@app.task(queue="mail", timeout=30)`.
+
+        `store_result=False` keeps the return value out of jobs.result. `unique=True` (or a
+        pgtasks.Unique) gives every job a unique_key from its arguments, so enqueueing a duplicate
+        while one is pending or running returns the existing job (see pgtasks.unique).
+        """
+        unique_spec = as_unique(unique)
         validate_queue(queue)
         validate_priority(priority)
         validate_max_attempts(max_attempts)
@@ -172,7 +184,10 @@ class App:
                 raise ConfigurationError(f"{fn.name} is already a task; apply @app.task once")
             task_name = name or _default_task_name(fn)
             config = TaskConfig(task_name, queue, priority, max_attempts, retry or Backoff(),
-                                float(timeout) if timeout is not None else None)
+                                float(timeout) if timeout is not None else None,
+                                store_result=bool(store_result), unique=unique_spec)
+            if unique_spec is not None:
+                unique_spec.check(fn, task_name)
             if task_name in self.tasks:
                 raise DuplicateTaskError(
                     f"a task named {task_name!r} is already registered; pass a distinct name=... "
@@ -183,6 +198,23 @@ class App:
             return registered
 
         return register(func) if func is not None else register
+
+    # -- middleware hooks (issue 6; logic in pgtasks.hooks) ------------------------------------------
+
+    def before_job(self, hook: Hook) -> Hook:
+        """Register `hook(event: pgtasks.JobEvent)` to run before each job attempt (a decorator)."""
+        self.hooks.before.append(hook)
+        return hook
+
+    def after_job(self, hook: Hook) -> Hook:
+        """Register a hook to run after each attempt; event.state and event.duration are set."""
+        self.hooks.after.append(hook)
+        return hook
+
+    def on_error(self, hook: Hook) -> Hook:
+        """Register a hook to run when a task raises; event.error is the exception."""
+        self.hooks.error.append(hook)
+        return hook
 
     # -- periodic tasks (issue 3; logic in pgtasks.periodic) -----------------------------------------
 
@@ -321,6 +353,8 @@ class App:
         if not calls:
             return []
         rows = self._rows(calls)
+        if self._eager is not None:  # pgtasks.testing.eager(): run inline, no database
+            return [self._eager.run(call.task, row) for call, row in zip(calls, rows, strict=True)]
         conn = self._sync_target(connection)
         if conn is not None:
             ids = self.store.job_insert_many(conn, rows)
@@ -336,6 +370,8 @@ class App:
         if not calls:
             return []
         rows = self._rows(calls)
+        if self._eager is not None:  # pgtasks.testing.eager(): run inline, no database
+            return [await self._eager.arun(call.task, row) for call, row in zip(calls, rows, strict=True)]
         conn = self._async_target(connection)
         if conn is not None:
             ids = await self.store.ajob_insert_many(conn, rows)

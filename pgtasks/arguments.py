@@ -96,6 +96,11 @@ class ArgumentCodec:
                 kwargs[param.name] = value
         return tuple(args), kwargs
 
+    def normalized(self, raw: str | bytes) -> dict[str, Any]:
+        """Stored arguments as {parameter: JSON-able value}, defaults filled in (for unique keys)."""
+        normal: dict[str, Any] = msgspec.to_builtins(self._decoder.decode(raw))
+        return normal
+
     @staticmethod
     def _find_unencodable(arguments: dict[str, Any]) -> str:
         for name, value in arguments.items():

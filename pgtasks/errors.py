@@ -100,3 +100,56 @@ class Cancel(JobControl):
     def __init__(self, reason: str = "") -> None:
         super().__init__(reason or "cancelled by the task")
         self.reason = reason
+
+
+# -- results and operations (issue 6) ------------------------------------------------------------
+
+
+class JobNotFoundError(PgtasksError, LookupError):
+    """No job has this id (it never existed, or retention deleted it)."""
+
+    __module__ = "pgtasks"
+
+
+class WaitTimeoutError(PgtasksError, TimeoutError):
+    """JobRef.wait() ran out of time before the job reached a final state."""
+
+    __module__ = "pgtasks"
+
+
+class JobFailedError(PgtasksError):
+    """The job ended without a result: it was discarded or cancelled.
+
+    Carries the job's last error: `error_type` (the task exception's class name, e.g. "ValueError"),
+    `error_message` and `traceback` (None when none was recorded).
+    """
+
+    __module__ = "pgtasks"
+
+    def __init__(self, job_id: int, state: str, error_type: str | None, error_message: str | None,
+                 traceback: str | None = None) -> None:
+        detail = f"{error_type}: {error_message}" if error_type else "no error was recorded"
+        super().__init__(f"job {job_id} ended {state}: {detail}")
+        self.job_id = job_id
+        self.state = state
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
+
+
+class JobDiscardedError(JobFailedError):
+    """The job failed on its last allowed attempt (or was otherwise discarded)."""
+
+    __module__ = "pgtasks"
+
+
+class JobCancelledError(JobFailedError):
+    """The job was cancelled: by the task (`raise pgtasks.Cancel`), an operator, or expiry."""
+
+    __module__ = "pgtasks"
+
+
+class ResultDecodeError(PgtasksError, ValueError):
+    """A stored result does not fit the task's return annotation (did the code change since it ran?)."""
+
+    __module__ = "pgtasks"

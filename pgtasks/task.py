@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+import msgspec
 from psycopg import AsyncConnection, Connection
 
 from pgtasks.arguments import ArgumentCodec
 from pgtasks.options import EnqueueOptions, build_row
 from pgtasks.retry import Backoff, RetryPolicy
+from pgtasks.unique import Unique
 
 if TYPE_CHECKING:
     from pgtasks.app import App
@@ -33,6 +35,26 @@ class JobRef:
         """The job's current state, or None if it no longer exists (cleaned up)."""
         job = self.app.get_job(self.id)
         return None if job is None else str(job["state"])
+
+    def wait(self, timeout: float | None = None, *, poll_interval: float = 1.0, listen: bool = True) -> Any:
+        """Block until the job is final and return its result, decoded to the task's return annotation.
+
+        Raises pgtasks.JobDiscardedError / JobCancelledError (with the task's exception type and
+        message) if it ended without a result, and pgtasks.WaitTimeoutError after `timeout`
+        seconds. Wakes on the completion NOTIFY (listen=True) and polls every `poll_interval`.
+        """
+        from pgtasks import results  # noqa: PLC0415 - results imports the app module
+
+        return results.wait(self.app, self.task, self.id, timeout=timeout, poll_interval=poll_interval,
+                            listen=listen)
+
+    async def await_result(self, timeout: float | None = None, *, poll_interval: float = 1.0,
+                           listen: bool = True) -> Any:
+        """Async twin of wait()."""
+        from pgtasks import results  # noqa: PLC0415
+
+        return await results.await_result(self.app, self.task, self.id, timeout=timeout,
+                                          poll_interval=poll_interval, listen=listen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +77,8 @@ class TaskConfig:
     max_attempts: int
     retry: RetryPolicy
     timeout: float | None
+    store_result: bool = True  # False: the return value is not written to jobs.result
+    unique: Unique | None = None  # derive unique_key from the arguments (pgtasks.unique)
 
     def defaults(self) -> EnqueueOptions:
         return EnqueueOptions(queue=self.queue, priority=self.priority, max_attempts=self.max_attempts)
@@ -183,17 +207,25 @@ class Task(_Enqueuer[P], Generic[P, R]):
         ))
 
     def _row(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: EnqueueOptions) -> Any:
-        return build_row(self.name, self.codec.encode(args, kwargs), options, self.config.defaults())
+        row = build_row(self.name, self.codec.encode(args, kwargs), options, self.config.defaults())
+        if row.unique_key is None and self.config.unique is not None:  # an explicit unique_key wins
+            key = self.config.unique.key(self.name, self.codec.normalized(row.args))
+            row = msgspec.structs.replace(row, unique_key=key)
+        return row
 
     def _enqueue(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: EnqueueOptions,
                  connection: Connection[Any] | None) -> JobRef:
         row = self._row(args, kwargs, options)
+        if self.app._eager is not None:  # pgtasks.testing.eager(): run inline, no database
+            return self.app._eager.run(self, row)  # type: ignore[no-any-return]
         job_id = self.app._insert(row, connection)
         return JobRef(job_id, self.name, self.app)
 
     async def _aenqueue(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: EnqueueOptions,
                         connection: AsyncConnection[Any] | None) -> JobRef:
         row = self._row(args, kwargs, options)
+        if self.app._eager is not None:
+            return await self.app._eager.arun(self, row)  # type: ignore[no-any-return]
         job_id = await self.app._ainsert(row, connection)
         return JobRef(job_id, self.name, self.app)
 

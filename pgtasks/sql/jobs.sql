@@ -52,9 +52,13 @@ WHERE unique_key = %(unique_key)s AND state IN ('available', 'scheduled', 'runni
 -- One LATERAL index scan per queue (each reads jobs_fetch_idx in order and stops after LIMIT)
 -- then a merge by priority: with `queue = ANY(...)` instead, several queues would need a sort of
 -- the whole backlog, or an ORDER BY queue that drains one queue before the next is looked at.
+-- Paused queues (rows of the queues table with paused_at set) are dropped from the list before
+-- any index scan, so a pause holds from every worker's next fetch on.
 WITH claimable AS (
     SELECT c.id
-    FROM unnest(%(queues)s::text[]) AS q(name)
+    FROM (SELECT u.name FROM unnest(%(queues)s::text[]) AS u(name)
+          WHERE NOT EXISTS (SELECT 1 FROM {schema}.queues AS p
+                            WHERE p.name = u.name AND p.paused_at IS NOT NULL)) AS q
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM {schema}.jobs
         WHERE queue = q.name
@@ -79,9 +83,12 @@ RETURNING j.id, j.task, j.queue, j.args::text AS args, j.priority, j.attempt, j.
 -- Write the outcomes of many finished attempts in one statement. Each row is fenced on
 -- (id, claims) and state = 'running', so an attempt that no longer owns its job (it was
 -- rescued and claimed again) changes nothing. Returns the ids that were written.
+-- An attempt that would go back to waiting (retry, snooze, shutdown put-back) of a job an
+-- operator asked to cancel (cancel_requested_at is set) ends cancelled instead.
 UPDATE {schema}.jobs AS j
-SET state = o.state::{schema}.job_state,
-    finalized_at = CASE WHEN o.state IN ('completed', 'cancelled', 'discarded')
+SET state = CASE WHEN j.cancel_requested_at IS NOT NULL AND o.state NOT IN ('completed', 'cancelled', 'discarded')
+                 THEN 'cancelled' ELSE o.state END::{schema}.job_state,
+    finalized_at = CASE WHEN o.state IN ('completed', 'cancelled', 'discarded') OR j.cancel_requested_at IS NOT NULL
                         THEN coalesce(%(now)s::timestamptz, now()) END,
     run_at = CASE WHEN o.retry_in IS NULL THEN j.run_at
                   ELSE coalesce(%(now)s::timestamptz, now()) + make_interval(secs => o.retry_in) END,

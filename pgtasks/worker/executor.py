@@ -14,6 +14,7 @@ import msgspec
 
 from pgtasks.context import JobContext, set_current_job
 from pgtasks.errors import Cancel, Retry, Snooze, UnknownTaskError
+from pgtasks.hooks import JobEvent
 from pgtasks.logs import log_event
 from pgtasks.models import ClaimedJob, ErrorEntry, JobState, Outcome
 from pgtasks.retry import Backoff, RetryPolicy
@@ -22,6 +23,7 @@ from pgtasks.worker.threads import ElasticThreadPool
 if TYPE_CHECKING:
     from pgtasks.app import App
     from pgtasks.task import Task
+    from pgtasks.worker.cancel import CancelRegistry
 
 logger = logging.getLogger("pgtasks.worker")
 _RESULT_ENCODER = msgspec.json.Encoder()
@@ -41,19 +43,29 @@ def _error(job: ClaimedJob, exc: BaseException, *, with_traceback: bool = True) 
 class Executor:
     """Executes jobs for one worker. Never raises for task failures; CancelledError propagates."""
 
-    def __init__(self, app: App, worker_id: str, threads: ElasticThreadPool) -> None:
+    def __init__(self, app: App, worker_id: str, threads: ElasticThreadPool,
+                 cancels: CancelRegistry | None = None) -> None:
         self.app = app
         self.worker_id = worker_id
         self.threads = threads
+        self.cancels = cancels
 
     async def run(self, job: ClaimedJob) -> Outcome:
         started = time.perf_counter()
-        outcome = await self._run(job)
-        duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        self._log(job, outcome, duration_ms)
+        hooks = self.app.hooks
+        event = None
+        if hooks:  # issue 6: middleware hooks; one truth test when none are registered
+            event = JobEvent(job.id, job.task, job.queue, job.attempt, job.max_attempts, self.worker_id)
+            await hooks.run(hooks.before, event, "before_job")
+        outcome = await self._run(job, event)
+        duration = time.perf_counter() - started
+        self._log(job, outcome, round(duration * 1000, 2))
+        if event is not None:
+            event.state, event.duration = outcome.state.value, duration
+            await hooks.run(hooks.after, event, "after_job")
         return outcome
 
-    async def _run(self, job: ClaimedJob) -> Outcome:
+    async def _run(self, job: ClaimedJob, event: JobEvent | None = None) -> Outcome:
         if job.expired:
             error = ErrorEntry(job.attempt, datetime.now(UTC), "Expired", "the job expired before it could run")
             return Outcome(job.id, job.claims, JobState.CANCELLED, error=error)
@@ -64,8 +76,32 @@ class Executor:
                 f"{len(self.app.tasks)} tasks); deploy code that defines it, or check the --app module"
             )
             return self._failed(job, missing, _UNKNOWN_TASK_RETRY, with_traceback=False)
+        context = JobContext(job.id, job.task, job.queue, job.attempt, job.max_attempts, job.created_at,
+                             self.worker_id)
+        if self.cancels is None:
+            return await self._attempt(task, job, context, event)
+        # Operator cancels (issue 6): registered while running so `pgtasks jobs cancel` can reach it.
+        self.cancels.add(job.id, context, asyncio.current_task() if task.is_async else None)
         try:
-            result = await self._invoke(task, job)
+            outcome = await self._attempt(task, job, context, event)
+        except asyncio.CancelledError:
+            if not self.cancels.requested(job.id):
+                raise  # shutdown, not a cancel request
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            outcome = Outcome(job.id, job.claims, JobState.CANCELLED)
+        finally:
+            self.cancels.remove(job.id)
+        if context.cancelled:
+            error = ErrorEntry(job.attempt, datetime.now(UTC), "Cancelled", "cancelled on request while running")
+            return Outcome(job.id, job.claims, JobState.CANCELLED, error=error)
+        return outcome
+
+    async def _attempt(self, task: Task[Any, Any], job: ClaimedJob, context: JobContext,
+                       event: JobEvent | None) -> Outcome:
+        try:
+            result = await self._invoke(task, job, context)
         except Snooze as snooze:
             return Outcome(job.id, job.claims, JobState.SCHEDULED, retry_in=snooze.seconds, attempt_delta=-1)
         except Cancel as cancel:
@@ -75,15 +111,20 @@ class Executor:
         except TimeoutError as exc:
             timeout = TimeoutError(f"task exceeded its timeout of {task.config.timeout}s")
             timeout.__cause__ = exc
+            if event is not None:
+                event.error = timeout
+                await self.app.hooks.run(self.app.hooks.error, event, "on_error")
             return self._failed(job, timeout, task.config.retry, with_traceback=False)
         except Exception as exc:  # noqa: BLE001 - any task failure becomes a retry, by design
+            if event is not None:
+                event.error = exc
+                await self.app.hooks.run(self.app.hooks.error, event, "on_error")
             return self._failed(job, exc, task.config.retry)
-        return Outcome(job.id, job.claims, JobState.COMPLETED, result=self._encode_result(job, result))
+        stored = self._encode_result(job, result) if task.config.store_result else None
+        return Outcome(job.id, job.claims, JobState.COMPLETED, result=stored)
 
-    async def _invoke(self, task: Task[Any, Any], job: ClaimedJob) -> Any:
+    async def _invoke(self, task: Task[Any, Any], job: ClaimedJob, context: JobContext) -> Any:
         args, kwargs = task.codec.decode(job.args)
-        context = JobContext(job.id, job.task, job.queue, job.attempt, job.max_attempts, job.created_at,
-                             self.worker_id)
         timeout = task.config.timeout
         if task.is_async:
             # Each job runs in its own asyncio task, so this context var is private to it.

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pgtasks import migrations
+from pgtasks.channels import control_channel
 from pgtasks.cleaner import Retention
 from pgtasks.connections import check_dsn, make_async_pool, redact
 from pgtasks.errors import ConfigurationError, ConnectionLostError, DatabaseError, SchemaNotMigratedError
@@ -28,6 +29,7 @@ from pgtasks.worker.completer import Completer
 from pgtasks.worker.executor import Executor
 from pgtasks.worker.listening import ListenPlan, plan_listening
 from pgtasks.worker.notifier import CANARY_INTERVAL, CANARY_TIMEOUT, Notifier
+from pgtasks.worker.ops import WorkerOps
 from pgtasks.worker.threads import ElasticThreadPool
 
 if TYPE_CHECKING:
@@ -64,6 +66,7 @@ class Worker:
         listen_dsn: str | None = None,
         canary_interval: float = CANARY_INTERVAL,
         canary_timeout: float = CANARY_TIMEOUT,
+        metrics_port: int | None = None,
         leader_ttl: float = 10.0,
         heartbeat_interval: float = 5.0,
         rescue_after: float = 60.0,
@@ -110,7 +113,9 @@ class Worker:
         self.notifier: Notifier | None = None
         self.completer: Completer | None = None
         self.threads = ElasticThreadPool()
-        self.executor = Executor(app, self.worker_id, self.threads)
+        self.ops = WorkerOps(self, metrics_port)  # issue 6: operator cancels, Prometheus metrics
+        self.pool: AsyncConnectionPool[Any] | None = None
+        self.executor = Executor(app, self.worker_id, self.threads, self.ops.cancels)
         self.fetches = 0
         self.claimed = 0
         self.started = asyncio.Event()
@@ -191,6 +196,8 @@ class Worker:
             await self._check_schema(pool)
             self.completer = Completer(pool, self.app.store)
             self.completer.start()
+            self.pool = pool
+            await self.ops.start(pool)
             self.maintenance = self._make_maintenance(pool)
             await self._start_listening(pool, dsn)
             await self.maintenance.start()
@@ -232,6 +239,7 @@ class Worker:
                                  canary_interval=self.canary_interval, canary_timeout=self.canary_timeout)
         if self.maintenance is not None:
             self.notifier.subscribe(self.maintenance.channel, self.maintenance.on_leader_notify)
+        self.notifier.subscribe(control_channel(self.app.schema), self.ops.on_control)
         self.notifier.start()
         await self.notifier.wait_connected(5.0)
 
@@ -386,6 +394,7 @@ class Worker:
             if not flushed:
                 log_event(logger, logging.ERROR, "worker.outcomes_unwritten", backlog=self.completer.backlog)
             await self.completer.stop()
+        await self.ops.stop()
         if self.notifier is not None:
             await self.notifier.stop()
         if self.maintenance is not None:  # after the outcomes are written: then the worker row goes

@@ -1,0 +1,128 @@
+-- name: job_list
+-- Jobs matching optional filters (NULL = any), newest first: `pgtasks jobs list`.
+SELECT id, task, queue, state::text AS state, priority, attempt, max_attempts, run_at, created_at,
+       attempted_at, finalized_at, errors -> -1 ->> 'type' AS last_error_type,
+       errors -> -1 ->> 'message' AS last_error_message
+FROM {schema}.jobs
+WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::{schema}.job_state[]))
+  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+  AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: job_detail
+-- Everything about one job, for `pgtasks jobs show` (timings are computed on the database clock).
+SELECT id, task, queue, state::text AS state, priority, attempt, max_attempts, claims, args::text AS args,
+       run_at, created_at, attempted_at, attempted_by, finalized_at, expires_at, cancel_requested_at,
+       unique_key, errors::text AS errors, result::text AS result,
+       extract(epoch FROM attempted_at - created_at) AS wait_seconds,
+       extract(epoch FROM finalized_at - attempted_at) AS run_seconds,
+       now() AS db_now
+FROM {schema}.jobs WHERE id = %(id)s
+
+-- name: job_get_outcome
+-- What JobRef.wait() needs: the state, the stored result and the last error entry.
+SELECT state::text AS state, result::text AS result, errors -> -1 AS last_error
+FROM {schema}.jobs WHERE id = %(id)s
+
+-- name: job_count_filtered
+-- How many jobs a bulk retry or purge would touch (shown before asking for confirmation).
+SELECT count(*) FROM {schema}.jobs
+WHERE state = ANY(%(states)s::{schema}.job_state[])
+  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+  AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+  AND (%(older_than)s::float8 IS NULL
+       OR coalesce(finalized_at, created_at) < coalesce(%(now)s::timestamptz, now())
+                                                - make_interval(secs => %(older_than)s::float8))
+
+-- name: job_retry_many
+-- Make jobs run again now: by ids, or by filter. At most %(limit)s rows per call, so a bulk retry
+-- runs as many short transactions. Running and available jobs are left alone (nothing to retry),
+-- and a finished job whose unique_key another live job holds is skipped instead of breaking the
+-- unique index. max_attempts is raised when needed so the retried job gets one more attempt.
+WITH picked AS (
+    SELECT id FROM {schema}.jobs AS j
+    WHERE state IN ('scheduled', 'retryable', 'completed', 'cancelled', 'discarded')
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+      AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::{schema}.job_state[]))
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+      AND (unique_key IS NULL OR state IN ('scheduled', 'retryable') OR NOT EXISTS (
+          SELECT 1 FROM {schema}.jobs AS live
+          WHERE live.unique_key = j.unique_key AND live.id <> j.id
+            AND live.state IN ('available', 'scheduled', 'running', 'retryable')))
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET state = 'available', run_at = coalesce(%(now)s::timestamptz, now()), finalized_at = NULL,
+    cancel_requested_at = NULL, max_attempts = greatest(j.max_attempts, j.attempt + 1)
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.queue
+
+-- name: job_cancel_many
+-- Cancel jobs by id. Waiting jobs end `cancelled` at once; running ones get cancel_requested_at
+-- and keep running until their worker (told on the control channel, or at its next poll) stops
+-- them and writes the cancelled outcome. FOR UPDATE (not SKIP LOCKED) waits for a concurrent
+-- claim to commit, and then sees the job as running.
+WITH picked AS (
+    SELECT id, state FROM {schema}.jobs
+    WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('available', 'scheduled', 'retryable', 'running')
+    FOR UPDATE
+), waiting AS (
+    UPDATE {schema}.jobs AS j
+    SET state = 'cancelled', finalized_at = coalesce(%(now)s::timestamptz, now()),
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempt, 'at', coalesce(%(now)s::timestamptz, now()), 'type', 'Cancelled',
+            'message', %(reason)s::text, 'traceback', NULL))
+    FROM picked
+    WHERE j.id = picked.id AND picked.state <> 'running'
+    RETURNING j.id
+), running AS (
+    UPDATE {schema}.jobs AS j
+    SET cancel_requested_at = coalesce(j.cancel_requested_at, %(now)s::timestamptz, now())
+    FROM picked
+    WHERE j.id = picked.id AND picked.state = 'running'
+    RETURNING j.id
+)
+SELECT id, 'cancelled' AS outcome FROM waiting
+UNION ALL
+SELECT id, 'cancel_requested' AS outcome FROM running
+
+-- name: job_list_cancel_requested
+-- Of the jobs a worker is running, those an operator asked to cancel (checked every poll interval).
+SELECT id FROM {schema}.jobs
+WHERE id = ANY(%(ids)s::bigint[]) AND state = 'running' AND cancel_requested_at IS NOT NULL
+
+-- name: job_purge_many
+-- Delete at most %(limit)s jobs matching a filter (never running ones), oldest first, in a short
+-- transaction; `pgtasks jobs purge` calls it until nothing is left.
+WITH picked AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = ANY(%(states)s::{schema}.job_state[]) AND state <> 'running'
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+      AND (%(older_than)s::float8 IS NULL
+           OR coalesce(finalized_at, created_at) < coalesce(%(now)s::timestamptz, now())
+                                                    - make_interval(secs => %(older_than)s::float8))
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM {schema}.jobs AS j USING picked WHERE j.id = picked.id
+RETURNING j.id
+
+-- name: job_find_enqueued
+-- Jobs of a task whose args contain the given JSON object (testing.assert_enqueued).
+SELECT id, queue, state::text AS state, args::text AS args FROM {schema}.jobs
+WHERE task = %(task)s AND args @> %(args)s::jsonb
+  AND state = ANY(%(states)s::{schema}.job_state[])
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+ORDER BY id
+
+-- name: notify_send
+-- Send one notification per payload on a channel (worker wakeups after a retry or resume, the
+-- control channel for cancel requests, the doctor's LISTEN probe).
+SELECT count(pg_notify(%(channel)s::text, p)) FROM unnest(%(payloads)s::text[]) AS p

@@ -1,0 +1,62 @@
+-- name: queue_pause
+-- Mark a queue paused (idempotent: a second pause keeps the first paused_at). Workers read the
+-- queues table in their fetch query, so the pause holds from their next fetch on.
+INSERT INTO {schema}.queues AS q (name, paused_at, updated_at)
+VALUES (%(name)s, coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()))
+ON CONFLICT (name) DO UPDATE SET paused_at = coalesce(q.paused_at, EXCLUDED.paused_at),
+                                 updated_at = EXCLUDED.updated_at
+RETURNING paused_at
+
+-- name: queue_resume
+-- Unpause a queue; returns whether it was paused.
+UPDATE {schema}.queues AS q SET paused_at = NULL, updated_at = coalesce(%(now)s::timestamptz, now())
+FROM (SELECT name, paused_at FROM {schema}.queues WHERE name = %(name)s FOR UPDATE) AS old
+WHERE q.name = old.name
+RETURNING old.paused_at IS NOT NULL AS was_paused
+
+-- name: queue_list_paused
+SELECT name, paused_at FROM {schema}.queues WHERE paused_at IS NOT NULL ORDER BY name
+
+-- name: queue_stats
+-- Per queue: jobs in each unfinished state, the lag (age of the oldest job that is due but not
+-- yet claimed) and whether the queue is paused. Reads unfinished rows only, so it stays cheap
+-- however many finished jobs the table keeps (metrics scrape it).
+WITH counts AS (
+    SELECT queue,
+           count(*) FILTER (WHERE state = 'available') AS available,
+           count(*) FILTER (WHERE state = 'scheduled') AS scheduled,
+           count(*) FILTER (WHERE state = 'running') AS running,
+           count(*) FILTER (WHERE state = 'retryable') AS retryable,
+           min(run_at) FILTER (WHERE state IN ('available', 'scheduled', 'retryable')
+                               AND run_at <= coalesce(%(now)s::timestamptz, now())) AS oldest_due
+    FROM {schema}.jobs
+    WHERE state IN ('available', 'scheduled', 'running', 'retryable')
+    GROUP BY queue
+)
+SELECT coalesce(c.queue, q.name) AS queue,
+       coalesce(c.available, 0) AS available, coalesce(c.scheduled, 0) AS scheduled,
+       coalesce(c.running, 0) AS running, coalesce(c.retryable, 0) AS retryable,
+       coalesce(extract(epoch FROM coalesce(%(now)s::timestamptz, now()) - c.oldest_due), 0)::float8
+           AS lag_seconds,
+       q.paused_at
+FROM counts AS c FULL JOIN {schema}.queues AS q ON q.name = c.queue
+ORDER BY 1
+
+-- name: stats_by_state
+-- Jobs per state over the whole table (a full count: an operator's command, not a metric).
+SELECT state::text AS state, count(*) AS count FROM {schema}.jobs GROUP BY state ORDER BY state
+
+-- name: stats_recent_by_task
+-- Per task, the jobs finished in the last %(seconds)s seconds (via jobs_finalized_idx): how many
+-- completed, were discarded or cancelled, and their mean and max run time.
+SELECT task,
+       count(*) FILTER (WHERE state = 'completed') AS completed,
+       count(*) FILTER (WHERE state = 'discarded') AS discarded,
+       count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
+       avg(extract(epoch FROM finalized_at - attempted_at))::float8 AS mean_run_seconds,
+       max(extract(epoch FROM finalized_at - attempted_at))::float8 AS max_run_seconds
+FROM {schema}.jobs
+WHERE state IN ('completed', 'cancelled', 'discarded')
+  AND finalized_at >= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(seconds)s::float8)
+GROUP BY task
+ORDER BY task

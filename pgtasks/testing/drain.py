@@ -1,0 +1,116 @@
+"""drain(app): run every pending job in-process against the real database and report the outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pgtasks.errors import ConfigurationError
+from pgtasks.hooks import JobEvent
+
+if TYPE_CHECKING:
+    from pgtasks.app import App
+    from pgtasks.worker import Worker
+
+
+@dataclass(frozen=True, slots=True)
+class DrainedJob:
+    """One attempt that drain() ran: its outcome state and, if the task raised, the error."""
+
+    id: int
+    task: str
+    queue: str
+    attempt: int
+    state: str  # completed, retryable, discarded, cancelled or scheduled (snoozed)
+    error: str | None  # "ExceptionType: message" when the task raised
+    duration: float
+
+
+def _queues(app: App, queues: Sequence[str] | None) -> list[str]:
+    if queues:
+        return list(queues)
+    with app.connect() as conn:
+        found = [row["queue"] for row in app.store.queue_stats(conn)
+                 if row["available"] or row["scheduled"] or row["retryable"]]
+    return found or ["default"]
+
+
+async def adrain(app: App, queues: Sequence[str] | None = None, **options: Any) -> list[DrainedJob]:
+    """Async twin of drain()."""
+    names = await asyncio.to_thread(_queues, app, queues)
+    options.setdefault("poll_interval", 0.05)
+    options.setdefault("listen", False)
+    options.setdefault("grace", 5.0)
+    worker = app.worker(queues=names, burst=True, **options)
+    drained: list[DrainedJob] = []
+
+    def record(event: JobEvent) -> None:
+        if event.worker_id == worker.worker_id:
+            error = None if event.error is None else f"{type(event.error).__name__}: {event.error}"
+            drained.append(DrainedJob(event.id, event.task, event.queue, event.attempt, event.state or "unknown",
+                                      error, event.duration or 0.0))
+
+    app.hooks.after.append(record)
+    try:
+        await worker.arun()
+    finally:
+        app.hooks.after.remove(record)
+    return drained
+
+
+def drain(app: App, queues: Sequence[str] | None = None, **options: Any) -> list[DrainedJob]:
+    """Run a burst worker until no job is ready to run now; return each attempt's outcome in order.
+
+    `queues` defaults to every queue with pending jobs. Jobs scheduled for later, and retries
+    waiting for their backoff, are not waited for (they are not "ready"). Other keyword arguments
+    go to the Worker (concurrency=1 gives a deterministic order). Call `await adrain(...)` from a
+    running event loop.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(adrain(app, queues, **options))
+    raise ConfigurationError("drain() was called inside a running event loop; use `await adrain(app)`")
+
+
+@contextlib.contextmanager
+def worker_thread(app: App, **options: Any) -> Iterator[Worker]:
+    """Run app.worker(**options) on its own event loop in a thread; stop it gracefully on exit."""
+    worker = app.worker(**options)
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def target() -> None:
+        async def main() -> None:
+            task = asyncio.create_task(worker.arun())
+            ready = asyncio.create_task(worker.started.wait())
+            await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            started.set()
+            await task
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+            started.set()
+
+    thread = threading.Thread(target=target, name="pgtasks-test-worker", daemon=True)
+    thread.start()
+    if not started.wait(30):
+        raise RuntimeError("the worker did not start within 30s")
+    if errors:
+        raise errors[0]
+    try:
+        yield worker
+    finally:
+        worker.request_stop()
+        thread.join(60)
+        if thread.is_alive():
+            raise RuntimeError("the worker did not stop within 60s")
+        if errors:
+            raise errors[0]

@@ -1,0 +1,176 @@
+"""Eager mode: `.delay()` runs the task inline and returns its outcome (Celery's task_always_eager)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from pgtasks.context import JobContext, _current, set_current_job
+from pgtasks.errors import Cancel, ConfigurationError, JobCancelledError, JobDiscardedError, Retry, Snooze
+from pgtasks.models import EnqueueRow
+from pgtasks.task import JobRef
+
+if TYPE_CHECKING:
+    from pgtasks.app import App
+    from pgtasks.task import Task
+
+_ids = itertools.count(-1, -1)  # eager jobs never touch the database: negative ids cannot collide
+_ENCODER = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class EagerJobRef(JobRef):
+    """The JobRef an eager `.delay()` returns: the job already ran, its outcome is held here."""
+
+    outcome: str = "completed"  # completed, cancelled, discarded, retryable (Retry), scheduled (Snooze)
+    result: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    queue: str = field(default="default")
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def state(self) -> str | None:
+        return self.outcome
+
+    def wait(self, timeout: float | None = None, *, poll_interval: float = 1.0, listen: bool = True) -> Any:
+        if self.outcome == "cancelled":
+            raise JobCancelledError(self.id, self.outcome, self.error_type, self.error_message)
+        if self.outcome in ("discarded", "retryable"):
+            raise JobDiscardedError(self.id, self.outcome, self.error_type, self.error_message)
+        return self.result
+
+    async def await_result(self, timeout: float | None = None, *, poll_interval: float = 1.0,
+                           listen: bool = True) -> Any:
+        return self.wait(timeout)
+
+
+def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    # A sync .delay() of an async task from inside a running loop: run it on a loop of its own.
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = asyncio.run(coro)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="pgtasks-eager")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+class EagerRunner:
+    """Runs each enqueued call inline: arguments are encoded and decoded as the worker would do
+    (so argument errors still surface at .delay()), the task runs with a JobContext, and its
+    return value makes the same msgspec round trip a stored result makes."""
+
+    def __init__(self, propagate: bool) -> None:
+        self.propagate = propagate
+        self.refs: list[EagerJobRef] = []
+
+    def _context(self, task: Task[Any, Any], row: EnqueueRow, job_id: int) -> JobContext:
+        return JobContext(job_id, task.name, row.queue, 1, row.max_attempts, datetime.now(UTC), "eager")
+
+    def _settle(self, task: Task[Any, Any], row: EnqueueRow, job_id: int, run: Any) -> EagerJobRef:
+        args = msgspec.json.decode(row.args)
+        common: dict[str, Any] = {"queue": row.queue, "args": args}
+        try:
+            value = run()
+        except Snooze as snooze:
+            ref = EagerJobRef(job_id, task.name, task.app, outcome="scheduled", error_type="Snooze",
+                              error_message=str(snooze), **common)
+        except Retry as retry:
+            ref = EagerJobRef(job_id, task.name, task.app, outcome="retryable", error_type="Retry",
+                              error_message=str(retry), **common)
+        except Cancel as cancel:
+            ref = EagerJobRef(job_id, task.name, task.app, outcome="cancelled", error_type="Cancel",
+                              error_message=str(cancel), **common)
+        except Exception as exc:
+            if self.propagate:
+                raise
+            ref = EagerJobRef(job_id, task.name, task.app, outcome="discarded", error_type=type(exc).__qualname__,
+                              error_message=str(exc), **common)
+        else:
+            result = None
+            if task.config.store_result and value is not None:
+                from pgtasks.results import decode_result  # noqa: PLC0415 - avoid an import cycle
+
+                result = decode_result(task.app, task.name, job_id, _ENCODER.encode(value).decode())
+            ref = EagerJobRef(job_id, task.name, task.app, result=result, **common)
+        self.refs.append(ref)
+        return ref
+
+    def run(self, task: Task[Any, Any], row: EnqueueRow) -> EagerJobRef:
+        job_id = next(_ids)
+        args, kwargs = task.codec.decode(row.args)
+        context = self._context(task, row, job_id)
+
+        def call() -> Any:
+            token = set_current_job(context)
+            try:
+                if task.is_async:  # asyncio.run copies this context, current_job() included
+                    return _run_coroutine(task.func(*args, **kwargs))
+                return task.func(*args, **kwargs)
+            finally:
+                _current.reset(token)
+
+        return self._settle(task, row, job_id, call)
+
+    async def arun(self, task: Task[Any, Any], row: EnqueueRow) -> EagerJobRef:
+        job_id = next(_ids)
+        args, kwargs = task.codec.decode(row.args)
+        context = self._context(task, row, job_id)
+        if not task.is_async:
+            return self.run(task, row)
+        # Run the coroutine in a task of its own, so current_job() is private to it.
+        outcome: dict[str, Any] = {}
+
+        async def body() -> None:
+            set_current_job(context)
+            try:
+                outcome["value"] = await task.func(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in _settle's frame
+                outcome["error"] = exc
+
+        await asyncio.create_task(body())
+
+        def replay() -> Any:
+            if "error" in outcome:
+                raise outcome["error"]
+            return outcome.get("value")
+
+        return self._settle(task, row, job_id, replay)
+
+
+@contextlib.contextmanager
+def eager(app: App, *, propagate: bool = True) -> Iterator[list[EagerJobRef]]:
+    """Within this block, `.delay()` / `.apply_async()` / `.adelay()` of `app`'s tasks run inline.
+
+    Nothing is written to the database. Yields the list of EagerJobRefs in call order. With
+    `propagate=True` (the default) an exception from the task is raised at the call site; with
+    False it is recorded (`ref.state() == "discarded"`, and `ref.wait()` raises). Retry and
+    Snooze are recorded, not re-run.
+    """
+    if app._eager is not None:
+        raise ConfigurationError("eager(app) is already active for this App; nest no second one")
+    runner = EagerRunner(propagate)
+    app._eager = runner
+    try:
+        yield runner.refs
+    finally:
+        app._eager = None
