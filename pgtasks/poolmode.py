@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 
 from pgtasks.connections import connection_kwargs
@@ -74,19 +77,34 @@ async def adetect_pool_mode(
     """
     started = time.monotonic()
     state: dict[str, Any] = {}
+    conns: list[AsyncConnection[Any]] = []
+    task = asyncio.ensure_future(_detect(dsn, store, application_name, listen_timeout, check_listen, tries,
+                                         state, conns))
     try:
-        async with asyncio.timeout(timeout):
-            mode, detail = await _detect(dsn, store, application_name, listen_timeout, check_listen,
-                                         tries, state)
-    except TimeoutError:
+        await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    timed_out = not task.done()
+    if timed_out:
+        # Cancelling would not help: PgBouncer ignores cancel requests of a client queued for a
+        # server, and psycopg would wait 5 s for the query to end. Shut the sockets instead.
+        for conn in conns:
+            _abandon(conn)
+        await asyncio.wait({task}, timeout=1.0)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    try:
+        mode, detail = task.result()
+    except (DatabaseError, psycopg.Error, OSError, asyncio.CancelledError) as exc:
         mode = PoolMode.UNKNOWN
-        detail = (f"no answer within {timeout:g}s (the pool may be exhausted: detection needs two "
-                  "server connections at once)")
         state["listen_ok"] = False
-    except (DatabaseError, OSError) as exc:
-        mode = PoolMode.UNKNOWN
-        detail = f"detection failed: {exc}"
-        state["listen_ok"] = False
+        if timed_out:
+            detail = (f"no answer within {timeout:g}s (the pool may be exhausted: detection needs two "
+                      "server connections at once)")
+        else:
+            detail = f"detection failed: {exc}"
     return Detection(mode, state.get("pooler"), state.get("listen_ok"), detail,
                      round((time.monotonic() - started) * 1000, 1))
 
@@ -96,19 +114,31 @@ def detect_pool_mode(dsn: str, store: Store, **options: Any) -> Detection:
     return asyncio.run(adetect_pool_mode(dsn, store, **options))
 
 
-async def _connect(dsn: str, application_name: str) -> AsyncConnection[Any]:
+async def _connect(dsn: str, application_name: str, conns: list[AsyncConnection[Any]]) -> AsyncConnection[Any]:
     try:
-        return await AsyncConnection.connect(dsn, **connection_kwargs(application_name))
+        conn = await AsyncConnection.connect(dsn, **connection_kwargs(application_name))
     except Exception as exc:  # psycopg.OperationalError and friends: report, never raise past here
         raise DatabaseError(f"cannot connect: {exc}") from exc
+    conns.append(conn)
+    return conn
+
+
+def _abandon(conn: AsyncConnection[Any]) -> None:
+    """Shut down a connection's socket under psycopg, so a query waiting on it ends at once with an error."""
+    try:
+        dup = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    except (OSError, psycopg.Error):
+        return  # already closed: nothing is waiting on it
+    with dup, contextlib.suppress(OSError):  # OSError: already shut down by the other side
+        dup.shutdown(socket.SHUT_RDWR)
 
 
 async def _detect(
     dsn: str, store: Store, application_name: str, listen_timeout: float, check_listen: bool, tries: int,
-    state: dict[str, Any],
+    state: dict[str, Any], conns: list[AsyncConnection[Any]],
 ) -> tuple[PoolMode, str]:
     name = application_name + "-probe"
-    async with await _connect(dsn, name) as a, await _connect(dsn, name) as b:
+    async with await _connect(dsn, name, conns) as a, await _connect(dsn, name, conns) as b:
         real = await store.abackend_pid(a)
         state["pooler"] = pooler = a.info.backend_pid != real
         for attempt in range(1, tries + 1):

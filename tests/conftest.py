@@ -15,6 +15,9 @@ from pgtasks import App
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The PgBouncer fixtures (pgbouncer, target, target_app) live in their own module.
+pytest_plugins = ["tests.pgbouncer_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def database_url() -> str:

@@ -265,8 +265,21 @@ class Worker:
                       reason="a fetch committed but its reply was lost with the connection")
 
     async def _check_schema(self, pool: AsyncConnectionPool[Any]) -> None:
-        async with pool.connection() as conn:
-            version = await self.app.store.amigration_current_version(conn)
+        failures = 0
+        while True:
+            try:
+                async with pool.connection() as conn:
+                    version = await self.app.store.amigration_current_version(conn)
+                break
+            except ConnectionLostError as exc:
+                # The pool opened, so the database is there: an exhausted pooler (08P01
+                # query_wait_timeout) or a restart. Wait it out like the fetch loop would.
+                failures += 1
+                if failures == 1:
+                    log_event(logger, logging.WARNING, "worker.startup_waiting", error=str(exc))
+                if self._stopping:
+                    raise
+                await asyncio.sleep(backoff_delay(failures))
         expected = migrations.latest_version()
         if version < expected:
             raise SchemaNotMigratedError(
