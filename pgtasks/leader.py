@@ -118,7 +118,7 @@ class Elector(IntervalService):
         if self.term is None:
             self.poke()
 
-    async def resign(self) -> bool:
+    async def resign(self, now: datetime | None = None) -> bool:
         """Stop acting as leader, expire our lease and notify followers; False if we were not leading.
 
         Never raises for database errors: if the resignation cannot be written, the lease simply
@@ -133,7 +133,7 @@ class Elector(IntervalService):
         try:
             async with self._pool.connection() as conn:
                 resigned = await self._store.aleader_resign(conn, leader_id=self.leader_id, term=term,
-                                                            channel=self.channel)
+                                                            channel=self.channel, now=now)
         except DatabaseError as exc:
             log_event(logger, logging.WARNING, "leader.resign_failed", leader_id=self.leader_id, term=term,
                       error=str(exc), consequence=f"followers take over when the lease expires (<= {self.ttl}s)")

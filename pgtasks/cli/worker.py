@@ -27,15 +27,23 @@ from pgtasks.logs import configure_logging
                    "for LISTEN); "
                    "see the connection budget in docs/pgbouncer.md.")
 @click.option("--burst", is_flag=True, help="Exit once no job is ready to run.")
+@click.option("--leader-ttl", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds a leader's lease lasts; a crashed leader is replaced within about this long.")
+@click.option("--heartbeat-interval", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
+              help="Seconds between this worker's heartbeats.")
+@click.option("--rescue-after", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds a worker may stay silent before the leader rescues its running jobs.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]))
 @click.pass_context
 def worker(ctx: click.Context, queues: str, concurrency: int, poll_interval: float, listen: bool | None,
-           listen_dsn: str | None, grace: float, pool_size: int, burst: bool, log_level: str, log_format: str) -> None:
+           listen_dsn: str | None, grace: float, pool_size: int, burst: bool, leader_ttl: float,
+           heartbeat_interval: float, rescue_after: float, log_level: str, log_format: str) -> None:
     """Run a worker: claim jobs with SKIP LOCKED, run them, record outcomes."""
     configure_logging(log_level, log_format)
     app = ctx.find_object(CliState).app(required=True)  # type: ignore[union-attr]
     queue_list = [q.strip() for q in queues.split(",") if q.strip()]
     app.run_worker(queues=queue_list, concurrency=concurrency, poll_interval=poll_interval, listen=listen,
-                   listen_dsn=listen_dsn, grace=grace, pool_size=pool_size, burst=burst)
+                   listen_dsn=listen_dsn, grace=grace, pool_size=pool_size, burst=burst,
+                   leader_ttl=leader_ttl, heartbeat_interval=heartbeat_interval, rescue_after=rescue_after)

@@ -26,7 +26,7 @@ RETURNING leader_id, term, elected_at, expires_at
 WITH resigned AS (
     UPDATE {schema}.leader
     SET expires_at = coalesce(%(now)s::timestamptz, now())
-    WHERE leader_id = %(leader_id)s AND term = %(term)s AND expires_at > coalesce(%(now)s::timestamptz, now())
+    WHERE leader_id = %(leader_id)s AND term = %(term)s
     RETURNING term
 )
 SELECT term, pg_notify(%(channel)s, 'resigned ' || term::text) FROM resigned

@@ -1,0 +1,194 @@
+"""Leader election: terms that only grow, renewals scoped to the term, the trust window, resignation
+with a notification, heartbeats, and the `pgtasks leader` command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from pgtasks import App, ConfigurationError
+from pgtasks.cli import main
+from pgtasks.connections import make_async_pool
+from pgtasks.leader import Elector
+from pgtasks.maintenance import MaintenanceConfig
+from tests.helpers import wait_for, worker_thread
+
+T = TypeVar("T")
+T0 = datetime(2024, 1, 1, 10, 0, 0, tzinfo=UTC)
+
+
+def run_with_pool(app: App, body: Callable[[Any], Awaitable[T]]) -> T:
+    async def main() -> T:
+        pool = make_async_pool(app.dsn, application_name="test", max_size=2, name="test")
+        await pool.open(wait=True)
+        try:
+            return await body(pool)
+        finally:
+            await pool.close()
+
+    return asyncio.run(main())
+
+
+def lease_row(conn: psycopg.Connection[Any], schema: str) -> tuple[str, int, datetime, datetime, bool] | None:
+    row = conn.execute(f'SELECT leader_id, term, elected_at, expires_at, expires_at > now() FROM "{schema}".leader'
+                       ).fetchone()
+    return None if row is None else (row[0], row[1], row[2], row[3], row[4])
+
+
+def test_terms_only_grow_and_renewals_are_scoped_to_the_term(app: App) -> None:
+    changes: list[tuple[str, bool]] = []
+
+    def recorder(name: str) -> Callable[[bool], Awaitable[None]]:
+        async def on_change(leading: bool) -> None:
+            changes.append((name, leading))
+        return on_change
+
+    async def body(pool: Any) -> None:
+        a = Elector(pool, app.store, "a", ttl=10, on_change=recorder("a"))
+        b = Elector(pool, app.store, "b", ttl=10, on_change=recorder("b"))
+        await a.run_once(now=T0)
+        await b.run_once(now=T0 + timedelta(seconds=1))
+        assert (a.term, a.is_leader, b.term, b.is_leader) == (1, True, None, False)
+        await a.run_once(now=T0 + timedelta(seconds=5))  # renew: same term, lease to 10:00:15
+        await b.run_once(now=T0 + timedelta(seconds=12))
+        assert (a.term, b.term) == (1, None)
+        # `a` stalls; its lease runs out at 10:00:15 and `b` takes over with a higher term.
+        await b.run_once(now=T0 + timedelta(seconds=16))
+        assert (b.term, b.is_leader) == (2, True)
+        # The stale leader's renewal is scoped to term 1: it changes nothing and it steps down.
+        await a.run_once(now=T0 + timedelta(seconds=17))
+        assert (a.term, a.is_leader) == (None, False)
+        assert await b.resign(now=T0 + timedelta(seconds=17)) is True
+        # Resigning keeps the row, so the term keeps growing.
+        await a.run_once(now=T0 + timedelta(seconds=18))
+        assert (a.term, a.is_leader) == (3, True)
+        await a.resign()
+
+    run_with_pool(app, body)
+    assert changes == [("a", True), ("b", True), ("a", False), ("b", False), ("a", True), ("a", False)]
+
+
+def test_the_trust_window_closes_before_the_lease_expires(app: App, conn: psycopg.Connection[Any],
+                                                         schema: str) -> None:
+    seen: list[bool] = []
+
+    async def body(pool: Any) -> tuple[bool, float, bool]:
+        stepped_down = asyncio.Event()
+
+        async def on_change(leading: bool) -> None:
+            seen.append(leading)
+            if not leading:
+                stepped_down.set()
+
+        elector = Elector(pool, app.store, "solo", ttl=2.0, on_change=on_change)
+        await elector.run_once()
+        assert elector.is_leader
+        started = time.monotonic()
+        # No renewal: the process "stalls". The lapse timer steps down when the window closes.
+        await asyncio.wait_for(stepped_down.wait(), 5)
+        trusted_for = time.monotonic() - started
+        assert not elector.is_leader
+        lease = lease_row(conn, schema)
+        assert lease is not None
+        still_active_in_db = lease[4]
+        # Nobody else was elected meanwhile, so a late renewal of the same term still succeeds.
+        await elector.run_once()
+        regained = elector.is_leader and elector.term == 1
+        await elector.resign()
+        return still_active_in_db, trusted_for, regained
+
+    still_active_in_db, trusted_for, regained = run_with_pool(app, body)
+    assert still_active_in_db, "the process stopped trusting its lease only after the database expired it"
+    assert trusted_for < 2.0
+    assert regained
+    assert seen == [True, False, True, False]
+
+
+def test_maintenance_options_are_validated() -> None:
+    with pytest.raises(ConfigurationError, match="rescue_after=5"):
+        MaintenanceConfig(heartbeat_interval=5, rescue_after=5)
+    with pytest.raises(ConfigurationError, match="leader_ttl=0"):
+        MaintenanceConfig(leader_ttl=0)
+    assert MaintenanceConfig(leader_ttl=2).effective_periodic_grace == timedelta(seconds=15)
+    assert MaintenanceConfig(leader_ttl=20).effective_periodic_grace == timedelta(seconds=30)
+    assert MaintenanceConfig(rescue_after=8, heartbeat_interval=1).effective_rescue_interval == 2
+
+
+def test_graceful_stop_resigns_and_a_follower_takes_over_at_once(app: App, conn: psycopg.Connection[Any],
+                                                                  schema: str) -> None:
+    """With a 30 s TTL a follower polls every 10 s; taking over within a few seconds of the
+    leader's stop is only possible through the resignation's NOTIFY."""
+    options: dict[str, Any] = {"leader_ttl": 30.0, "heartbeat_interval": 0.2, "rescue_after": 5.0,
+                               "poll_interval": 0.2}
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(worker_thread(app, **options))
+        wait_for(lambda: first.maintenance is not None and first.maintenance.is_leader, timeout=10)
+        second = stack.enter_context(worker_thread(app, **options))
+        assert second.maintenance is not None and second.listening
+        workers = {r[0] for r in conn.execute(f'SELECT worker_id FROM "{schema}".workers').fetchall()}
+        assert workers == {first.worker_id, second.worker_id}
+        before = lease_row(conn, schema)
+        assert before is not None and before[0] == first.worker_id
+        stopped_at = time.monotonic()
+        first.request_stop()
+        wait_for(lambda: second.maintenance is not None and second.maintenance.is_leader, timeout=8)
+        took_over_after = time.monotonic() - stopped_at
+        after = lease_row(conn, schema)
+        assert after is not None and after[0] == second.worker_id and after[1] == before[1] + 1
+        assert took_over_after < 8  # far below the 10 s a poll would take
+        wait_for(lambda: conn.execute(f'SELECT count(*) FROM "{schema}".workers').fetchone() == (1,), timeout=10)
+        # The leader-only services run only on the new leader.
+        assert second.maintenance.scheduler.running and second.maintenance.rescuer.running
+        assert first.maintenance is not None and not first.maintenance.scheduler.running
+    assert conn.execute(f'SELECT count(*) FROM "{schema}".workers').fetchone() == (0,)
+    final = lease_row(conn, schema)
+    assert final is not None and final[4] is False  # the last leader resigned too
+
+
+def test_heartbeat_lists_the_jobs_a_worker_holds(app: App, conn: psycopg.Connection[Any], schema: str) -> None:
+    import threading
+
+    release = threading.Event()
+
+    @app.task
+    def hold() -> None:
+        release.wait(10)
+
+    with worker_thread(app, heartbeat_interval=0.1, rescue_after=1.0, poll_interval=0.1) as worker:
+        job = hold.delay()
+
+        def listed() -> bool:
+            row = conn.execute(f'SELECT running, pid, queues FROM "{schema}".workers WHERE worker_id = %s',
+                               (worker.worker_id,)).fetchone()
+            return row is not None and row[0] == [job.id]
+
+        wait_for(listed, timeout=10)
+        release.set()
+        wait_for(lambda: job.state() == "completed", timeout=10)
+
+
+def test_leader_command(app: App, database_url: str, schema: str) -> None:
+    runner = CliRunner()
+    base = ["--database-url", database_url, "--schema", schema, "leader"]
+    none = runner.invoke(main, base)
+    assert none.exit_code == 1 and "no leader has been elected" in none.output
+
+    async def elect(pool: Any) -> Elector:
+        elector = Elector(pool, app.store, "host:123:abc", ttl=30)
+        await elector.run_once()
+        return elector
+
+    run_with_pool(app, elect)
+    shown = runner.invoke(main, base)
+    assert shown.exit_code == 0, shown.output
+    assert "host:123:abc" in shown.output and "term:    1" in shown.output and "expires in" in shown.output
+    as_json = runner.invoke(main, [*base, "--json"])
+    assert '"leader_id":"host:123:abc"' in as_json.output and '"term":1' in as_json.output
