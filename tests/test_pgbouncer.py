@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import itertools
 import logging
 import os
 import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -19,7 +22,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 import pgtasks
 from pgtasks import App, ConfigurationError, ConnectionLostError
+from pgtasks.connections import make_async_pool, make_pool, went_stale
 from pgtasks.poolmode import PoolMode, detect_pool_mode
+from pgtasks.worker.listening import ListenPlan, plan_listening
 from tests.conftest import ROOT
 from tests.helpers import drain, jobs, wait_for, worker_thread
 from tests.pgbouncer_fixtures import PgBouncerLab, Target
@@ -469,4 +474,107 @@ def test_restarting_pgbouncer_mid_drain_loses_nothing(
     pooled.close()
     assert set(runs) == set(range(500))
     assert states(conn, app.schema) == {"completed": 500 + len(seen)}
+    assert problems(caplog, logging.ERROR) == []
+
+
+# -- pooler-safe connections and the listen decision, without a pooler -------------------------------
+
+
+def test_went_stale_sees_a_terminated_backend_without_a_round_trip(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as victim:
+        assert not went_stale(victim)
+        pid = victim.info.backend_pid
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_for(lambda: went_stale(victim), timeout=5)
+
+
+def test_waiting_too_long_for_a_pooled_connection_is_a_connection_lost_error() -> None:
+    refused = "postgresql://postgres@127.0.0.1:1/test"
+    pool = make_pool(refused, application_name="pgt-test", max_size=1, name="refused")
+    pool.open(wait=False)
+    try:
+        with pytest.raises(ConnectionLostError, match="no database connection from pool 'refused'"), \
+                pool.connection(timeout=0.3):
+            pass
+    finally:
+        pool.close()
+
+    async def async_side() -> None:
+        apool = make_async_pool(refused, application_name="pgt-test", max_size=1, name="arefused")
+        await apool.open(wait=False)
+        try:
+            with pytest.raises(ConnectionLostError, match="arefused"):
+                async with apool.connection(timeout=0.3):
+                    pass
+        finally:
+            await apool.close()
+
+    asyncio.run(async_side())
+
+
+def test_listen_decision_when_detection_cannot_tell(
+    app: App, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pgtasks")
+    unreachable = "postgresql://postgres@127.0.0.1:1/test"
+
+    def plan(listen: bool | None) -> ListenPlan:
+        return asyncio.run(plan_listening(app.store, database_url, unreachable, listen=listen, pool_size=3,
+                                          application_name="pgt-test"))
+
+    auto = plan(None)
+    assert not auto.listen and "cannot connect" in auto.reason
+    assert auto.budget() == {"pool": 3, "listener": 0, "total": 3}
+    assert auto.database.mode is PoolMode.DIRECT
+    forced = plan(True)  # the user insists: listen, warn, and let the canary judge
+    assert forced.listen and forced.budget()["total"] == 4
+    [warning] = events(caplog, "worker.listen_unverified")
+    assert "--listen was given" in fields(warning)["action"]
+    off = plan(False)
+    assert not off.listen and off.listener is None and off.budget()["listener"] == 0
+
+
+# -- leader election and periodic ticks through each target (issue 3's services) --------------------
+
+
+def test_leader_election_and_periodic_ticks_through_each_target(
+    target: Target, target_app: App, conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two workers elect one leader, whose scheduler enqueues each tick once; when it stops, the
+    other takes over (by the resign NOTIFY where LISTEN works, by the lease's expiry when polling)."""
+    caplog.set_level(logging.INFO, logger="pgtasks")
+    runs: list[float] = []
+
+    @target_app.periodic(every=timedelta(seconds=1), name="beat")
+    @target_app.task(name="beat")
+    def beat() -> None:
+        runs.append(time.time())
+
+    def enqueued_ticks() -> list[datetime]:
+        rows = conn.execute(f"SELECT fire_time FROM \"{target_app.schema}\".periodic_fires "
+                            "WHERE schedule = 'beat' AND outcome = 'enqueued' ORDER BY fire_time").fetchall()
+        return [row[0] for row in rows]
+
+    options: dict[str, Any] = {"leader_ttl": 2.0, "heartbeat_interval": 0.2, "rescue_after": 5.0,
+                               "poll_interval": 0.2}
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(worker_thread(target_app, **options))
+        wait_for(lambda: first.maintenance is not None and first.maintenance.is_leader, timeout=10)
+        second = stack.enter_context(worker_thread(target_app, **options))
+        assert first.maintenance is not None and second.maintenance is not None
+        wait_for(lambda: len(enqueued_ticks()) >= 2, timeout=15)
+        assert not second.maintenance.is_leader
+        first.request_stop()
+        wait_for(lambda: second.maintenance is not None and second.maintenance.is_leader, timeout=10)
+        after_takeover = len(enqueued_ticks())
+        wait_for(lambda: len(enqueued_ticks()) >= after_takeover + 2, timeout=15)
+    ticks = enqueued_ticks()
+    assert len(ticks) == len(set(ticks))  # each tick at most once
+    assert all(later - earlier == timedelta(seconds=1) for earlier, later in itertools.pairwise(ticks))
+    beat_jobs = conn.execute(f"SELECT state::text, count(*) FROM \"{target_app.schema}\".jobs "
+                             "WHERE task = 'beat' GROUP BY 1").fetchall()
+    assert sum(n for _, n in beat_jobs) == len(ticks)  # one job per tick, no more
+    assert len(runs) == dict(beat_jobs).get("completed", 0)
     assert problems(caplog, logging.ERROR) == []

@@ -1,0 +1,112 @@
+"""What server-side prepared statements would buy pgtasks on a direct connection: one JSON line.
+
+pgtasks runs every connection with prepare_threshold=None, because prepared statements break
+under transaction pooling (see docs/pgbouncer.md). This measures what that costs where they would
+be safe (a direct connection): the two statements that matter, a single-job INSERT (.delay()) and
+the worker's claim + outcome round trip (job_fetch_available with LIMIT 10, then
+job_set_outcome_many), each with prepare_threshold=None (pgtasks) and prepare_threshold=0
+(psycopg prepares on first use). The variants alternate within each repeat so a shared machine's
+noise hits both; medians of the repeats are reported with the speedup of prepared over unprepared.
+
+    python benchmarks/prepared_statements.py [--database-url DSN] [--repeat 5] [--inserts 2000] [--jobs 2000]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from bench_common import base_parser
+from psycopg import AsyncConnection
+
+from pgtasks import App
+from pgtasks.models import EnqueueRow, JobState, Outcome
+from pgtasks.options import EnqueueOptions
+
+
+def _connect_kwargs(prepared: bool) -> dict[str, Any]:
+    return {"autocommit": True, "prepare_threshold": 0 if prepared else None, "application_name": "pgtasks-bench"}
+
+
+async def insert_rate(app: App, row: EnqueueRow, prepared: bool, n: int) -> float:
+    """Single-row INSERTs per second on one connection."""
+    async with await AsyncConnection.connect(app.dsn, **_connect_kwargs(prepared)) as conn:
+        await app.store.ajob_insert(conn, row)  # warm up: connection caches, the first prepare
+        started = time.perf_counter()
+        for _ in range(n):
+            await app.store.ajob_insert(conn, row)
+        return n / (time.perf_counter() - started)
+
+
+async def claim_complete_rate(app: App, row: EnqueueRow, prepared: bool, jobs: int) -> float:
+    """Jobs per second through fetch (LIMIT 10) + outcome write, on one connection, no task code."""
+    async with await AsyncConnection.connect(app.dsn, **_connect_kwargs(False)) as loader:
+        await app.store.ajob_insert_many(loader, [row] * jobs)
+    worker_id = f"bench-{uuid.uuid4().hex[:8]}"
+    done = 0
+    async with await AsyncConnection.connect(app.dsn, **_connect_kwargs(prepared)) as conn:
+        started = time.perf_counter()
+        while True:
+            claimed = await app.store.job_fetch_available(conn, queues=["bench"], limit=10, worker_id=worker_id)
+            if not claimed:
+                break
+            outcomes = [Outcome(job.id, job.claims, JobState.COMPLETED) for job in claimed]
+            done += len(await app.store.job_set_outcome_many(conn, outcomes))
+        elapsed = time.perf_counter() - started
+    if done != jobs:
+        raise RuntimeError(f"claimed and completed {done} of {jobs} jobs")
+    return done / elapsed
+
+
+async def main() -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--inserts", type=int, default=2000, help="single-row inserts per measurement")
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs claimed and completed per measurement")
+    args = parser.parse_args()
+    schema = f"pgtasks_bench_prep_{uuid.uuid4().hex[:8]}"
+    app = App(args.database_url, schema=schema)
+    app.migrate()
+
+    @app.task(name="bench.noop", queue="bench")
+    def noop(i: int) -> None: ...
+
+    # Inserted rows go to a queue nobody claims, so the claim measurement sees only its own jobs.
+    insert_row: EnqueueRow = noop._row((1,), {}, EnqueueOptions(queue="bench_inserted"))
+    row: EnqueueRow = noop._row((1,), {}, EnqueueOptions())
+    rates: dict[str, list[float]] = {k: [] for k in ("insert_unprepared", "insert_prepared",
+                                                      "claim_unprepared", "claim_prepared")}
+    try:
+        for repeat in range(args.repeat):
+            order = (False, True) if repeat % 2 == 0 else (True, False)
+            for prepared in order:
+                suffix = "prepared" if prepared else "unprepared"
+                rates[f"insert_{suffix}"].append(await insert_rate(app, insert_row, prepared, args.inserts))
+                rates[f"claim_{suffix}"].append(await claim_complete_rate(app, row, prepared, args.jobs))
+    finally:
+        with psycopg.connect(args.database_url, **_connect_kwargs(False)) as conn:
+            app.store.bench_schema_drop(conn)
+        app.close()
+    medians = {k: round(statistics.median(v), 1) for k, v in rates.items()}
+    print(json.dumps({
+        "benchmark": "prepared_statements",
+        "connection": "direct",
+        "repeats": args.repeat,
+        "inserts_per_measurement": args.inserts,
+        "jobs_per_measurement": args.jobs,
+        "insert_per_s_unprepared": medians["insert_unprepared"],
+        "insert_per_s_prepared": medians["insert_prepared"],
+        "insert_speedup": round(medians["insert_prepared"] / medians["insert_unprepared"], 3),
+        "claim_complete_jobs_per_s_unprepared": medians["claim_unprepared"],
+        "claim_complete_jobs_per_s_prepared": medians["claim_prepared"],
+        "claim_complete_speedup": round(medians["claim_prepared"] / medians["claim_unprepared"], 3),
+        "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+    }))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
