@@ -32,6 +32,7 @@ class PoolMode(StrEnum):
     DIRECT = "direct"            # PostgreSQL itself: a connection keeps its backend
     SESSION = "session"          # a pooler that keeps one backend per client connection
     TRANSACTION = "transaction"  # a pooler that may hand each transaction another backend
+    STATEMENT = "statement"      # a pooler that refuses transaction blocks (PgBouncer statement mode)
     UNKNOWN = "unknown"          # detection timed out or could not connect
 
 
@@ -100,7 +101,10 @@ async def adetect_pool_mode(
     except (DatabaseError, psycopg.Error, OSError, asyncio.CancelledError) as exc:
         mode = PoolMode.UNKNOWN
         state["listen_ok"] = False
-        if timed_out:
+        if "statement pooling" in str(exc):  # PgBouncer: "transaction blocks not allowed in statement pooling mode"
+            mode = PoolMode.STATEMENT
+            detail = f"the pooler refused a transaction block: {exc}"
+        elif timed_out:
             detail = (f"no answer within {timeout:g}s (the pool may be exhausted: detection needs two "
                       "server connections at once)")
         else:

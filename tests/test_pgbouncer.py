@@ -81,6 +81,27 @@ def test_detection_gives_unknown_and_no_listen_when_it_cannot_tell(pgbouncer: Pg
     assert "no answer within 1s" in stuck.detail
 
 
+def test_statement_pooling_is_detected_and_the_worker_polls(
+    pgbouncer: PgBouncerLab, app: App, conn: psycopg.Connection[Any]
+) -> None:
+    bouncer = pgbouncer.start("statement", "statement")
+    detection = detect_pool_mode(bouncer.dsn, app.store)
+    assert detection.mode is PoolMode.STATEMENT and detection.listen_ok is False, detection
+    pooled = App(bouncer.dsn, schema=app.schema)
+
+    @pooled.task(name="record")
+    def record(x: int) -> int:
+        return x
+
+    record.delay_many([(1,), (2,)])  # one statement: fine in statement mode
+    worker = drain(pooled)
+    assert not worker.listening and worker.claimed == 2
+    assert states(conn, app.schema) == {"completed": 2}
+    with pytest.raises(ConfigurationError, match="statement-mode pooler"):
+        asyncio.run(pooled.worker(listen=True, burst=True).arun())
+    pooled.close()
+
+
 # -- enqueue and drain through each target -----------------------------------------------------------
 
 

@@ -43,7 +43,7 @@ class ListenPlan:
 
     def log(self, worker_id: str) -> None:
         budget = self.budget()
-        pool_holds = ("while in a transaction" if self.database.mode is PoolMode.TRANSACTION
+        pool_holds = ("while in a transaction" if self.database.mode in (PoolMode.TRANSACTION, PoolMode.STATEMENT)
                       else "while open (up to the pool size; idle ones close after 60s)")
         log_event(logger, logging.INFO, "worker.connections", worker_id=worker_id,
                   database_mode=self.database.mode.value, pool=budget["pool"], pool_holds_server=pool_holds,
@@ -77,17 +77,17 @@ async def plan_listening(
     if separate:
         listener = await adetect_pool_mode(listen_dsn, store, application_name=application_name)
     which = "--listen-dsn" if separate else "the database URL"
-    if listener.mode is PoolMode.TRANSACTION:
+    if listener.mode in (PoolMode.TRANSACTION, PoolMode.STATEMENT):
         if listen:
             raise ConfigurationError(
                 f"--listen (listen=True) was given, but {which} {redact(listen_dsn)} goes through a "
-                f"transaction-mode pooler ({listener.detail}). LISTEN cannot work there: the pooler "
+                f"{listener.mode.value}-mode pooler ({listener.detail}). LISTEN cannot work there: the pooler "
                 "hands the backend that holds the LISTEN to other clients between transactions, so "
                 "notifications reach them or are dropped. Give the listener its own direct or "
                 "session-pooled connection with --listen-dsn (App(listen_dsn=...)), or drop --listen "
                 "to run poll-only."
             )
-        return ListenPlan(False, f"transaction pooling detected on {which} ({listener.detail})",
+        return ListenPlan(False, f"{listener.mode.value} pooling detected on {which} ({listener.detail})",
                           database, listener, pool_size, separate)
     if listener.listen_ok:
         return ListenPlan(True, f"LISTEN/NOTIFY works on {which} ({listener.mode.value})",
