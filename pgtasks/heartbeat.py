@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -11,7 +12,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from pgtasks.errors import DatabaseError
+from pgtasks.errors import ConnectionLostError, DatabaseError
 from pgtasks.logs import log_event
 from pgtasks.service import IntervalService
 from pgtasks.store import Store
@@ -53,10 +54,13 @@ class Heartbeat(IntervalService):
 
     async def run_once(self, now: datetime | None = None) -> None:
         held = sorted(set(self._held_jobs()))
-        async with self._pool.connection() as conn:
-            await self._store.aworker_heartbeat(
-                conn, worker_id=self.worker_id, hostname=self.hostname, pid=self.pid, queues=self.queues,
-                concurrency=self.concurrency, running=held, now=now)
+        try:  # a hung round trip must not silence this worker for good: give up and beat again
+            async with asyncio.timeout(max(1.0, 2 * self.interval)), self._pool.connection() as conn:
+                await self._store.aworker_heartbeat(
+                    conn, worker_id=self.worker_id, hostname=self.hostname, pid=self.pid, queues=self.queues,
+                    concurrency=self.concurrency, running=held, now=now)
+        except TimeoutError:
+            raise ConnectionLostError(f"heartbeat took longer than {max(1.0, 2 * self.interval):.2f}s") from None
         self.beats += 1
 
     async def remove(self) -> None:

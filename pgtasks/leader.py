@@ -11,7 +11,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from pgtasks.errors import ConfigurationError, DatabaseError
+from pgtasks.errors import ConfigurationError, ConnectionLostError, DatabaseError
 from pgtasks.logs import log_event
 from pgtasks.models import LeaderLease
 from pgtasks.service import IntervalService
@@ -89,12 +89,19 @@ class Elector(IntervalService):
         sent = self._clock()
         held = self.term
         lease: LeaderLease | None = None
-        async with self._pool.connection() as conn:
-            if held is not None:
-                lease = await self._store.aleader_attempt_reelect(
-                    conn, leader_id=self.leader_id, term=held, ttl=self.ttl, now=now)
-            if lease is None:
-                lease = await self._store.aleader_attempt_elect(conn, leader_id=self.leader_id, ttl=self.ttl, now=now)
+        # A round trip that hangs (a frozen network) must not stall the elector forever: give up
+        # after one renewal interval and try again. Safety does not depend on this (the trust
+        # window closes on its own); liveness does.
+        try:
+            async with asyncio.timeout(self.interval), self._pool.connection() as conn:
+                if held is not None:
+                    lease = await self._store.aleader_attempt_reelect(
+                        conn, leader_id=self.leader_id, term=held, ttl=self.ttl, now=now)
+                if lease is None:
+                    lease = await self._store.aleader_attempt_elect(conn, leader_id=self.leader_id, ttl=self.ttl,
+                                                                    now=now)
+        except TimeoutError:
+            raise ConnectionLostError(f"leader election round trip took longer than {self.interval:.2f}s") from None
         if held is not None and (lease is None or lease.term != held):
             log_event(logger, logging.WARNING, "leader.term_lost", leader_id=self.leader_id, term=held)
             self.term = None

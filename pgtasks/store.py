@@ -235,6 +235,7 @@ class Store:
                   "missed": missed, "leader_term": leader_term, "now": now}
         with self.errors():
             async with conn.transaction():
+                await conn.execute(self.q["periodic_fire_timeouts_set"], {"idle_ms": "5000", "lock_ms": "5000"})
                 claimed = await (await conn.execute(self.q["periodic_fire_record"], params)).fetchone()
                 if claimed is None:
                     return False, None

@@ -37,6 +37,13 @@ def run_with_pool(app: App, body: Callable[[Any], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
+async def until(condition: Callable[[], bool], timeout: float) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+
+
 def lease_row(conn: psycopg.Connection[Any], schema: str) -> tuple[str, int, datetime, datetime, bool] | None:
     row = conn.execute(f'SELECT leader_id, term, elected_at, expires_at, expires_at > now() FROM "{schema}".leader'
                        ).fetchone()
@@ -192,3 +199,59 @@ def test_leader_command(app: App, database_url: str, schema: str) -> None:
     assert "host:123:abc" in shown.output and "term:    1" in shown.output and "expires in" in shown.output
     as_json = runner.invoke(main, [*base, "--json"])
     assert '"leader_id":"host:123:abc"' in as_json.output and '"term":1' in as_json.output
+
+
+def test_a_leader_cut_off_by_a_frozen_network_steps_down_before_anyone_else_is_elected(
+    app: App, database_url: str,
+) -> None:
+    """The partition the trust window exists for: the leader's connection goes silent (no error,
+    no reply). It must stop acting before a follower can be elected, its election loop must not
+    hang for good, and once the network heals it rejoins as a follower."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from tests.tcp_proxy import freezable_proxy
+
+    target = conninfo_to_dict(database_url)
+    if str(target.get("host", "")).startswith("/"):
+        pytest.skip("needs a TCP database URL to put the proxy in front of")
+    events: list[tuple[str, bool, float]] = []
+
+    def recorder(name: str) -> Callable[[bool], Awaitable[None]]:
+        async def on_change(leading: bool) -> None:
+            events.append((name, leading, time.monotonic()))
+        return on_change
+
+    async def body(proxy_port: int) -> None:
+        cut_dsn = f"postgresql://{target.get('user', 'postgres')}@127.0.0.1:{proxy_port}/{target['dbname']}"
+        cut_pool = make_async_pool(cut_dsn, application_name="cut", max_size=2, name="cut")
+        pool = make_async_pool(app.dsn, application_name="test", max_size=2, name="test")
+        await cut_pool.open(wait=True)
+        await pool.open(wait=True)
+        a = Elector(cut_pool, app.store, "a", ttl=1.5, on_change=recorder("a"))
+        b = Elector(pool, app.store, "b", ttl=1.5, on_change=recorder("b"))
+        try:
+            await a.run_once()
+            assert a.is_leader
+            await a.start()
+            await b.start()
+            assert proxy.freeze() >= 1
+            await until(lambda: b.is_leader, timeout=10)
+            assert b.is_leader and b.term == 2
+            assert a.running  # its loop is alive, not stuck on the silent connection
+            # The network heals for new connections; when b resigns, a is elected again.
+            await b.stop()
+            await b.resign()
+            await until(lambda: a.is_leader, timeout=15)
+            assert a.is_leader and a.term == 3
+        finally:
+            await a.stop()
+            await a.resign()
+            await b.stop()
+            await pool.close()
+            await cut_pool.close()
+
+    with freezable_proxy(str(target.get("host", "127.0.0.1")), int(str(target.get("port", 5432)))) as proxy:
+        asyncio.run(body(proxy.port))
+    a_down = next(t for name, leading, t in events if name == "a" and not leading)
+    b_up = next(t for name, leading, t in events if name == "b" and leading)
+    assert a_down < b_up, events

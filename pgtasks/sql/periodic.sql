@@ -30,3 +30,12 @@ LEFT JOIN LATERAL (
 -- name: periodic_schedule_names
 -- Every schedule that has fire records, including ones no longer defined in code.
 SELECT DISTINCT schedule FROM {schema}.periodic_fires ORDER BY schedule
+
+-- name: periodic_fire_timeouts_set
+-- First statement of each fire transaction. If this scheduler stalls mid-transaction (a frozen
+-- network, a paused process), the server ends the session after idle_in_transaction_session_timeout
+-- and frees the tick's key; without it a stuck ex-leader could block the new leader's insert of
+-- the same tick until TCP keepalive noticed, hours later. lock_timeout bounds our own wait for
+-- such a key. Both are transaction-local (set_config(..., true)), so they are pooler-safe.
+SELECT set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true),
+       set_config('lock_timeout', %(lock_ms)s, true)
