@@ -25,7 +25,7 @@ def cli(app: App, *args: str) -> Any:
 
 
 def state(conn: psycopg.Connection[Any], app: App, job_id: int) -> str:
-    return {r["id"]: r["state"] for r in jobs(conn, app.schema)}[job_id]
+    return str({r["id"]: r["state"] for r in jobs(conn, app.schema)}[job_id])
 
 
 @pytest.mark.parametrize("listen", [True, False], ids=["control-notify", "poll-check"])

@@ -1,4 +1,4 @@
-"""The ops CLI against a real database: jobs list/show/retry/cancel/purge, queues, stats; --json shapes and exit codes."""
+"""The ops CLI on a real database: jobs list/show/retry/cancel/purge, queues, stats; --json shapes, exit codes."""
 
 from __future__ import annotations
 

@@ -29,8 +29,9 @@ class WorkerOps:
         if self.metrics_port is not None:
             from pgtasks.metrics import WorkerMetrics  # noqa: PLC0415 - prometheus-client is optional
 
-            self.metrics = WorkerMetrics(self.worker, self.metrics_port)
-            self.metrics.start()
+            metrics = WorkerMetrics(self.worker, self.metrics_port)
+            metrics.start()
+            self.metrics = metrics  # published once serving, with the real port
 
     def on_control(self, payload: str) -> None:
         """A notification on the control channel (see pgtasks.channels)."""
