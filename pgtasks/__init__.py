@@ -1,6 +1,7 @@
 """pgtasks: Celery-style background tasks on PostgreSQL, enqueued inside your own transaction."""
 
 from pgtasks.app import App
+from pgtasks.cleaner import Retention
 from pgtasks.context import JobContext, current_job
 from pgtasks.errors import (
     Cancel,
@@ -53,6 +54,7 @@ __all__ = [
     "PgtasksError",
     "PoolExhaustedError",
     "ResultDecodeError",
+    "Retention",
     "Retry",
     "RetryPolicy",
     "SchemaNotMigratedError",
