@@ -163,3 +163,10 @@ class OpsStoreMixin:
 
     def doctor_replication_slots(self, conn: Connection[Any]) -> list[dict[str, Any]]:
         return self._dicts(conn, "doctor_replication_slots", {})
+
+    # -- benchmarks (benchmarks/completion_notify.py) -----------------------------------------------
+
+    def bench_notify_final(self, conn: Connection[Any], *, enabled: bool) -> None:
+        """Switch the jobs_notify_final trigger, to measure what it costs the completion write."""
+        with self.errors():
+            conn.execute(self.q["bench_notify_final_enable" if enabled else "bench_notify_final_disable"])
