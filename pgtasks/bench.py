@@ -271,12 +271,14 @@ def drain(
             on_start(worker)
         wall = worker.wait(timeout)
     with app.connect() as conn:
-        done, total, first, last = app.store.bench_drain_window(conn, NOOP_TASK)
+        window = app.store.bench_drain_window(conn, NOOP_TASK)
+    done, first, last = window["completed"], window["first_claim"], window["last_outcome"]
     if done != jobs or first is None or last is None:
-        raise BenchmarkError(f"{workload}: {done} of {jobs} jobs completed ({total} in the table)")
+        raise BenchmarkError(f"{workload}: {done} of {jobs} jobs completed ({window['total']} in the table)")
     seconds = max((last - first).total_seconds(), 1e-6)
     details: dict[str, Any] = {"concurrency": concurrency if concurrency is not None else "default",
-                               "wall_seconds": round(wall, 3)}
+                               "wall_seconds": round(wall, 3), "fetches": window["fetches"],
+                               "outcome_writes": window["outcome_writes"]}
     return Result(workload, jobs, seconds, jobs / seconds, details=details)
 
 

@@ -358,12 +358,13 @@ class Store:
 
     # -- benchmarks (pgtasks.bench; issue 5) -----------------------------------------------------
 
-    def bench_drain_window(self, conn: Connection[Any], task: str) -> tuple[int, int, datetime | None, datetime | None]:
-        """(completed, total, first claim, last outcome) of one task's jobs, on the database clock."""
+    def bench_drain_window(self, conn: Connection[Any], task: str) -> dict[str, Any]:
+        """completed, total, first_claim, last_outcome, fetches, outcome_writes of one task's jobs."""
         with self.errors():
-            row = conn.execute(self.q["bench_drain_window"], {"task": task}).fetchone()
+            cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+            row = cur.execute(self.q["bench_drain_window"], {"task": task}).fetchone()
         assert row is not None  # an aggregate always returns one row
-        return int(row[0]), int(row[1]), row[2], row[3]
+        return row
 
     def bench_start_latencies(self, conn: Connection[Any], task: str) -> list[float]:
         """Enqueue-to-claim latency (ms) of each completed job of `task`, in id order."""

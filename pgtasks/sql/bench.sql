@@ -1,10 +1,13 @@
 -- name: bench_drain_window
 -- What a drain benchmark measured, read from the database's own clock: how many of the task's
--- jobs completed, and the window from the first claim to the last outcome written.
+-- jobs completed, the window from the first claim to the last outcome written, and how many
+-- fetch and outcome transactions it took (each stamps its rows with one now()).
 SELECT count(*) FILTER (WHERE state = 'completed') AS completed,
        count(*) AS total,
        min(attempted_at) AS first_claim,
-       max(finalized_at) AS last_outcome
+       max(finalized_at) AS last_outcome,
+       count(DISTINCT attempted_at) AS fetches,
+       count(DISTINCT finalized_at) AS outcome_writes
 FROM {schema}.jobs
 WHERE task = %(task)s
 

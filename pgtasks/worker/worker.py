@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from pgtasks.worker.executor import Executor
 from pgtasks.worker.listening import ListenPlan, plan_listening
 from pgtasks.worker.notifier import CANARY_INTERVAL, CANARY_TIMEOUT, Notifier
 from pgtasks.worker.ops import WorkerOps
+from pgtasks.worker.prefetch import FetchAhead
 from pgtasks.worker.threads import ElasticThreadPool
 
 if TYPE_CHECKING:
@@ -104,6 +106,11 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._queue_set = frozenset(self.queues)
         self._running: dict[asyncio.Task[None], ClaimedJob] = {}
+        # Claimed ahead of a free slot (only while jobs are short: see worker/prefetch.py); started
+        # in claim order as slots free up, put back on shutdown.
+        self._ready: deque[ClaimedJob] = deque()
+        self.fetch_ahead = FetchAhead(concurrency)
+        self.claimed_ahead = 0  # jobs that waited in _ready for a slot
         self._should_fetch = True
         self._stopping = False
         self._forced = False
@@ -248,7 +255,8 @@ class Worker:
         assert completer is not None
 
         def held_jobs() -> list[int]:
-            return [job.id for job in self._running.values()] + completer.pending_job_ids()
+            return ([job.id for job in self._running.values()] + [job.id for job in self._ready]
+                    + completer.pending_job_ids())
 
         return Maintenance(self.app, pool, worker_id=self.worker_id, queues=self.queues,
                            concurrency=self.concurrency, held_jobs=held_jobs, config=self.maintenance_config)
@@ -256,7 +264,8 @@ class Worker:
     async def _release_unknown_claims(self, conn: Any) -> None:
         """After a lost connection, put back jobs a fetch claimed whose reply never arrived."""
         assert self.completer is not None
-        known = [job.id for job in self._running.values()] + self.completer.pending_job_ids()
+        known = ([job.id for job in self._running.values()] + [job.id for job in self._ready]
+                 + self.completer.pending_job_ids())
         released = await self.app.store.job_release_unknown_claims(conn, worker_id=self.worker_id, known_ids=known)
         self._claims_uncertain = False
         if released:
@@ -305,8 +314,13 @@ class Worker:
         failures = 0
         last_fetch = 0.0
         while not self._stopping:
-            free = self.concurrency - len(self._running)
-            if self._should_fetch and free > 0:
+            # Room for the free slots plus, while jobs are short, one batch claimed ahead. With
+            # jobs already waiting locally, wait for half the room before fetching again, so a
+            # busy worker fetches in batches instead of one job per freed slot.
+            room = self.concurrency + self.fetch_ahead.allowance() - len(self._running) - len(self._ready)
+            min_batch = max(1, (self.concurrency + self.fetch_ahead.allowance()) // 2) if self._ready else 1
+            if self._should_fetch and room >= min_batch:
+                free = room
                 self._should_fetch = False
                 last_fetch = time.monotonic()
                 try:
@@ -330,10 +344,14 @@ class Worker:
                 self.fetches += 1
                 self.claimed += len(jobs)
                 for job in jobs:
-                    self._start_job(job)
+                    if len(self._running) < self.concurrency:
+                        self._start_job(job)
+                    else:
+                        self._ready.append(job)
+                        self.claimed_ahead += 1
                 if len(jobs) == free:
                     self._should_fetch = True  # a full batch: more are probably waiting
-                elif self.burst and not jobs and not self._running and await self._drained():
+                elif self.burst and not jobs and not self._running and not self._ready and await self._drained():
                     log_event(logger, logging.INFO, "worker.drained", worker_id=self.worker_id)
                     return
                 continue
@@ -369,11 +387,15 @@ class Worker:
 
     async def _run_job(self, job: ClaimedJob) -> None:
         assert self.completer is not None
+        started = time.monotonic()
         outcome = await self.executor.run(job)
+        self.fetch_ahead.observe(time.monotonic() - started)
         self.completer.submit(outcome)
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        if self._ready and not self._stopping:
+            self._start_job(self._ready.popleft())
         if not task.cancelled() and task.exception() is not None:
             log_event(logger, logging.ERROR, "worker.job_crashed", error=repr(task.exception()))
         if self._wake is not None:
@@ -386,6 +408,7 @@ class Worker:
         self._stopping = True
         if self.maintenance is not None:  # resign first: a follower takes over while we drain
             await self.maintenance.step_down()
+        self._return_unstarted()
         if self._running and not self._forced:
             await self._wait_running_or_forced(asyncio.create_task(self._force.wait()))
         leftover = dict(self._running)
@@ -415,6 +438,15 @@ class Worker:
         await pool.close()
         self.threads.shutdown()
         log_event(logger, logging.INFO, "worker.stopped", worker_id=self.worker_id, claimed=self.claimed)
+
+    def _return_unstarted(self) -> None:
+        """Give back the jobs claimed ahead that never started: claimable again at once, no attempt used."""
+        unstarted = list(self._ready)
+        self._ready.clear()
+        if unstarted and self.completer is not None:
+            for job in unstarted:
+                self.completer.submit(Outcome(job.id, job.claims, JobState.AVAILABLE, attempt_delta=-1))
+            log_event(logger, logging.INFO, "worker.unstarted_returned", count=len(unstarted))
 
     async def _wait_running_or_forced(self, waiter: asyncio.Task[bool]) -> None:
         deadline = time.monotonic() + self.grace
