@@ -328,6 +328,9 @@ def test_forced_listen_on_a_transaction_pool_is_a_configuration_error(pgbouncer:
     with pytest.raises(ConfigurationError, match="transaction-mode pooler") as info:
         asyncio.run(worker.arun())
     assert "--listen-dsn" in str(info.value)
+    # A listen DSN is checked like the database URL: startup options never reach a pooler.
+    with pytest.raises(ConfigurationError, match="listen_dsn sets options="):
+        pooled.worker(listen_dsn="postgresql://postgres@127.0.0.1:5432/test?options=-c%20statement_timeout%3D5000")
     pooled.close()
 
 
