@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import psycopg
 import pytest
@@ -30,7 +29,7 @@ def test_concurrent_migrations_apply_once(database_url: str, schema: str) -> Non
     def run() -> None:
         try:
             results.append(App(database_url, schema=schema).migrate())
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted on below
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(4)]
