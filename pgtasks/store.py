@@ -22,6 +22,7 @@ from pgtasks.models import (
     WorkerInfo,
 )
 from pgtasks.queries import queries_for
+from pgtasks.store_ops import OpsStoreMixin
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -103,7 +104,7 @@ def _holder_id(row: EnqueueRow, found: tuple[Any, ...] | None) -> int:
     return int(found[0])
 
 
-class Store:
+class Store(OpsStoreMixin):
     """Named queries for one schema. Sync methods take a Connection, `a`-prefixed ones an AsyncConnection."""
 
     def __init__(self, schema: str) -> None:
@@ -117,18 +118,25 @@ class Store:
 
     def job_insert(self, conn: Connection[Any], row: EnqueueRow) -> int:
         with self.errors():
-            found = conn.execute(self.q["job_insert"], _insert_params(row)).fetchone()
-            if found is None:  # a live job already holds this unique_key: return that one
-                found = conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": row.unique_key}).fetchone()
+            for _ in range(3):  # the holder may finish between a skipped insert and the lookup: insert again
+                found = conn.execute(self.q["job_insert"], _insert_params(row)).fetchone()
+                if found is None:  # a live job already holds this unique_key: return that one
+                    found = conn.execute(self.q["job_get_id_by_unique_key"],
+                                         {"unique_key": row.unique_key}).fetchone()
+                if found is not None:
+                    break
         return _holder_id(row, found)
 
     async def ajob_insert(self, conn: AsyncConnection[Any], row: EnqueueRow) -> int:
         with self.errors():
-            cur = await conn.execute(self.q["job_insert"], _insert_params(row))
-            found = await cur.fetchone()
-            if found is None:
-                cur = await conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": row.unique_key})
+            for _ in range(3):  # as in job_insert()
+                cur = await conn.execute(self.q["job_insert"], _insert_params(row))
                 found = await cur.fetchone()
+                if found is None:
+                    cur = await conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": row.unique_key})
+                    found = await cur.fetchone()
+                if found is not None:
+                    break
         return _holder_id(row, found)
 
     def job_insert_many(self, conn: Connection[Any], rows: Sequence[EnqueueRow]) -> list[int]:

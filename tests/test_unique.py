@@ -115,3 +115,35 @@ def test_unique_is_validated_at_registration(app: App) -> None:
         Unique(period=0)
     with pytest.raises(pgtasks.ConfigurationError, match="unique="):
         app.task(name="bad2", unique="yes")  # type: ignore[call-overload]
+
+
+class _CompletesHolderAfterInsert(psycopg.Connection[Any]):
+    """A real connection that, right after the unique insert was skipped, lets another session finish the
+    holder: the window between the skipped insert and the holder lookup, made to happen on purpose."""
+
+    on_insert: Any = None
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        cur = super().execute(query, params, **kwargs)
+        if self.on_insert is not None and "ON CONFLICT" in str(query):
+            hook, self.on_insert = self.on_insert, None
+            hook()
+        return cur
+
+
+def test_enqueue_when_the_holder_finishes_between_insert_and_lookup(app: App, conn: psycopg.Connection[Any],
+                                                                    database_url: str) -> None:
+    @app.task(name="once")
+    def once() -> None: ...
+
+    holder = once.apply_async(unique_key="k")
+
+    def finish_holder() -> None:
+        conn.execute(f'UPDATE "{app.schema}".jobs SET state = \'completed\' WHERE id = %s', [holder.id])
+
+    with _CompletesHolderAfterInsert.connect(database_url, autocommit=True) as racing:
+        racing.on_insert = finish_holder
+        fresh = once.apply_async(unique_key="k", connection=racing)
+    assert fresh.id != holder.id
+    assert [(r["id"], r["state"]) for r in jobs(conn, app.schema)] == [(holder.id, "completed"),
+                                                                        (fresh.id, "available")]
