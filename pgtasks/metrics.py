@@ -38,7 +38,7 @@ class WorkerMetrics:
 
     Exported (all prefixed pgtasks_): jobs_total{task,outcome}, job_duration_seconds{task},
     jobs_running, queue_jobs{queue,state}, queue_lag_seconds{queue}, queue_paused{queue},
-    listener_connected, pool_connections / pool_connections_idle / pool_requests_waiting,
+    leader / leader_term, listener_connected, pool_connections / pool_connections_idle / pool_requests_waiting,
     completer_backlog, and database_up (0 when the last queue-stats read failed).
     """
 
@@ -119,6 +119,13 @@ class _LiveCollector:
         yield GaugeMetricFamily("pgtasks_listener_connected",
                                 "1 while the LISTEN connection is up (0 with --no-listen or while reconnecting).",
                                 value=1 if listening else 0)
+        maintenance = getattr(worker, "maintenance", None)
+        if maintenance is not None:
+            elector = maintenance.elector
+            yield GaugeMetricFamily("pgtasks_leader", "1 while this worker is the elected leader.",
+                                    value=1 if maintenance.is_leader else 0)
+            yield GaugeMetricFamily("pgtasks_leader_term", "The term this worker leads in (0 when not leading).",
+                                    value=elector.term if maintenance.is_leader and elector.term else 0)
         pool = getattr(worker, "pool", None)
         if pool is not None:
             stats = pool.get_stats()

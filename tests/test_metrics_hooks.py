@@ -14,7 +14,8 @@ import pytest
 
 import pgtasks
 from pgtasks import App, JobEvent
-from pgtasks.testing import drain
+from pgtasks.testing import drain, worker_thread
+from tests.helpers import wait_for
 
 
 def scrape(port: int) -> str:
@@ -101,6 +102,7 @@ def test_metrics_endpoint_scraped_during_a_drain(app: App) -> None:
     assert sample(text, "pgtasks_queue_lag_seconds", queue="default") is not None
     assert sample(text, "pgtasks_listener_connected") == 0.0  # drain() polls without LISTEN
     assert sample(text, "pgtasks_database_up") == 1.0
+    assert sample(text, "pgtasks_leader") == 0.0  # a burst worker (drain) does not stand for election
     assert sample(text, "pgtasks_pool_max_connections") is not None
     assert sample(text, "pgtasks_pool_connections") is not None
     assert app.hooks.after == []  # the metrics hook is removed when the worker stops
@@ -151,3 +153,14 @@ def test_hooks_see_each_attempt_and_share_extra(app: App, caplog: pytest.LogCapt
     assert sorted(seen_in_task) == sorted([f"trace-{ok.id}", f"trace-{ko.id}"])
     failures = [r for r in caplog.records if getattr(r, "event", None) == "hook.failed"]
     assert len(failures) == 2 and failures[0].exc_info is not None
+
+
+def test_metrics_show_leadership_of_a_long_running_worker(app: App) -> None:
+    pytest.importorskip("prometheus_client")
+    with worker_thread(app, poll_interval=0.1, metrics_port=0, leader_ttl=2.0) as worker:
+        metrics = worker.ops.metrics
+        assert metrics is not None
+        wait_for(lambda: sample(scrape(metrics.port), "pgtasks_leader") == 1.0, timeout=15)
+        text = scrape(metrics.port)
+        assert (sample(text, "pgtasks_leader_term") or 0) >= 1
+        assert sample(text, "pgtasks_listener_connected") == 1.0
