@@ -12,9 +12,9 @@ import statistics
 import time
 import uuid
 
+from bench_common import base_parser
 from psycopg import AsyncConnection
 
-from benchmarks.bench_common import base_parser
 from pgtasks import App
 from pgtasks.bench import drop_schema
 from pgtasks.connections import connection_kwargs
