@@ -103,6 +103,47 @@ def test_a_rescued_job_out_of_attempts_is_discarded(app: App, conn: psycopg.Conn
     assert row["errors"][0]["type"] == "Rescued"
 
 
+def test_a_rescued_job_an_operator_asked_to_cancel_ends_cancelled(
+    app: App, conn: psycopg.Connection[Any], schema: str
+) -> None:
+    @app.task
+    def doomed() -> None: ...
+
+    job = doomed.delay()
+
+    async def body(pool: Any) -> None:
+        await claim(app, pool, "crashed")
+        conn.execute(f'UPDATE "{schema}".jobs SET cancel_requested_at = now() WHERE id = %s', [job.id])
+        rescued = await Rescuer(pool, app.store, rescue_after=1, interval=1).rescue(
+            now=datetime.now(UTC) + timedelta(seconds=5))
+        assert [(r.id, r.state) for r in rescued] == [(job.id, "cancelled")]
+
+    run_with_pool(app, body)
+    [row] = jobs(conn, schema)
+    assert row["state"] == "cancelled" and row["finalized_at"] is not None
+
+
+def test_a_lost_claim_an_operator_asked_to_cancel_ends_cancelled(
+    app: App, conn: psycopg.Connection[Any], schema: str
+) -> None:
+    @app.task
+    def doomed() -> None: ...
+
+    kept, lost = doomed.delay(), doomed.delay()
+
+    async def body(pool: Any) -> None:
+        await claim(app, pool, "w1")
+        await claim(app, pool, "w1")
+        conn.execute(f'UPDATE "{schema}".jobs SET cancel_requested_at = now() WHERE id = %s', [lost.id])
+        async with pool.connection() as aconn:
+            released = await app.store.job_release_unknown_claims(aconn, worker_id="w1", known_ids=[kept.id])
+        assert released == [lost.id]
+
+    run_with_pool(app, body)
+    states = {row["id"]: (row["state"], row["attempt"]) for row in jobs(conn, schema)}
+    assert states == {kept.id: ("running", 1), lost.id: ("cancelled", 0)}
+
+
 def test_a_stale_completion_is_rejected_and_leaves_the_new_outcome_untouched(
     app: App, conn: psycopg.Connection[Any], schema: str,
 ) -> None:

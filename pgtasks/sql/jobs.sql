@@ -122,8 +122,10 @@ WHERE state IN ('available', 'scheduled', 'retryable', 'running') AND queue = AN
 -- connection (pooler restart, dropped TCP) may still have committed its claims. Those jobs never
 -- started, so their attempt is given back. Jobs the worker runs or has yet to record are passed in
 -- %(known_ids)s and left alone. A fetch still running on the server holds its row locks, so this
--- waits for it and then sees its claims.
+-- waits for it and then sees its claims. A job an operator asked to cancel ends `cancelled`.
 UPDATE {schema}.jobs
-SET state = 'available', attempt = greatest(attempt - 1, 0)
+SET state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'available' END::{schema}.job_state,
+    finalized_at = CASE WHEN cancel_requested_at IS NOT NULL THEN now() END,
+    attempt = greatest(attempt - 1, 0)
 WHERE state = 'running' AND attempted_by = %(worker_id)s AND id <> ALL(%(known_ids)s::bigint[])
 RETURNING id

@@ -6,6 +6,7 @@
 -- SKIP LOCKED and the state = 'running' re-check keep it safe next to completing workers; the
 -- claim's outcome is fenced on `claims`, so a stale worker that comes back changes nothing.
 -- Retried jobs wake workers on their queue with the same NOTIFY the insert trigger sends.
+-- A job an operator asked to cancel (cancel_requested_at) ends `cancelled` instead of running again.
 WITH stuck AS (
     SELECT j.id,
            CASE
@@ -28,8 +29,11 @@ WITH stuck AS (
     FOR UPDATE OF j SKIP LOCKED
 ), rescued AS (
     UPDATE {schema}.jobs AS j
-    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END::{schema}.job_state,
-        finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN coalesce(%(now)s::timestamptz, now()) END,
+    SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN j.attempt >= j.max_attempts THEN 'discarded'
+                     ELSE 'retryable' END::{schema}.job_state,
+        finalized_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR j.attempt >= j.max_attempts
+                            THEN coalesce(%(now)s::timestamptz, now()) END,
         run_at = coalesce(%(now)s::timestamptz, now()),
         errors = j.errors || jsonb_build_array(jsonb_build_object(
             'attempt', j.attempt,
