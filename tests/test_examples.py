@@ -21,3 +21,13 @@ def test_quickstart_demo(app: App, database_url: str) -> None:
     assert "quickstart.add                   completed  attempts=1 result=5" in out
     assert "users: ['alice@example.com']" in out
     assert "job.retrying" in result.stderr and "job.completed" in result.stderr
+
+
+def test_periodic_example(app: App, database_url: str) -> None:
+    env = {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": app.schema}
+    result = subprocess.run([sys.executable, "examples/periodic.py"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = {line.split()[0]: (line.split()[1], int(line.split()[2])) for line in result.stdout.splitlines()}
+    assert runs["periodic.heartbeat"][0] == "completed" and 3 <= runs["periodic.heartbeat"][1] <= 5
+    assert runs["periodic.cron_two_seconds"][0] == "completed" and 1 <= runs["periodic.cron_two_seconds"][1] <= 3
