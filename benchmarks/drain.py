@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", default="default,10",
                         help="comma-separated worker concurrencies; 'default' = the worker's default")
     parser.add_argument("--worker-args", default="", help="extra `pgtasks worker` arguments, shell-quoted")
+    parser.add_argument("--db-cpu", action="store_true",
+                        help="also sample the CPU time of the database processes serving the worker (local server)")
     parser.add_argument("--profile", default="",
                         help="command prefix for the worker, e.g. 'py-spy record -o drain.svg --'")
     args = parser.parse_args(argv)
@@ -29,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
         def run(concurrency: int | None = concurrency) -> bench.Result:
             with bench.throwaway_app(args.database_url) as app:
                 return bench.drain(app, args.jobs, concurrency=concurrency,
-                                   extra_args=shlex.split(args.worker_args), prefix=shlex.split(args.profile))
+                                   extra_args=shlex.split(args.worker_args), prefix=shlex.split(args.profile),
+                                   db_cpu=args.db_cpu)
 
         emit(repeated(args.repeat, run))
 

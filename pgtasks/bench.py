@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -142,6 +144,8 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.started_at = 0.0
+        self._cpu_before = 0.0
+        self.cpu_seconds: float | None = None  # user + system CPU of the worker, once it has exited
 
     @property
     def pid(self) -> int:
@@ -152,6 +156,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self._log = tempfile.NamedTemporaryFile(prefix="pgtasks-bench-worker-", suffix=".log")  # noqa: SIM115
         self.started_at = time.perf_counter()
+        self._cpu_before = _children_cpu()
         self.proc = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=self._log)
         return self
 
@@ -175,6 +180,8 @@ class WorkerProcess:
             raise BenchmarkError(
                 f"the worker did not finish within {timeout}s; its log ends:\n{self.log_tail()}") from None
         elapsed = time.perf_counter() - self.started_at
+        # Reaped children's CPU: only this worker ran as our child meanwhile (start-up included).
+        self.cpu_seconds = _children_cpu() - self._cpu_before
         if code != 0:
             raise BenchmarkError(f"the worker exited with code {code}; its log ends:\n{self.log_tail()}")
         return elapsed
@@ -194,6 +201,52 @@ class WorkerProcess:
             self.proc.wait()
         if self._log is not None:
             self._log.close()
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class BackendCpu:
+    """Samples the CPU time of the database processes serving the bench app's connections.
+
+    Works only when PostgreSQL runs on this host and /proc/<pid>/stat is readable (as root or the
+    postgres user); otherwise `seconds` stays None. A backend's last sample before it exits
+    counts, so the figure can miss up to one sampling interval of its work.
+    """
+
+    def __init__(self, app: App, interval: float = 0.05) -> None:
+        self.app = app
+        self.interval = interval
+        self.seconds: float | None = None
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pgtasks-bench-backend-cpu", daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> BackendCpu:
+        self._thread.start()
+        return self
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        self._thread.join()
+        if self._last:
+            self.seconds = sum(self._last.values())
+        return self.seconds
+
+    def _run(self) -> None:
+        with self.app.connect() as conn:
+            while not self._stop.is_set():
+                for pid in self.app.store.bench_backend_pids(conn, self.app.application_name):
+                    try:
+                        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    except OSError:
+                        continue
+                    # utime and stime are fields 14 and 15 of stat, 12 and 13 after the ")".
+                    self._last[pid] = (int(fields[11]) + int(fields[12])) / self._tick
+                self._stop.wait(self.interval)
 
 
 def wait_until(condition: Callable[[], bool], *, timeout: float, worker: WorkerProcess | None = None,
@@ -259,17 +312,25 @@ def drain(
     prefix: Sequence[str] = (),
     on_start: Callable[[WorkerProcess], None] | None = None,
     timeout: float = 1800.0,
+    db_cpu: bool = False,
 ) -> Result:
     """(c) Queue `jobs` no-op jobs, then run a burst worker until they are all done.
 
     The rate is jobs / (last outcome written - first claim), both from the database; the
     worker's start-up (imports, connecting) is outside that window and reported separately.
+    CPU per job is reported for the worker process (start-up included) and, with `db_cpu`, for
+    the database processes serving it (see BackendCpu): figures a busy shared machine disturbs
+    far less than the wall-clock rate.
     """
     fill(app, jobs)
+    backends = BackendCpu(app).start() if db_cpu else None
     with WorkerProcess(app, burst=True, concurrency=concurrency, extra_args=extra_args, prefix=prefix) as worker:
         if on_start is not None:
             on_start(worker)
-        wall = worker.wait(timeout)
+        try:
+            wall = worker.wait(timeout)
+        finally:
+            db_seconds = backends.stop() if backends is not None else None
     with app.connect() as conn:
         window = app.store.bench_drain_window(conn, NOOP_TASK)
     done, first, last = window["completed"], window["first_claim"], window["last_outcome"]
@@ -279,6 +340,10 @@ def drain(
     details: dict[str, Any] = {"concurrency": concurrency if concurrency is not None else "default",
                                "wall_seconds": round(wall, 3), "fetches": window["fetches"],
                                "outcome_writes": window["outcome_writes"]}
+    if worker.cpu_seconds is not None:
+        details["worker_cpu_us_per_job"] = round(worker.cpu_seconds / jobs * 1e6, 1)
+    if db_seconds is not None:
+        details["db_cpu_us_per_job"] = round(db_seconds / jobs * 1e6, 1)
     return Result(workload, jobs, seconds, jobs / seconds, details=details)
 
 

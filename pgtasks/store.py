@@ -379,6 +379,11 @@ class Store(OpsStoreMixin):
         with self.errors():
             return [float(r[0]) for r in conn.execute(self.q["bench_start_latencies"], {"task": task})]
 
+    def bench_backend_pids(self, conn: Connection[Any], application_name: str) -> list[int]:
+        with self.errors():
+            return [int(r[0]) for r in conn.execute(self.q["bench_backend_pids"],
+                                                    {"application_name": application_name})]
+
     def bench_count_completed(self, conn: Connection[Any], task: str) -> int:
         with self.errors():
             row = conn.execute(self.q["bench_count_completed"], {"task": task}).fetchone()

@@ -26,3 +26,8 @@ SELECT count(*) FROM {schema}.jobs WHERE task = %(task)s AND state = 'completed'
 -- name: bench_schema_drop
 -- Drop a benchmark's throwaway schema and everything in it (callers check the bench prefix).
 DROP SCHEMA IF EXISTS {schema} CASCADE
+
+-- name: bench_backend_pids
+-- Server processes serving connections with this application_name (the worker's pool and
+-- listener), so a benchmark on the database host can read their CPU time from /proc.
+SELECT pid FROM pg_stat_activity WHERE application_name LIKE %(application_name)s || '%%'

@@ -31,7 +31,7 @@ from pgtasks.worker.executor import Executor
 from pgtasks.worker.listening import ListenPlan, plan_listening
 from pgtasks.worker.notifier import CANARY_INTERVAL, CANARY_TIMEOUT, Notifier
 from pgtasks.worker.ops import WorkerOps
-from pgtasks.worker.prefetch import FetchAhead
+from pgtasks.worker.prefetch import STALL_SECONDS, FetchAhead
 from pgtasks.worker.threads import ElasticThreadPool
 
 if TYPE_CHECKING:
@@ -111,6 +111,7 @@ class Worker:
         self._ready: deque[ClaimedJob] = deque()
         self.fetch_ahead = FetchAhead(concurrency)
         self.claimed_ahead = 0  # jobs that waited in _ready for a slot
+        self._slot_freed_at = 0.0  # monotonic time a job last finished, or _ready last filled up
         self._should_fetch = True
         self._stopping = False
         self._forced = False
@@ -347,6 +348,8 @@ class Worker:
                     if len(self._running) < self.concurrency:
                         self._start_job(job)
                     else:
+                        if not self._ready:
+                            self._slot_freed_at = time.monotonic()
                         self._ready.append(job)
                         self.claimed_ahead += 1
                 if len(jobs) == free:
@@ -356,11 +359,16 @@ class Worker:
                     return
                 continue
             timeout = max(0.0, last_fetch + self._current_poll_interval() - time.monotonic())
+            if self._ready:
+                timeout = min(timeout, STALL_SECONDS)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
-                self._should_fetch = True  # the poll: the safety net for missed or absent NOTIFYs
+                # The poll (the safety net for missed or absent NOTIFYs), or only a stall check.
+                poll_due = time.monotonic() >= last_fetch + self._current_poll_interval()
+                self._should_fetch = self._should_fetch or poll_due
             self._wake.clear()
+            self._return_if_stalled()
 
     async def _drained(self) -> bool:
         """Burst mode: only after every outcome is written can an empty fetch mean "nothing due".
@@ -394,6 +402,7 @@ class Worker:
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        self._slot_freed_at = time.monotonic()
         if self._ready and not self._stopping:
             self._start_job(self._ready.popleft())
         if not task.cancelled() and task.exception() is not None:
@@ -439,14 +448,25 @@ class Worker:
         self.threads.shutdown()
         log_event(logger, logging.INFO, "worker.stopped", worker_id=self.worker_id, claimed=self.claimed)
 
-    def _return_unstarted(self) -> None:
+    def _return_unstarted(self, reason: str = "shutdown") -> None:
         """Give back the jobs claimed ahead that never started: claimable again at once, no attempt used."""
         unstarted = list(self._ready)
         self._ready.clear()
         if unstarted and self.completer is not None:
             for job in unstarted:
                 self.completer.submit(Outcome(job.id, job.claims, JobState.AVAILABLE, attempt_delta=-1))
-            log_event(logger, logging.INFO, "worker.unstarted_returned", count=len(unstarted))
+            log_event(logger, logging.INFO, "worker.unstarted_returned", count=len(unstarted), reason=reason)
+
+    def _return_if_stalled(self) -> None:
+        """Jobs wait locally but no slot has freed up for STALL_SECONDS: the short jobs turned long.
+
+        Give the waiting jobs back so other workers can run them, and stop claiming ahead until
+        short jobs are seen again.
+        """
+        stalled = time.monotonic() - self._slot_freed_at
+        if self._ready and stalled >= STALL_SECONDS:
+            self.fetch_ahead.stalled(stalled)
+            self._return_unstarted(reason="stalled")
 
     async def _wait_running_or_forced(self, waiter: asyncio.Task[bool]) -> None:
         deadline = time.monotonic() + self.grace
