@@ -10,6 +10,7 @@ PostgreSQL; otherwise the tests that use it are skipped, or fail when PGTASKS_RE
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -46,6 +47,43 @@ def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def reserve_port(port: int) -> bool:
+    """Claim `port` for this process among concurrent test runs (a pidfile per port).
+
+    Without it, a run restarting its instance could lose the port to another run's new instance
+    in the moment between stop and start.
+    """
+    folder = RUN_BASE / "ports"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / str(port)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text() or "0")
+            except (OSError, ValueError):
+                owner = 0
+            if owner == os.getpid():
+                return True
+            if owner and Path(f"/proc/{owner}").exists():
+                return False
+            path.unlink(missing_ok=True)  # left by a run that is gone
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    return False
+
+
+def release_ports(ports: list[int]) -> None:
+    for port in ports:
+        path = RUN_BASE / "ports" / str(port)
+        with contextlib.suppress(OSError, ValueError):
+            if int(path.read_text()) == os.getpid():
+                path.unlink()
 
 
 @dataclass
@@ -87,7 +125,7 @@ class PgBouncerLab:
         candidates += [p for p in range(6434, 6500) if p not in candidates]
         last_error = ""
         for candidate in candidates:
-            if previous is None and not port_free(candidate):
+            if previous is None and not (port_free(candidate) and reserve_port(candidate)):
                 continue
             spec = f"{name}:{candidate}:{mode}:{pool_size}:{query_wait_timeout}"
             done = subprocess.run([str(SCRIPTS / "start.sh"), spec], env=self._env(), capture_output=True,
@@ -101,6 +139,8 @@ class PgBouncerLab:
                 self._wait_ready(instance)
                 return instance
             last_error = done.stderr.strip()
+            if previous is None:
+                release_ports([candidate])
             if previous is not None or "already in use" not in last_error:
                 break  # a real failure, not a port taken by someone else in the meantime
         raise RuntimeError(f"scripts/pgbouncer/start.sh {name} failed: {last_error}")
@@ -142,6 +182,7 @@ class PgBouncerLab:
 
     def stop_all(self) -> None:
         subprocess.run([str(SCRIPTS / "stop.sh")], env=self._env(), capture_output=True, timeout=120)
+        release_ports([instance.port for instance in self.instances.values()])
 
 
 @pytest.fixture(scope="session")

@@ -442,24 +442,32 @@ def test_pool_smaller_than_the_workers_demand_slows_it_but_loses_nothing(
     for hog in hogs:
         hog.execute("BEGIN")
         hog.execute("SELECT 1")
+
     def release_hogs() -> None:
         for hog in hogs:
             hog.close()
 
-    release = threading.Timer(3.0, release_hogs)
-    release.start()
+    def release_once_the_worker_waited() -> None:
+        deadline = time.monotonic() + 15
+        while not events(caplog, "worker.startup_waiting") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # one more query_wait_timeout for the worker to sit through
+        release_hogs()
+
+    releaser = threading.Thread(target=release_once_the_worker_waited)
+    releaser.start()
     try:
         with worker_thread(pooled, concurrency=5, pool_size=3, poll_interval=0.2) as worker:
             wait_for(lambda: states(conn, app.schema)["completed"] == 150, timeout=60)
             assert worker.claimed == 150
     finally:
-        release.cancel()
+        releaser.join(20)
         release_hogs()
     pooled.close()
     assert sorted(runs) == list(range(150)) and set(runs.values()) == {1}
     assert {r["attempt"] for r in jobs(conn, app.schema)} == {1}
-    waited = [m for m in problems(caplog) if "query_wait_timeout" in m]
-    assert waited, "the pool was exhausted: some statement must have hit query_wait_timeout"
+    [waited] = events(caplog, "worker.startup_waiting")  # it started into the exhausted pool and waited
+    assert "query_wait_timeout" in fields(waited)["error"]
     assert problems(caplog, logging.ERROR) == []
 
 

@@ -116,8 +116,23 @@ INI
     printf '%s\n' "$ini" >"$dir/pgbouncer.ini"
     [ "$(id -u)" = 0 ] && chown -R postgres: "$dir"
     log "starting $name on 127.0.0.1:$port (pool_mode=$mode, pool_size=$size, query_wait_timeout=$qwt)"
+    local offset
+    offset=$(($(stat -c %s "$dir/pgbouncer.log" 2>/dev/null || echo 0) + 1))
     "$PGBOUNCER" -d "${AS_USER[@]}" "$dir/pgbouncer.ini" >&2 \
         || { tail -n 20 "$dir/pgbouncer.log" >&2; die "$name failed to start"; }
+    # With -d the command returns 0 before binding; a port taken in the meantime only shows in the
+    # log ("cannot listen ... Address already in use", "FATAL nowhere to listen on").
+    for _ in $(seq 1 100); do
+        if tail -c "+$offset" "$dir/pgbouncer.log" 2>/dev/null | grep -q "FATAL"; then
+            tail -c "+$offset" "$dir/pgbouncer.log" >&2
+            grep -q "Address already in use" <(tail -c "+$offset" "$dir/pgbouncer.log") \
+                && die "port $port is already in use (taken while $name was starting)"
+            die "$name failed to start"
+        fi
+        tail -c "+$offset" "$dir/pgbouncer.log" 2>/dev/null | grep -q "listening on 127.0.0.1:$port" && return
+        sleep 0.05
+    done
+    die "$name did not report listening on port $port within 5s; see $dir/pgbouncer.log"
 }
 
 # wait_ready PORT: until the instance accepts a TCP connection (pgbouncer connects to the server
