@@ -74,6 +74,10 @@ class Completer:
 
     async def _loop(self) -> None:
         failures = 0
+        # Outcomes whose write failed once may in fact have been committed (the connection can
+        # die after COMMIT and before the reply): if the retry then finds them gone, that is
+        # most likely our own earlier write, not a newer claim, so it is not worth a warning.
+        uncertain: set[tuple[int, int]] = set()
         while True:
             await self._ready.wait()
             self._ready.clear()
@@ -85,6 +89,7 @@ class Completer:
                         written = await self._store.job_set_outcome_many(conn, batch)
                 except DatabaseError as exc:
                     failures += 1
+                    uncertain.update(keys)
                     if failures == 1:
                         log_event(logger, logging.WARNING, "completer.failing", error=str(exc),
                                   backlog=len(self._pending))
@@ -96,8 +101,15 @@ class Completer:
                 for key in keys:
                     del self._pending[key]
                 self.written += len(written)
-                for outcome in batch:
-                    if outcome.job_id not in written:
+                for key, outcome in zip(keys, batch, strict=True):
+                    if outcome.job_id in written:
+                        uncertain.discard(key)
+                    elif key in uncertain:
+                        uncertain.discard(key)
+                        log_event(logger, logging.INFO, "job.outcome_write_uncertain", job_id=outcome.job_id,
+                                  claims=outcome.claims, state=outcome.state.value,
+                                  reason="an earlier try failed mid-flight and may have written it")
+                    else:
                         self.rejected += 1
                         # The claim no longer owns the job (it was rescued and claimed again, or
                         # changed by an operator): its outcome must not overwrite the newer one.
