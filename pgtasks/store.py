@@ -63,6 +63,24 @@ def _insert_params(row: EnqueueRow) -> dict[str, Any]:
     }
 
 
+def _runs_now(row: EnqueueRow) -> bool:
+    """No unique_key, eta, countdown or expiry: the column defaults say the rest (job_insert_now)."""
+    return (row.unique_key is None and row.run_at is None and row.delay is None and row.expires_at is None
+            and row.expires_in is None)
+
+
+def _insert_now_params(row: EnqueueRow) -> dict[str, Any]:
+    return {"task": row.task, "queue": row.queue, "args": row.args, "priority": row.priority,
+            "max_attempts": row.max_attempts}
+
+
+def _insert_many_now_params(rows: Sequence[EnqueueRow]) -> dict[str, Any]:
+    # args is JSON text already: embedded as is, not re-encoded as a string.
+    payload = [{"task": r.task, "queue": r.queue, "args": msgspec.Raw(r.args), "priority": r.priority,
+                "max_attempts": r.max_attempts} for r in rows]
+    return {"rows": _ENCODER.encode(payload).decode()}
+
+
 def _insert_many_params(rows: Sequence[EnqueueRow]) -> dict[str, Any]:
     return {
         "tasks": [r.task for r in rows], "queues": [r.queue for r in rows], "args": [r.args for r in rows],
@@ -97,6 +115,12 @@ def _missing(ids: list[int | None]) -> list[int]:
     return [index for index, job_id in enumerate(ids) if job_id is None]
 
 
+def _inserted_id(inserted: tuple[Any, ...] | None) -> int:
+    if inserted is None:  # INSERT ... VALUES ... RETURNING always returns its row
+        raise DatabaseError("job_insert_now returned no row")
+    return int(inserted[0])
+
+
 def _holder_id(row: EnqueueRow, found: tuple[Any, ...] | None) -> int:
     if found is None:
         # The holder finished between our insert and the lookup; a retry would insert afresh.
@@ -117,6 +141,10 @@ class Store(OpsStoreMixin):
     # -- enqueue -------------------------------------------------------------------------------
 
     def job_insert(self, conn: Connection[Any], row: EnqueueRow) -> int:
+        if _runs_now(row):
+            with self.errors():
+                inserted = conn.execute(self.q["job_insert_now"], _insert_now_params(row)).fetchone()
+            return _inserted_id(inserted)
         with self.errors():
             for _ in range(3):  # the holder may finish between a skipped insert and the lookup: insert again
                 found = conn.execute(self.q["job_insert"], _insert_params(row)).fetchone()
@@ -128,6 +156,11 @@ class Store(OpsStoreMixin):
         return _holder_id(row, found)
 
     async def ajob_insert(self, conn: AsyncConnection[Any], row: EnqueueRow) -> int:
+        if _runs_now(row):
+            with self.errors():
+                cur = await conn.execute(self.q["job_insert_now"], _insert_now_params(row))
+                inserted = await cur.fetchone()
+            return _inserted_id(inserted)
         with self.errors():
             for _ in range(3):  # as in job_insert()
                 cur = await conn.execute(self.q["job_insert"], _insert_params(row))
@@ -140,6 +173,9 @@ class Store(OpsStoreMixin):
         return _holder_id(row, found)
 
     def job_insert_many(self, conn: Connection[Any], rows: Sequence[EnqueueRow]) -> list[int]:
+        if all(_runs_now(row) for row in rows):
+            with self.errors():
+                return [int(r[0]) for r in conn.execute(self.q["job_insert_many_now"], _insert_many_now_params(rows))]
         with self.errors():
             returned = conn.execute(self.q["job_insert_many"], _insert_many_params(rows)).fetchall()
             ids = _ids_in_input_order(rows, returned)
@@ -149,6 +185,10 @@ class Store(OpsStoreMixin):
         return [int(i) for i in ids if i is not None]
 
     async def ajob_insert_many(self, conn: AsyncConnection[Any], rows: Sequence[EnqueueRow]) -> list[int]:
+        if all(_runs_now(row) for row in rows):
+            with self.errors():
+                cur = await conn.execute(self.q["job_insert_many_now"], _insert_many_now_params(rows))
+                return [int(r[0]) for r in await cur.fetchall()]
         with self.errors():
             cur = await conn.execute(self.q["job_insert_many"], _insert_many_params(rows))
             ids = _ids_in_input_order(rows, await cur.fetchall())

@@ -12,6 +12,7 @@ import msgspec
 from psycopg import AsyncConnection, Connection
 
 from pgtasks.arguments import ArgumentCodec
+from pgtasks.models import EnqueueRow
 from pgtasks.options import EnqueueOptions, build_row
 from pgtasks.retry import Backoff, RetryPolicy
 from pgtasks.unique import Unique
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from pgtasks.app import App
 
 P = ParamSpec("P")
+_MAX_ROW_TEMPLATES = 64
 R = TypeVar("R")
 
 
@@ -180,6 +182,9 @@ class Task(_Enqueuer[P], Generic[P, R]):
         self.codec = ArgumentCodec(func, config.name)
         self._task = self
         self._options = EnqueueOptions()
+        # Resolved rows (all but args) per options value: options are resolved and validated once,
+        # not for every job of a bulk enqueue (docs/performance.md).
+        self._row_templates: dict[EnqueueOptions, EnqueueRow] = {}
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
 
@@ -207,7 +212,15 @@ class Task(_Enqueuer[P], Generic[P, R]):
         ))
 
     def _row(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: EnqueueOptions) -> Any:
-        row = build_row(self.name, self.codec.encode(args, kwargs), options, self.config.defaults())
+        try:
+            template, cacheable = self._row_templates.get(options), True
+        except TypeError:  # an unhashable option value: build_row() below says what is wrong with it
+            template, cacheable = None, False
+        if template is None:
+            template = build_row(self.name, "", options, self.config.defaults())
+            if cacheable and len(self._row_templates) < _MAX_ROW_TEMPLATES:  # a fresh eta each call: no cache
+                self._row_templates[options] = template
+        row = msgspec.structs.replace(template, args=self.codec.encode(args, kwargs))
         if row.unique_key is None and self.config.unique is not None:  # an explicit unique_key wins
             key = self.config.unique.key(self.name, self.codec.normalized(row.args))
             row = msgspec.structs.replace(row, unique_key=key)

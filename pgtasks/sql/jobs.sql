@@ -13,6 +13,27 @@ ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available',
 DO NOTHING
 RETURNING j.id
 
+-- name: job_insert_now
+-- job_insert's common case: a job to run now, with no unique_key, eta, countdown or expiry. A
+-- plain INSERT that the column defaults complete (state 'available', run_at = now()), without the
+-- ON CONFLICT arbiter and the run_at arithmetic: about a quarter cheaper a call, which is most of
+-- a one-job enqueue's cost besides the commit (docs/performance.md).
+INSERT INTO {schema}.jobs (task, queue, args, priority, max_attempts)
+VALUES (%(task)s, %(queue)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s)
+RETURNING id
+
+-- name: job_insert_many_now
+-- job_insert_many's common case (every row runs now, none has a unique_key or an expiry): the rows
+-- travel as one JSON array that the server unpacks, ~2x cheaper to send than ten typed arrays.
+-- Rows are inserted, and so returned, in input order.
+INSERT INTO {schema}.jobs (task, queue, args, priority, max_attempts)
+SELECT r.task, r.queue, r.args::jsonb, r.priority, r.max_attempts
+FROM ROWS FROM (json_to_recordset(%(rows)s::json)
+                AS (task text, queue text, args json, priority smallint, max_attempts int))
+     WITH ORDINALITY AS r(task, queue, args, priority, max_attempts, ord)
+ORDER BY r.ord
+RETURNING id
+
 -- name: job_insert_many
 -- Insert many jobs in one statement (one round trip, one trigger run, one NOTIFY per queue).
 -- Rows are inserted, and so returned, in input order; a row skipped as a live duplicate
