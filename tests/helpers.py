@@ -1,55 +1,37 @@
-"""Test helpers: run a worker in a background thread, read job rows, wait for conditions."""
+"""Test helpers: run a worker (in a thread, or until drained), read job rows, wait for conditions."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
 
 from pgtasks import App, Worker
+from pgtasks.connections import make_async_pool
+from pgtasks.testing import worker_thread
+
+__all__ = ["drain", "jobs", "run_with_pool", "wait_for", "worker_thread"]
 
 
-@contextmanager
-def worker_thread(app: App, **options: Any) -> Iterator[Worker]:
-    """Run app.worker(**options) on its own event loop in a thread; stop it gracefully on exit."""
-    worker = app.worker(**options)
-    errors: list[BaseException] = []
-    started = threading.Event()
+T = TypeVar("T")
 
-    def target() -> None:
-        async def main() -> None:
-            task = asyncio.create_task(worker.arun())
-            waiter = asyncio.create_task(worker.started.wait())
-            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            started.set()
-            await task
 
+def run_with_pool(app: App, body: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `body(pool)` on a fresh event loop with a small pgtasks-style async pool."""
+
+    async def main() -> T:
+        pool = make_async_pool(app.dsn, application_name="test", max_size=2, name="test")
+        await pool.open(wait=True)
         try:
-            asyncio.run(main())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            errors.append(exc)
-            started.set()
+            return await body(pool)
+        finally:
+            await pool.close()
 
-    thread = threading.Thread(target=target, name="test-worker", daemon=True)
-    thread.start()
-    assert started.wait(30), "worker did not start within 30s"
-    if errors:
-        raise errors[0]
-    try:
-        yield worker
-    finally:
-        worker.request_stop()
-        thread.join(60)
-        assert not thread.is_alive(), "worker did not stop within 60s"
-        if errors:
-            raise errors[0]
+    return asyncio.run(main())
 
 
 def drain(app: App, **options: Any) -> Worker:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -12,22 +10,10 @@ import pytest
 
 from pgtasks import App, ConfigurationError
 from pgtasks.cleaner import Cleaner, CleanReport, Retention
-from pgtasks.connections import make_async_pool
+from tests.helpers import run_with_pool
 
 T = TypeVar("T")
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
-
-
-def run_with_pool(app: App, body: Callable[[Any], Awaitable[T]]) -> T:
-    async def main() -> T:
-        pool = make_async_pool(app.dsn, application_name="test", max_size=2, name="test")
-        await pool.open(wait=True)
-        try:
-            return await body(pool)
-        finally:
-            await pool.close()
-
-    return asyncio.run(main())
 
 
 def add_job(conn: psycopg.Connection[Any], schema: str, state: str, age: timedelta | None) -> int:

@@ -19,22 +19,10 @@ from pgtasks.cli import main
 from pgtasks.connections import make_async_pool
 from pgtasks.leader import Elector
 from pgtasks.maintenance import MaintenanceConfig
-from tests.helpers import wait_for, worker_thread
+from tests.helpers import run_with_pool, wait_for, worker_thread
 
 T = TypeVar("T")
 T0 = datetime(2024, 1, 1, 10, 0, 0, tzinfo=UTC)
-
-
-def run_with_pool(app: App, body: Callable[[Any], Awaitable[T]]) -> T:
-    async def main() -> T:
-        pool = make_async_pool(app.dsn, application_name="test", max_size=2, name="test")
-        await pool.open(wait=True)
-        try:
-            return await body(pool)
-        finally:
-            await pool.close()
-
-    return asyncio.run(main())
 
 
 async def until(condition: Callable[[], bool], timeout: float) -> None:

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -16,25 +15,13 @@ import psycopg
 import pytest
 
 from pgtasks import App, ConfigurationError
-from pgtasks.connections import make_async_pool
 from pgtasks.scheduler import Fire, PeriodicScheduler
 from tests.conftest import ROOT
+from tests.helpers import run_with_pool
 
 T = TypeVar("T")
 T0 = datetime(2024, 1, 1, 10, 0, 0, tzinfo=UTC)  # a Monday
 MINUTE = timedelta(minutes=1)
-
-
-def run_with_pool(app: App, body: Callable[[Any], Awaitable[T]]) -> T:
-    async def main() -> T:
-        pool = make_async_pool(app.dsn, application_name="test", max_size=2, name="test")
-        await pool.open(wait=True)
-        try:
-            return await body(pool)
-        finally:
-            await pool.close()
-
-    return asyncio.run(main())
 
 
 def fires_of(conn: psycopg.Connection[Any], schema: str, schedule: str) -> list[tuple[datetime, str, int | None, int]]:

@@ -3,35 +3,20 @@ longer owns its job cannot write its outcome."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
 
 from pgtasks import App
-from pgtasks.connections import make_async_pool
 from pgtasks.heartbeat import Heartbeat
 from pgtasks.models import ClaimedJob, ErrorEntry, JobState, Outcome
 from pgtasks.rescuer import Rescuer
 from pgtasks.worker.completer import Completer
-from tests.helpers import jobs
+from tests.helpers import jobs, run_with_pool
 
 T = TypeVar("T")
-
-
-def run_with_pool(app: App, body: Callable[[Any], Awaitable[T]]) -> T:
-    async def main() -> T:
-        pool = make_async_pool(app.dsn, application_name="test", max_size=2, name="test")
-        await pool.open(wait=True)
-        try:
-            return await body(pool)
-        finally:
-            await pool.close()
-
-    return asyncio.run(main())
 
 
 async def claim(app: App, pool: Any, worker_id: str, now: datetime | None = None) -> ClaimedJob:
