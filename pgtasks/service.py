@@ -7,11 +7,20 @@ import contextlib
 import logging
 import random
 from datetime import datetime
+from typing import Any
 
 from pgtasks.errors import DatabaseError
 from pgtasks.logs import log_event
 
 logger = logging.getLogger("pgtasks.service")
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait until it has unwound (its finally blocks have run)."""
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def backoff_delay(failures: int, *, base: float = 0.5, cap: float = 15.0) -> float:
@@ -50,10 +59,7 @@ class IntervalService:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def poke(self) -> None:
         """Run the next iteration now instead of after the interval."""

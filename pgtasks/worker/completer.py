@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -12,7 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 from pgtasks.errors import DatabaseError
 from pgtasks.logs import log_event
 from pgtasks.models import Outcome
-from pgtasks.service import backoff_delay
+from pgtasks.service import backoff_delay, cancel_and_wait
 from pgtasks.store import Store
 
 logger = logging.getLogger("pgtasks.worker")
@@ -67,10 +66,7 @@ class Completer:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _loop(self) -> None:
         failures = 0

@@ -13,7 +13,7 @@ from psycopg import AsyncConnection
 
 from pgtasks.connections import connection_kwargs
 from pgtasks.logs import log_event
-from pgtasks.service import backoff_delay
+from pgtasks.service import backoff_delay, cancel_and_wait
 from pgtasks.store import Store
 
 logger = logging.getLogger("pgtasks.worker")
@@ -89,10 +89,7 @@ class Notifier:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self.connected.clear()
 
     async def wait_connected(self, timeout: float) -> bool:
