@@ -132,9 +132,9 @@ class Executor:
             return await asyncio.wait_for(task.func(*args, **kwargs), timeout)
         ctx = contextvars.copy_context()
         ctx.run(set_current_job, context)
-        future = self.threads.submit(lambda: ctx.run(task.func, *args, **kwargs))
+        future = self.threads.run_async(lambda: ctx.run(task.func, *args, **kwargs))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             # A thread cannot be interrupted: it finishes on its own and is not reused before that.
             log_event(logger, logging.WARNING, "job.thread_abandoned", job_id=job.id, task=job.task,

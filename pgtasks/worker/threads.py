@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -27,9 +30,29 @@ class ElasticThreadPool:
         self._idle = 0
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._deliveries: dict[asyncio.AbstractEventLoop, _Delivery] = {}
 
     def submit(self, fn: Callable[[], Any]) -> Future[Any]:
         future: Future[Any] = Future()
+        self._start(future, fn)
+        return future
+
+    def run_async(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run `fn` on a pool thread; the result arrives on the running event loop's future.
+
+        Cheaper than submit() + asyncio.wrap_future(): no concurrent.futures.Future (a lock and a
+        condition per call), and results that finish together wake the loop once (see _Delivery).
+        Cancelling the returned future does not stop `fn`; its result is then dropped.
+        """
+        loop = asyncio.get_running_loop()
+        delivery = self._deliveries.get(loop)
+        if delivery is None:
+            delivery = self._deliveries[loop] = _Delivery(loop)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._start(_LoopTarget(delivery, future), fn)
+        return future
+
+    def _start(self, target: Future[Any] | _LoopTarget, fn: Callable[[], Any]) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("thread pool is closed")
@@ -39,22 +62,28 @@ class ElasticThreadPool:
                 thread.start()
             else:
                 self._idle -= 1
-        self._work.put((future, fn))
-        return future
+        self._work.put((target, fn))
 
     def _loop(self) -> None:
         while True:
             item = self._work.get()
             if item is _STOP:
                 return
-            future, fn = item
-            if future.set_running_or_notify_cancel():
+            target, fn = item
+            if isinstance(target, _LoopTarget):
                 try:
                     result = fn()
                 except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side unchanged
-                    future.set_exception(exc)
+                    target.delivery.put(target.future, None, exc)
                 else:
-                    future.set_result(result)
+                    target.delivery.put(target.future, result, None)
+            elif target.set_running_or_notify_cancel():
+                try:
+                    result = fn()
+                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side unchanged
+                    target.set_exception(exc)
+                else:
+                    target.set_result(result)
             with self._lock:
                 self._idle += 1
 
@@ -70,3 +99,50 @@ class ElasticThreadPool:
             count = len(self._threads)
         for _ in range(count):
             self._work.put(_STOP)
+
+
+class _LoopTarget:
+    __slots__ = ("delivery", "future")
+
+    def __init__(self, delivery: _Delivery, future: asyncio.Future[Any]) -> None:
+        self.delivery = delivery
+        self.future = future
+
+
+class _Delivery:
+    """Hands results from pool threads to one event loop: one wakeup per burst, not one per result.
+
+    A thread appends its result; only the first append since the loop last emptied the list
+    schedules a wakeup (call_soon_threadsafe, a write to the loop's self-pipe).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._items: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
+        self._scheduled = False
+
+    def put(self, future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+        with self._lock:
+            self._items.append((future, result, exc))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits the result any more
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, deque()
+            self._scheduled = False
+        for future, result, exc in items:
+            if future.cancelled():
+                continue
+            if exc is None:
+                future.set_result(result)
+            elif isinstance(exc, StopIteration):  # a future refuses StopIteration itself
+                error = RuntimeError(f"the task raised StopIteration: {exc!r}")
+                error.__cause__ = exc
+                future.set_exception(error)
+            else:
+                future.set_exception(exc)
