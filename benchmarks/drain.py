@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", default="default,10",
                         help="comma-separated worker concurrencies; 'default' = the worker's default")
     parser.add_argument("--worker-args", default="", help="extra `pgtasks worker` arguments, shell-quoted")
+    parser.add_argument("--task", choices=("sync", "async"), default="sync",
+                        help="drain a sync no-op (run on a thread) or an async one (run on the event loop)")
     parser.add_argument("--db-cpu", action="store_true",
                         help="also sample the CPU time of the database processes serving the worker (local server)")
     parser.add_argument("--profile", default="",
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
             with bench.throwaway_app(args.database_url) as app:
                 return bench.drain(app, args.jobs, concurrency=concurrency,
                                    extra_args=shlex.split(args.worker_args), prefix=shlex.split(args.profile),
-                                   db_cpu=args.db_cpu)
+                                   db_cpu=args.db_cpu,
+                                   task_name=bench.ASYNC_NOOP_TASK if args.task == "async" else bench.NOOP_TASK)
 
         emit(repeated(args.repeat, run))
 

@@ -32,6 +32,7 @@ from pgtasks.task import Task
 
 SCHEMA_PREFIX = "pgtasks_bench_"
 NOOP_TASK = "pgtasks.bench.noop"
+ASYNC_NOOP_TASK = "pgtasks.bench.async_noop"
 # The `pgtasks worker` entry point, run with this interpreter (no reliance on a `pgtasks` script on PATH).
 _CLI = ("-c", "from pgtasks.cli import main; main()")
 _ENCODER = msgspec.json.Encoder()
@@ -48,13 +49,17 @@ def bench_app(database_url: str | None = None, *, schema: str | None = None) -> 
     def noop() -> None:
         return None
 
+    async def async_noop() -> None:
+        return None
+
     app.task(name=NOOP_TASK)(noop)
+    app.task(name=ASYNC_NOOP_TASK)(async_noop)
     return app
 
 
-def noop_task(app: App) -> Task[[], None]:
-    """The bench app's no-op task."""
-    task: Task[[], None] = app.tasks[NOOP_TASK]
+def noop_task(app: App, name: str = NOOP_TASK) -> Task[[], None]:
+    """The bench app's no-op task (sync, run on a thread; or ASYNC_NOOP_TASK, run on the event loop)."""
+    task: Task[[], None] = app.tasks[name]
     return task
 
 
@@ -294,9 +299,9 @@ def enqueue_bulk(app: App, jobs: int, *, chunk: int = 5000) -> Result:
     return Result("bulk_enqueue", jobs, seconds, jobs / seconds, details={"chunk": chunk})
 
 
-def fill(app: App, jobs: int, *, chunk: int = 5000) -> None:
+def fill(app: App, jobs: int, *, chunk: int = 5000, task_name: str = NOOP_TASK) -> None:
     """Queue `jobs` no-op jobs (untimed setup for the drain workloads)."""
-    task = noop_task(app)
+    task = noop_task(app, task_name)
     calls: list[tuple[Any, ...]] = [()] * jobs
     for offset in range(0, jobs, chunk):
         task.delay_many(calls[offset:offset + chunk])
@@ -313,6 +318,7 @@ def drain(
     on_start: Callable[[WorkerProcess], None] | None = None,
     timeout: float = 1800.0,
     db_cpu: bool = False,
+    task_name: str = NOOP_TASK,
 ) -> Result:
     """(c) Queue `jobs` no-op jobs, then run a burst worker until they are all done.
 
@@ -322,7 +328,7 @@ def drain(
     the database processes serving it (see BackendCpu): figures a busy shared machine disturbs
     far less than the wall-clock rate.
     """
-    fill(app, jobs)
+    fill(app, jobs, task_name=task_name)
     backends = BackendCpu(app).start() if db_cpu else None
     with WorkerProcess(app, burst=True, concurrency=concurrency, extra_args=extra_args, prefix=prefix) as worker:
         if on_start is not None:
@@ -332,12 +338,13 @@ def drain(
         finally:
             db_seconds = backends.stop() if backends is not None else None
     with app.connect() as conn:
-        window = app.store.bench_drain_window(conn, NOOP_TASK)
+        window = app.store.bench_drain_window(conn, task_name)
     done, first, last = window["completed"], window["first_claim"], window["last_outcome"]
     if done != jobs or first is None or last is None:
         raise BenchmarkError(f"{workload}: {done} of {jobs} jobs completed ({window['total']} in the table)")
     seconds = max((last - first).total_seconds(), 1e-6)
     details: dict[str, Any] = {"concurrency": concurrency if concurrency is not None else "default",
+                               "task": "async" if task_name == ASYNC_NOOP_TASK else "sync",
                                "wall_seconds": round(wall, 3), "fetches": window["fetches"],
                                "outcome_writes": window["outcome_writes"]}
     if worker.cpu_seconds is not None:
