@@ -62,6 +62,18 @@ def test_short_jobs_drain_with_claims_ahead(app: App, conn: psycopg.Connection[A
     assert worker.claimed_ahead > 0, "short jobs were claimed ahead of free slots"
 
 
+def test_claim_ahead_can_be_turned_off(app: App, conn: psycopg.Connection[Any]) -> None:
+    @app.task(name="quick")
+    def quick(i: int) -> int:
+        return i
+
+    quick.delay_many([(i,) for i in range(100)])
+    worker = drain(app, concurrency=3, claim_ahead=False)
+    assert [r["state"] for r in jobs(conn, app.schema)] == ["completed"] * 100
+    assert worker.fetch_ahead.allowance() == 0
+    assert worker.claimed_ahead == 0
+
+
 def _short_then_blocking(app: App) -> tuple[Any, Any, threading.Event, list[str]]:
     release = threading.Event()
     started: list[str] = []

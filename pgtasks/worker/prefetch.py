@@ -31,8 +31,9 @@ _ALPHA = 0.05
 class FetchAhead:
     """A moving mean of job durations and the claim-ahead allowance it grants."""
 
-    def __init__(self, concurrency: int, max_local_wait: float = MAX_LOCAL_WAIT) -> None:
+    def __init__(self, concurrency: int, max_local_wait: float = MAX_LOCAL_WAIT, *, enabled: bool = True) -> None:
         self.concurrency = concurrency
+        self.enabled = enabled
         self.max_local_wait = max_local_wait
         self.mean: float | None = None
         self.observed = 0
@@ -48,7 +49,7 @@ class FetchAhead:
         Granted only after a full round of jobs has been timed, so one quick job cannot open it.
         """
         mean = self.mean
-        if mean is None or self.observed < self.concurrency or mean > self.max_local_wait:
+        if not self.enabled or mean is None or self.observed < self.concurrency or mean > self.max_local_wait:
             return 0
         by_wait = int(self.concurrency * self.max_local_wait / max(mean, 1e-6))
         return max(self.concurrency, min(by_wait, MAX_AHEAD_PER_SLOT * self.concurrency, MAX_AHEAD))

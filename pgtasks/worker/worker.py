@@ -74,6 +74,7 @@ class Worker:
         rescue_after: float = 60.0,
         retention: Retention | None = None,
         elect: bool | None = None,
+        claim_ahead: bool = True,
     ) -> None:
         if isinstance(queues, str):
             queues = [q for q in queues.split(",") if q]
@@ -109,7 +110,7 @@ class Worker:
         # Claimed ahead of a free slot (only while jobs are short: see worker/prefetch.py); started
         # in claim order as slots free up, put back on shutdown.
         self._ready: deque[ClaimedJob] = deque()
-        self.fetch_ahead = FetchAhead(concurrency)
+        self.fetch_ahead = FetchAhead(concurrency, enabled=claim_ahead)
         self.claimed_ahead = 0  # jobs that waited in _ready for a slot
         self._slot_freed_at = 0.0  # monotonic time a job last finished, or _ready last filled up
         self._should_fetch = True
