@@ -391,6 +391,8 @@ def test_canary_catches_a_listener_that_went_deaf(
     """A half-open LISTEN connection raises no error; only the canary can tell it is deaf."""
     caplog.set_level(logging.INFO, logger="pgtasks")
     params = conninfo_to_dict(database_url)
+    if str(params.get("host") or "").startswith("/"):
+        pytest.skip("the freezable TCP proxy needs a TCP PostgreSQL; this one listens on a Unix socket")
     seen: dict[float, float] = {}
 
     @app.task(name="ping")
