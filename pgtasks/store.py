@@ -111,6 +111,25 @@ def _ids_in_input_order(rows: Sequence[EnqueueRow], returned: list[tuple[int, st
     return [next(plain) if row.unique_key is None else by_key.get(row.unique_key) for row in rows]
 
 
+# -- bulk enqueue by COPY (job_reserve_ids + job_copy_now) --------------------------------------
+# From this many rows on, job_insert_many's common case streams the rows by COPY; below it the
+# one-statement JSON insert is as fast or faster (COPY costs one more round trip; measured
+# A/B: even at 200 rows, 8% faster at 500, 20% at 2,000, 30% at 5,000).
+COPY_MIN_ROWS = 500
+
+
+def _copies(conn: Connection[Any] | AsyncConnection[Any], rows: Sequence[EnqueueRow]) -> bool:
+    """Bulk-copy `rows`? Big enough, and `conn` not in pipeline mode (where COPY is not allowed)."""
+    return len(rows) >= COPY_MIN_ROWS and conn.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
+
+
+def _reserved_ids(row: tuple[Any, ...] | None, count: int) -> list[int]:
+    ids = sorted(row[0]) if row is not None and row[0] is not None else []
+    if len(ids) != count:
+        raise DatabaseError(f"job_reserve_ids returned {len(ids)} ids for {count} jobs")
+    return ids
+
+
 def _missing(ids: list[int | None]) -> list[int]:
     return [index for index, job_id in enumerate(ids) if job_id is None]
 
@@ -174,6 +193,8 @@ class Store(OpsStoreMixin):
 
     def job_insert_many(self, conn: Connection[Any], rows: Sequence[EnqueueRow]) -> list[int]:
         if all(_runs_now(row) for row in rows):
+            if _copies(conn, rows):
+                return self.job_copy_now(conn, rows)
             with self.errors():
                 return [int(r[0]) for r in conn.execute(self.q["job_insert_many_now"], _insert_many_now_params(rows))]
         with self.errors():
@@ -186,6 +207,8 @@ class Store(OpsStoreMixin):
 
     async def ajob_insert_many(self, conn: AsyncConnection[Any], rows: Sequence[EnqueueRow]) -> list[int]:
         if all(_runs_now(row) for row in rows):
+            if _copies(conn, rows):
+                return await self.ajob_copy_now(conn, rows)
             with self.errors():
                 cur = await conn.execute(self.q["job_insert_many_now"], _insert_many_now_params(rows))
                 return [int(r[0]) for r in await cur.fetchall()]
@@ -196,6 +219,24 @@ class Store(OpsStoreMixin):
                 cur = await conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": rows[index].unique_key})
                 ids[index] = _holder_id(rows[index], await cur.fetchone())
         return [int(i) for i in ids if i is not None]
+
+    def job_copy_now(self, conn: Connection[Any], rows: Sequence[EnqueueRow]) -> list[int]:
+        """Insert run-now rows by COPY on `conn` (its transaction, if any); ids in input order."""
+        with self.errors():  # no BEGIN/COMMIT of its own: a statement-mode pooler forbids them
+            ids = _reserved_ids(conn.execute(self.q["job_reserve_ids"], {"n": len(rows)}).fetchone(), len(rows))
+            with conn.cursor().copy(self.q["job_copy_now"]) as copy:
+                for job_id, r in zip(ids, rows, strict=True):
+                    copy.write_row((job_id, r.task, r.queue, r.args, r.priority, r.max_attempts))
+        return ids
+
+    async def ajob_copy_now(self, conn: AsyncConnection[Any], rows: Sequence[EnqueueRow]) -> list[int]:
+        with self.errors():
+            cur = await conn.execute(self.q["job_reserve_ids"], {"n": len(rows)})
+            ids = _reserved_ids(await cur.fetchone(), len(rows))
+            async with conn.cursor().copy(self.q["job_copy_now"]) as copy:
+                for job_id, r in zip(ids, rows, strict=True):
+                    await copy.write_row((job_id, r.task, r.queue, r.args, r.priority, r.max_attempts))
+        return ids
 
     # -- worker hot path -----------------------------------------------------------------------
 
