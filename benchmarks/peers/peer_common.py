@@ -117,6 +117,17 @@ class WorkerProcess:
             self.proc.wait()
 
 
+def paced_enqueue(enqueue: Callable[[], object], jobs: int, interval: float) -> float:
+    """Call `enqueue` `jobs` times, `interval` seconds apart; return the seconds it took."""
+    started = time.perf_counter()
+    for i in range(jobs):
+        enqueue()
+        pause = started + (i + 1) * interval - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+    return time.perf_counter() - started
+
+
 def wait_until(condition: Callable[[], bool], *, timeout: float, worker: WorkerProcess, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -18,6 +18,7 @@ import psycopg
 from peer_common import (
     WorkerProcess,
     emit,
+    paced_enqueue,
     parser,
     percentiles,
     scalar,
@@ -132,13 +133,7 @@ def cmd_latency(dsn: str, jobs: int, interval: float) -> None:
             queries = _sync_queries(conn)
             queries.enqueue(ENTRYPOINT, None)
             wait_until(lambda: done() >= 1, timeout=60, worker=w, what="the warm-up job")
-            started = time.perf_counter()
-            for i in range(jobs):
-                queries.enqueue(ENTRYPOINT, None)
-                pause = started + (i + 1) * interval - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-            seconds = time.perf_counter() - started
+            seconds = paced_enqueue(lambda: queries.enqueue(ENTRYPOINT, None), jobs, interval)
             wait_until(lambda: done() >= jobs + 1, timeout=120, worker=w, what="all jobs")
             w.stop()
         with psycopg.connect(dsn, autocommit=True) as conn:
