@@ -19,22 +19,9 @@ from typing import Any
 
 import psycopg
 from bench_common import base_parser
-from pgbench_ceiling import find_pgbench, run_pgbench
+from pgbench_ceiling import CLAIM, find_pgbench, run_pgbench
 
 from pgtasks import bench
-
-CLAIM = """WITH claimable AS (
-    SELECT id FROM {jobs}
-    WHERE state IN ('available', 'scheduled', 'retryable') AND queue = 'default' AND run_at <= now()
-    ORDER BY queue, priority DESC, run_at, id LIMIT {batch} FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE {jobs} AS j SET state = 'running', attempt = j.attempt + 1, claims = j.claims + 1,
-        attempted_at = now(), attempted_by = 'pgbench'
-    FROM claimable WHERE j.id = claimable.id RETURNING j.id
-)
-SELECT coalesce(string_agg(id::text, ','), '') AS ids FROM claimed
-\\gset
-"""
 
 FINISH = {
     "update": "UPDATE {jobs} SET state = 'completed', finalized_at = now() "

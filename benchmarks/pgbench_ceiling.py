@@ -28,6 +28,21 @@ from pgtasks import bench
 _TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 
 
+
+# One pgbench transaction claiming a batch exactly as job_fetch_available does; `ids` is set for the next step.
+CLAIM = """WITH claimable AS (
+    SELECT id FROM {jobs}
+    WHERE state IN ('available', 'scheduled', 'retryable') AND queue = 'default' AND run_at <= now()
+    ORDER BY queue, priority DESC, run_at, id LIMIT {batch} FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE {jobs} AS j SET state = 'running', attempt = j.attempt + 1, claims = j.claims + 1,
+        attempted_at = now(), attempted_by = 'pgbench'
+    FROM claimable WHERE j.id = claimable.id RETURNING j.id
+)
+SELECT coalesce(string_agg(id::text, ','), '') AS ids FROM claimed
+\\gset
+"""
+
 def find_pgbench(explicit: str | None) -> str:
     for candidate in (explicit, shutil.which("pgbench"), "/usr/lib/postgresql/15/bin/pgbench"):
         if candidate and Path(candidate).exists():
@@ -74,19 +89,9 @@ def claim_complete_ceiling(pgbench: str, dsn: str, clients: int, rows: int, batc
             conn.execute(f"INSERT INTO {jobs} (task, queue, args) SELECT 'pgtasks.bench.noop', 'default', '{{}}' "
                          f"FROM generate_series(1, {rows})".encode())
             conn.execute(f"VACUUM ANALYZE {jobs}".encode())
-        script = f"""WITH claimable AS (
-    SELECT id FROM {jobs}
-    WHERE state IN ('available', 'scheduled', 'retryable') AND queue = 'default' AND run_at <= now()
-    ORDER BY queue, priority DESC, run_at, id LIMIT {batch} FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE {jobs} AS j SET state = 'running', attempt = j.attempt + 1, claims = j.claims + 1,
-        attempted_at = now(), attempted_by = 'pgbench'
-    FROM claimable WHERE j.id = claimable.id RETURNING j.id
-)
-SELECT coalesce(string_agg(id::text, ','), '') AS ids FROM claimed
-\\gset
-UPDATE {jobs} SET state = 'completed', finalized_at = now() WHERE id = ANY('{{:ids}}'::bigint[]) AND state = 'running';
-"""
+        complete = (f"UPDATE {jobs} SET state = 'completed', finalized_at = now() "
+                    "WHERE id = ANY('{:ids}'::bigint[]) AND state = 'running';\n")
+        script = CLAIM.format(jobs=jobs, batch=batch) + complete
         per_client = rows // (clients * batch)
         tps = run_pgbench(pgbench, dsn, script, clients=clients, transactions=per_client)
         with psycopg.connect(dsn, autocommit=True) as conn:
