@@ -258,6 +258,17 @@ def test_standalone_delay_after_a_pooler_restart_uses_a_fresh_connection(
 # -- LISTEN: wakeups, poll-only fallback, listen_dsn ------------------------------------------------------
 
 
+def register_ping(app: App) -> tuple[pgtasks.Task[[float], None], dict[float, float]]:
+    """A `ping(sent)` task that records, per enqueue time, when it started (see measure_wakeups)."""
+    seen: dict[float, float] = {}
+
+    @app.task(name="ping")
+    def ping(sent: float) -> None:
+        seen[sent] = time.monotonic()
+
+    return ping, seen
+
+
 def measure_wakeups(app: App, task: pgtasks.Task[[float], None], seen: dict[float, float], n: int = 3) -> list[float]:
     """Enqueue `n` pings one after another; each job's start minus its enqueue time, in seconds."""
     latencies = []
@@ -276,11 +287,7 @@ def test_listen_wakeup_latency_or_poll_only_fallback(
     target: Target, target_app: App, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="pgtasks")
-    seen: dict[float, float] = {}
-
-    @target_app.task(name="ping")
-    def ping(sent: float) -> None:
-        seen[sent] = time.monotonic()
+    ping, seen = register_ping(target_app)
 
     if target.mode is PoolMode.TRANSACTION:
         with worker_thread(target_app, poll_interval=0.3) as worker:
@@ -303,11 +310,7 @@ def test_transaction_pool_with_a_direct_listen_dsn_wakes_instantly(
 ) -> None:
     caplog.set_level(logging.INFO, logger="pgtasks")
     pooled = App(pgbouncer.instances["transaction"].dsn, schema=app.schema, listen_dsn=database_url)
-    seen: dict[float, float] = {}
-
-    @pooled.task(name="ping")
-    def ping(sent: float) -> None:
-        seen[sent] = time.monotonic()
+    ping, seen = register_ping(pooled)
 
     with worker_thread(pooled, poll_interval=30.0) as worker:
         assert worker.listening and worker.listen_plan is not None
@@ -362,11 +365,7 @@ def test_listener_recovers_when_its_backend_is_killed(
     target: Target, target_app: App, conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="pgtasks")
-    seen: dict[float, float] = {}
-
-    @target_app.task(name="ping")
-    def ping(sent: float) -> None:
-        seen[sent] = time.monotonic()
+    ping, seen = register_ping(target_app)
 
     listener_name = target_app.application_name + "-listener"
     with worker_thread(target_app, poll_interval=30.0, canary_interval=0.3, canary_timeout=1.0) as worker:
@@ -393,11 +392,7 @@ def test_canary_catches_a_listener_that_went_deaf(
     params = conninfo_to_dict(database_url)
     if str(params.get("host") or "").startswith("/"):
         pytest.skip("the freezable TCP proxy needs a TCP PostgreSQL; this one listens on a Unix socket")
-    seen: dict[float, float] = {}
-
-    @app.task(name="ping")
-    def ping(sent: float) -> None:
-        seen[sent] = time.monotonic()
+    ping, seen = register_ping(app)
 
     with freezable_proxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)) as proxy:
         listen_dsn = psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=str(proxy.port))
@@ -483,16 +478,12 @@ def test_restarting_pgbouncer_mid_drain_loses_nothing(
     bouncer = pgbouncer.start(name, mode)
     pooled = App(bouncer.dsn, schema=app.schema)
     runs: collections.Counter[int] = collections.Counter()
-    seen: dict[float, float] = {}
+    ping, seen = register_ping(pooled)
 
     @pooled.task(name="work")
     def work(i: int) -> None:
         runs[i] += 1
         time.sleep(0.003)
-
-    @pooled.task(name="ping")
-    def ping(sent: float) -> None:
-        seen[sent] = time.monotonic()
 
     work.delay_many([(i,) for i in range(400)])
     with worker_thread(pooled, concurrency=8, poll_interval=0.5, canary_interval=0.3, canary_timeout=1.0) as worker:
