@@ -108,18 +108,15 @@ class Executor:
             return Outcome(job.id, job.claims, JobState.CANCELLED, error=_error(job, cancel, with_traceback=False))
         except Retry as retry:
             return self._failed(job, retry, task.config.retry, retry_in=retry.in_, with_traceback=False)
-        except TimeoutError as exc:
-            timeout = TimeoutError(f"task exceeded its timeout of {task.config.timeout}s")
-            timeout.__cause__ = exc
-            if event is not None:
-                event.error = timeout
-                await self.app.hooks.run(self.app.hooks.error, event, "on_error")
-            return self._failed(job, timeout, task.config.retry, with_traceback=False)
         except Exception as exc:  # noqa: BLE001 - any task failure becomes a retry, by design
+            failure: Exception = exc
+            if isinstance(exc, TimeoutError):  # from wait_for: say which limit, not "TimeoutError()"
+                failure = TimeoutError(f"task exceeded its timeout of {task.config.timeout}s")
+                failure.__cause__ = exc
             if event is not None:
-                event.error = exc
+                event.error = failure
                 await self.app.hooks.run(self.app.hooks.error, event, "on_error")
-            return self._failed(job, exc, task.config.retry)
+            return self._failed(job, failure, task.config.retry, with_traceback=failure is exc)
         stored = self._encode_result(job, result) if task.config.store_result else None
         return Outcome(job.id, job.claims, JobState.COMPLETED, result=stored)
 
