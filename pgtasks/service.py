@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from datetime import datetime
-from typing import Any
 
+from pgtasks.aio import cancel_and_wait, wait_event
 from pgtasks.errors import DatabaseError
 from pgtasks.logs import log_event
 
 logger = logging.getLogger("pgtasks.service")
-
-
-async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    """Cancel a background task and wait until it has unwound (its finally blocks have run)."""
-    if task is not None and not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def backoff_delay(failures: int, *, base: float = 0.5, cap: float = 15.0) -> float:
@@ -82,6 +73,5 @@ class IntervalService:
             await self._sleep(self.interval)
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        await wait_event(self._wake, seconds)
         self._wake.clear()

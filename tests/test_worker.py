@@ -146,6 +146,22 @@ def test_timeouts_fail_the_attempt_for_async_and_sync_tasks(app: App, conn: psyc
     assert worker.claimed == 1
 
 
+def test_a_timeout_the_task_raises_itself_is_not_blamed_on_its_limit(
+    app: App, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task(name="own_timeout", timeout=30, max_attempts=1)
+    async def own_timeout() -> None:
+        raise TimeoutError("the payment API did not answer")
+
+    own_timeout.delay()
+    drain(app)
+    [row] = jobs(conn, app.schema)
+    [error] = row["errors"]
+    assert (row["state"], error["type"], error["message"]) == (
+        "discarded", "TimeoutError", "the payment API did not answer")
+    assert "own_timeout" in error["traceback"]  # the task's own traceback is kept
+
+
 def test_stuck_sync_thread_is_not_reused(app: App) -> None:
     release = threading.Event()
     threads_used: list[str] = []
@@ -266,6 +282,35 @@ def test_graceful_shutdown_finishes_short_jobs_and_puts_long_ones_back(
     with worker_thread(app, grace=0.3, poll_interval=0.05):
         wait_for(lambda: jobs(conn, app.schema)[1]["state"] == "running")
     row = jobs(conn, app.schema)[1]
+    assert (row["state"], row["attempt"]) == ("available", 0)
+    assert row["errors"][0]["type"] == "WorkerShutdown"
+
+
+def test_shutdown_recancels_a_job_that_swallows_cancellation(app: App, conn: psycopg.Connection[Any]) -> None:
+    swallowed = 0
+    stubborn_for = threading.Event()  # set: stop swallowing
+    stubborn_for.set()
+
+    @app.task(name="stubborn")
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                if not stubborn_for.is_set():
+                    raise
+                swallowed += 1
+
+    stubborn.delay()
+    # It swallows every cancel: the stop cannot finish, and the error says where the worker waits.
+    with (pytest.raises(RuntimeError, match=r"did not stop within 3s(.|\n)*pgtasks-job-"),
+          worker_thread(app, grace=0.1, poll_interval=0.05, stop_timeout=3) as worker):
+        wait_for(lambda: jobs(conn, app.schema)[0]["state"] == "running")
+    assert swallowed >= 2  # cancelled again each second, not once and then waited on forever
+    stubborn_for.clear()
+    wait_for(lambda: worker.loop is not None and worker.loop.is_closed(), timeout=10)
+    [row] = jobs(conn, app.schema)
     assert (row["state"], row["attempt"]) == ("available", 0)
     assert row["errors"][0]["type"] == "WorkerShutdown"
 

@@ -78,8 +78,12 @@ def drain(app: App, queues: Sequence[str] | None = None, **options: Any) -> list
 
 
 @contextlib.contextmanager
-def worker_thread(app: App, **options: Any) -> Iterator[Worker]:
-    """Run app.worker(**options) on its own event loop in a thread; stop it gracefully on exit."""
+def worker_thread(app: App, *, stop_timeout: float = 60.0, **options: Any) -> Iterator[Worker]:
+    """Run app.worker(**options) on its own event loop in a thread; stop it gracefully on exit.
+
+    If the worker has not stopped `stop_timeout` seconds after the block ends, RuntimeError says
+    where each of its asyncio tasks is waiting.
+    """
     worker = app.worker(**options)
     errors: list[BaseException] = []
     started = threading.Event()
@@ -109,8 +113,31 @@ def worker_thread(app: App, **options: Any) -> Iterator[Worker]:
         yield worker
     finally:
         worker.request_stop()
-        thread.join(60)
+        thread.join(stop_timeout)
         if thread.is_alive():
-            raise RuntimeError("the worker did not stop within 60s")
+            raise RuntimeError(
+                f"the worker did not stop within {stop_timeout:g}s; its tasks:\n{_task_stacks(worker)}")
         if errors:
             raise errors[0]
+
+
+def _task_stacks(worker: Worker) -> str:
+    """Where each asyncio task on the worker's loop is waiting: what a hung stop needs explained."""
+    loop = worker.loop
+    if loop is None or loop.is_closed():
+        return "(the worker's event loop is closed)"
+    report: list[str] = []
+    collected = threading.Event()
+
+    def collect() -> None:
+        for task in asyncio.all_tasks(loop):
+            frames = task.get_stack()
+            where = " <- ".join(f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})"
+                                for f in reversed(frames))
+            report.append(f"- {task.get_name()}: {where or 'not started'}")
+        collected.set()
+
+    loop.call_soon_threadsafe(collect)
+    if not collected.wait(5):
+        return "(the worker's event loop is blocked: it did not answer within 5s)"
+    return "\n".join(sorted(report))

@@ -8,10 +8,11 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from pgtasks.aio import cancel_and_wait, wait_event
 from pgtasks.errors import DatabaseError
 from pgtasks.logs import log_event
 from pgtasks.models import Outcome
-from pgtasks.service import backoff_delay, cancel_and_wait
+from pgtasks.service import backoff_delay
 from pgtasks.store import Store
 
 logger = logging.getLogger("pgtasks.worker")
@@ -58,11 +59,7 @@ class Completer:
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every submitted outcome is written; False if `timeout` ran out first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self._idle, timeout)
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -11,9 +11,10 @@ from collections.abc import Awaitable, Callable
 
 from psycopg import AsyncConnection
 
+from pgtasks.aio import cancel_and_wait, wait_event
 from pgtasks.connections import connection_kwargs
 from pgtasks.logs import log_event
-from pgtasks.service import backoff_delay, cancel_and_wait
+from pgtasks.service import backoff_delay
 from pgtasks.store import Store
 
 logger = logging.getLogger("pgtasks.worker")
@@ -93,11 +94,7 @@ class Notifier:
         self.connected.clear()
 
     async def wait_connected(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.connected.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self.connected, timeout)
 
     async def _loop(self) -> None:
         while True:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -16,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pgtasks import migrations
+from pgtasks.aio import cancel_and_wait, wait_event
 from pgtasks.channels import control_channel
 from pgtasks.cleaner import Retention
 from pgtasks.connections import check_dsn, make_async_pool, redact
@@ -146,6 +146,11 @@ class Worker:
             return self.listen_plan.budget()
         listener = 0 if self.listen is False else 1
         return {"pool": self.pool_size, "listener": listener, "total": self.pool_size + listener}
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the worker runs on, once started."""
+        return self._loop
 
     @property
     def listening(self) -> bool:
@@ -362,9 +367,7 @@ class Worker:
             timeout = max(0.0, last_fetch + self._current_poll_interval() - time.monotonic())
             if self._ready:
                 timeout = min(timeout, STALL_SECONDS)
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
+            if not await wait_event(self._wake, timeout):
                 # The poll (the safety net for missed or absent NOTIFYs), or only a stall check.
                 poll_due = time.monotonic() >= last_fetch + self._current_poll_interval()
                 self._should_fetch = self._should_fetch or poll_due
@@ -385,8 +388,7 @@ class Worker:
 
     async def _interruptible_sleep(self, seconds: float) -> None:
         assert self._wake is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        await wait_event(self._wake, seconds)
         self._wake.clear()
 
     def _start_job(self, job: ClaimedJob) -> None:
@@ -422,10 +424,10 @@ class Worker:
         if self._running and not self._forced:
             await self._wait_running_or_forced(asyncio.create_task(self._force.wait()))
         leftover = dict(self._running)
-        for task in leftover:
-            task.cancel()
-        if leftover:
-            await asyncio.wait(leftover)
+        # Cancelled again every second until done: a job whose code lost the CancelledError
+        # (see pgtasks/aio.py) must not keep the worker from stopping. A job that crashed was
+        # already logged by _job_done.
+        await asyncio.gather(*(cancel_and_wait(task) for task in leftover), return_exceptions=True)
         put_back = [job for task, job in leftover.items() if task.cancelled()]
         if put_back and self.completer is not None:
             now = datetime.now(UTC)
