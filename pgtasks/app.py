@@ -221,7 +221,7 @@ class App:
     def periodic(
         self, *, cron: str | None = None, every: timedelta | float | None = None, args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None, timezone: str | tzinfo | None = None, catch_up: str = "latest",
-        catch_up_limit: int = 100, name: str | None = None,
+        catch_up_limit: int = 100, name: str | None = None, overlap: bool = True,
     ) -> Callable[[T], T]:
         """Run a task on a schedule: `@app.periodic(cron="*/5 * * * *")` placed above `@app.task`.
 
@@ -229,12 +229,13 @@ class App:
         default UTC), or `every` (a timedelta of at least a second). Only the elected leader
         enqueues, and each tick at most once. `catch_up` decides what runs after downtime:
         "latest" (default) runs the most recent missed tick once, "skip" runs none, "all" runs
-        each missed tick, the newest `catch_up_limit` of them. See docs/periodic.md.
+        each missed tick, the newest `catch_up_limit` of them. `overlap=False` skips a tick
+        while the job of the previous tick is still queued or running. See docs/periodic.md.
         """
         from pgtasks.periodic import periodic_decorator  # noqa: PLC0415 - keeps croniter off the import path
 
         return periodic_decorator(self, cron=cron, every=every, args=args, kwargs=kwargs, timezone=timezone,
-                                  catch_up=catch_up, catch_up_limit=catch_up_limit, name=name)
+                                  catch_up=catch_up, catch_up_limit=catch_up_limit, name=name, overlap=overlap)
 
     # -- connections ---------------------------------------------------------------------------
 

@@ -100,6 +100,19 @@ class LastFire(msgspec.Struct, frozen=True):
     enqueued_job_id: int | None
 
 
+class FireResult(msgspec.Struct, frozen=True):
+    """What recording one tick did.
+
+    recorded is False when the tick was already recorded (by this or another scheduler): then
+    nothing was written. job_id is the job enqueued for the tick. unfinished_job_id is set when
+    the schedule forbids overlap and the tick was skipped because that job has not finished.
+    """
+
+    recorded: bool
+    job_id: int | None = None
+    unfinished_job_id: int | None = None
+
+
 class RescuedJob(msgspec.Struct, frozen=True):
     """A running job the rescuer took back from a silent worker; `state` is retryable or discarded."""
 

@@ -45,6 +45,7 @@ class PeriodicSchedule:
     timezone: tzinfo
     catch_up: CatchUp
     catch_up_limit: int
+    overlap: bool = True  # False: skip a tick while the previous tick's job has not finished
 
     @property
     def spec(self) -> str:
@@ -162,7 +163,7 @@ def validate_every(every: timedelta | float | int) -> timedelta:
 def make_schedule(
     app: App, task: Task[Any, Any], *, cron: str | None, every: timedelta | float | None,
     args: Sequence[Any], kwargs: Mapping[str, Any] | None, timezone: str | tzinfo | None,
-    catch_up: str, catch_up_limit: int, name: str | None,
+    catch_up: str, catch_up_limit: int, name: str | None, overlap: bool = True,
 ) -> PeriodicSchedule:
     """Validate everything `@app.periodic` was given; every mistake fails here, at decoration time."""
     from pgtasks.task import Task  # noqa: PLC0415 - task imports options, which this module also needs
@@ -182,6 +183,8 @@ def make_schedule(
         raise ConfigurationError(f"catch_up={catch_up!r}: expected one of {', '.join(CATCH_UP_POLICIES)}")
     if isinstance(catch_up_limit, bool) or not isinstance(catch_up_limit, int) or catch_up_limit < 1:
         raise ConfigurationError(f"catch_up_limit={catch_up_limit!r}: expected an integer >= 1")
+    if not isinstance(overlap, bool):
+        raise ConfigurationError(f"overlap={overlap!r}: expected True (the default) or False")
     zone = resolve_timezone(timezone)
     if every is not None and timezone is not None:
         raise ConfigurationError(
@@ -209,19 +212,20 @@ def make_schedule(
         timezone=zone,
         catch_up=catch_up,  # checked against CATCH_UP_POLICIES above
         catch_up_limit=catch_up_limit,
+        overlap=overlap,
     )
 
 
 def periodic_decorator(
     app: App, *, cron: str | None, every: timedelta | float | None, args: Sequence[Any],
     kwargs: Mapping[str, Any] | None, timezone: str | tzinfo | None, catch_up: str, catch_up_limit: int,
-    name: str | None,
+    name: str | None, overlap: bool = True,
 ) -> Callable[[T], T]:
     """The decorator `@app.periodic(...)` returns: registers the schedule, returns the task unchanged."""
 
     def register(task: T) -> T:
         schedule = make_schedule(app, task, cron=cron, every=every, args=args, kwargs=kwargs, timezone=timezone,
-                                 catch_up=catch_up, catch_up_limit=catch_up_limit, name=name)
+                                 catch_up=catch_up, catch_up_limit=catch_up_limit, name=name, overlap=overlap)
         app.schedules[schedule.name] = schedule
         return task
 

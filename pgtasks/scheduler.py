@@ -34,7 +34,8 @@ _ONE_US = timedelta(microseconds=1)
 
 @dataclass(frozen=True, slots=True)
 class Fire:
-    """One tick this scheduler recorded: enqueued (with its job), skipped, or the first sighting."""
+    """One tick this scheduler recorded: enqueued (with its job), skipped, the first sighting
+    ("registered"), or "overlap": skipped because the previous run (job_id) had not finished."""
 
     schedule: str
     fire_time: datetime
@@ -133,12 +134,19 @@ class PeriodicScheduler(LeaderService):
         plan.extend((tick, True, 0) for tick in on_time)
         fires: list[Fire] = []
         for fire_time, enqueue, missed in plan:
-            recorded, job_id = await self._store.aperiodic_fire(
+            result = await self._store.aperiodic_fire(
                 conn, schedule=schedule.name, fire_time=fire_time, row=schedule.row if enqueue else None,
-                missed=missed, leader_term=self.term)
-            if not recorded:
+                missed=missed, leader_term=self.term, overlap=schedule.overlap)
+            if not result.recorded:
                 log_event(logger, logging.DEBUG, "periodic.already_fired", schedule=schedule.name,
                           fire_time=fire_time.isoformat())
+                continue
+            job_id = result.job_id
+            if result.unfinished_job_id is not None:
+                fires.append(Fire(schedule.name, fire_time, "overlap", result.unfinished_job_id, missed))
+                log_event(logger, logging.WARNING, "periodic.skipped_overlap", schedule=schedule.name,
+                          fire_time=fire_time.isoformat(), unfinished_job_id=result.unfinished_job_id,
+                          reason="overlap=False and the previous run has not finished")
                 continue
             outcome = "enqueued" if enqueue else "skipped"
             fires.append(Fire(schedule.name, fire_time, outcome, job_id, missed))

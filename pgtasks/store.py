@@ -15,6 +15,7 @@ from pgtasks.errors import ConnectionLostError, DatabaseError, PoolExhaustedErro
 from pgtasks.models import (
     ClaimedJob,
     EnqueueRow,
+    FireResult,
     LastFire,
     LeaderLease,
     Outcome,
@@ -314,11 +315,11 @@ class Store(OpsStoreMixin):
 
     async def aperiodic_fire(self, conn: AsyncConnection[Any], *, schedule: str, fire_time: datetime,
                              row: EnqueueRow | None, missed: int = 0, leader_term: int | None = None,
-                             now: datetime | None = None) -> tuple[bool, int | None]:
+                             now: datetime | None = None, overlap: bool = True) -> FireResult:
         """Record one tick and, when `row` is given, enqueue its job in the same transaction.
 
-        Returns (recorded, job_id). recorded is False when the tick was already recorded (by
-        this or another scheduler): then nothing was inserted at all.
+        With overlap=False and the job of the previous enqueued tick unfinished, the tick is
+        recorded as skipped instead and nothing is enqueued.
         """
         params = {"schedule": schedule, "fire_time": fire_time, "outcome": "skipped" if row is None else "enqueued",
                   "missed": missed, "leader_term": leader_term, "now": now}
@@ -327,13 +328,18 @@ class Store(OpsStoreMixin):
                 await conn.execute(self.q["periodic_fire_timeouts_set"], {"idle_ms": "5000", "lock_ms": "5000"})
                 claimed = await (await conn.execute(self.q["periodic_fire_record"], params)).fetchone()
                 if claimed is None:
-                    return False, None
+                    return FireResult(recorded=False)
                 if row is None:
-                    return True, None
+                    return FireResult(recorded=True)
+                if not overlap:
+                    unfinished = await (await conn.execute(self.q["periodic_unfinished_run"], params)).fetchone()
+                    if unfinished is not None:
+                        await conn.execute(self.q["periodic_fire_set_skipped"], params)
+                        return FireResult(recorded=True, unfinished_job_id=int(unfinished[0]))
                 job_id = await self.ajob_insert(conn, row)
                 await conn.execute(self.q["periodic_fire_set_job"],
                                    {"schedule": schedule, "fire_time": fire_time, "job_id": job_id})
-        return True, job_id
+        return FireResult(recorded=True, job_id=job_id)
 
     async def aperiodic_register(self, conn: AsyncConnection[Any], *, schedule: str, fire_time: datetime,
                                  leader_term: int | None = None) -> bool:

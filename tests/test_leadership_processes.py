@@ -142,6 +142,7 @@ def test_two_workers_enqueue_each_tick_of_ten_seconds_once_and_run_it_once(
     assert listing.returncode == 0, listing.stderr
     assert "every-second" in listing.stdout and "weekday-mornings" in listing.stdout
     assert "cron '0 9 * * 1-5' Europe/Paris" in listing.stdout and "catch-up:  skip" in listing.stdout
+    assert "overlap:   allowed" in listing.stdout
     assert "last fire: never" in listing.stdout  # weekday-mornings has not fired
     assert f"last fire: {first.year}" in listing.stdout  # every-second has
 

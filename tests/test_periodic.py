@@ -162,6 +162,43 @@ def test_first_pass_registers_then_enqueues_each_due_tick_once(app: App, conn: p
     assert tasks == [(job.name,), (job.name,)]
 
 
+def test_overlap_false_skips_ticks_while_the_previous_run_is_unfinished(
+    app: App, conn: psycopg.Connection[Any], schema: str
+) -> None:
+    @app.periodic(cron="* * * * *", name="exclusive", overlap=False)
+    @app.periodic(cron="* * * * *", name="overlapping")
+    @app.task
+    def report() -> None: ...
+
+    def set_state(job_id: int | None, state: str) -> None:
+        conn.execute(f'UPDATE "{schema}".jobs SET state = %s WHERE id = %s', (state, job_id))
+
+    async def body(pool: Any) -> list[dict[str, Fire]]:
+        scheduler = PeriodicScheduler(app, pool, grace=timedelta(seconds=10))
+        passes = []
+        for seconds, before in [(30, None), (61, None), (121, None), (181, "running"), (241, "completed")]:
+            if before is not None:
+                first_job = fires_of(conn, schema, "exclusive")[1][2]
+                set_state(first_job, before)
+            fires = await scheduler.tick(now=T0 + timedelta(seconds=seconds))
+            passes.append({f.schedule: f for f in fires})
+        return passes
+
+    passes = run_with_pool(app, body)
+    first_job = passes[1]["exclusive"].job_id
+    assert [(p["exclusive"].outcome, p["exclusive"].job_id) for p in passes[2:]] == [
+        ("overlap", first_job),  # 10:02: the 10:01 job is still queued
+        ("overlap", first_job),  # 10:03: now it is running
+        ("enqueued", passes[4]["exclusive"].job_id),  # 10:04: it completed
+    ]
+    assert passes[4]["exclusive"].job_id not in (None, first_job)
+    assert [p["overlapping"].outcome for p in passes[1:]] == ["enqueued"] * 4  # the default: every tick
+    assert [r[1] for r in fires_of(conn, schema, "exclusive")] == [
+        "registered", "enqueued", "skipped", "skipped", "enqueued"]
+    with pytest.raises(ConfigurationError, match="overlap='no'"):
+        app.periodic(cron="* * * * *", name="bad", overlap="no")(report)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("policy", "expected_jobs", "expected_records"),
     [

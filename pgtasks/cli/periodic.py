@@ -36,6 +36,7 @@ def periodic(ctx: click.Context) -> None:
         click.echo(f"{schedule.name}\n  task:      {schedule.task.name}\n  schedule:  {schedule.spec}\n"
                    f"  catch-up:  {schedule.catch_up}"
                    + (f" (limit {schedule.catch_up_limit})" if schedule.catch_up == "all" else "")
+                   + f"\n  overlap:   {'allowed' if schedule.overlap else 'skip ticks while a run is unfinished'}"
                    + f"\n  last fire: {_when(last_enqueued)}{job}\n  next fire: {_when(upcoming)}{overdue}")
     gone = sorted(set(recorded) - {s.name for s in schedules})
     if gone:

@@ -39,3 +39,21 @@ SELECT DISTINCT schedule FROM {schema}.periodic_fires ORDER BY schedule
 -- such a key. Both are transaction-local (set_config(..., true)), so they are pooler-safe.
 SELECT set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true),
        set_config('lock_timeout', %(lock_ms)s, true)
+
+-- name: periodic_unfinished_run
+-- overlap=False: the job of this schedule's newest enqueued tick before this one, if it has not
+-- finished. One backward probe of the primary key, one jobs lookup by id. A job the cleaner has
+-- deleted has finished.
+SELECT j.id
+FROM (
+    SELECT f.job_id FROM {schema}.periodic_fires AS f
+    WHERE f.schedule = %(schedule)s AND f.fire_time < %(fire_time)s AND f.outcome = 'enqueued'
+    ORDER BY f.fire_time DESC LIMIT 1
+) AS previous
+JOIN {schema}.jobs AS j ON j.id = previous.job_id
+WHERE j.state IN ('available', 'scheduled', 'retryable', 'running')
+
+-- name: periodic_fire_set_skipped
+-- overlap=False and the previous run is unfinished: the tick is recorded, but as skipped.
+UPDATE {schema}.periodic_fires SET outcome = 'skipped'
+WHERE schedule = %(schedule)s AND fire_time = %(fire_time)s
