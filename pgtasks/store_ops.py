@@ -54,6 +54,11 @@ class OpsStoreMixin:
             row = await cur.fetchone()
         return None if row is None else (str(row[0]), row[1], row[2])
 
+    def job_make_due(self, conn: Connection[Any], queues: Sequence[str]) -> int:
+        """Testing: make scheduled jobs and retries of `queues` runnable now; how many were moved."""
+        with self.errors():
+            return conn.execute(self.q["job_make_due"], {"queues": list(queues)}).rowcount
+
     def job_count_filtered(self, conn: Connection[Any], *, states: Sequence[str],
                            queues: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
                            older_than: float | None = None, now: datetime | None = None) -> int:

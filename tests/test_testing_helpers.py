@@ -17,7 +17,15 @@ import pytest
 
 import pgtasks
 from pgtasks import App
-from pgtasks.testing import EagerJobRef, assert_enqueued, drain, eager, enqueued_jobs, refute_enqueued
+from pgtasks.testing import (
+    DrainError,
+    EagerJobRef,
+    assert_enqueued,
+    drain,
+    eager,
+    enqueued_jobs,
+    refute_enqueued,
+)
 from tests.helpers import jobs
 
 
@@ -144,6 +152,35 @@ def test_drain_returns_each_attempts_outcome(app: App) -> None:
         async def inside() -> None:
             drain(app)
         asyncio.run(inside())
+
+
+def test_drain_with_scheduled_runs_retries_and_later_jobs_now(app: App, conn: psycopg.Connection[Any]) -> None:
+    @app.task(name="flaky", max_attempts=3, retry=pgtasks.Fixed(600))
+    def flaky() -> None:
+        if pgtasks.current_job().attempt < 3:
+            raise ConnectionError("upstream down")
+
+    @app.task(name="tomorrow")
+    def tomorrow() -> None: ...
+
+    @app.task(name="forever")
+    def forever() -> None:
+        raise pgtasks.Snooze(3600)
+
+    flaky.delay()
+    tomorrow.apply_async(countdown=86_400)
+    assert [(o.task, o.state) for o in drain(app)] == [("flaky", "retryable")]  # the rest must wait
+    outcomes = drain(app, with_scheduled=True, concurrency=1)
+    assert sorted((o.task, o.attempt, o.state) for o in outcomes) == [
+        ("flaky", 2, "retryable"), ("flaky", 3, "completed"), ("tomorrow", 1, "completed")]
+    assert {r["state"] for r in jobs(conn, app.schema)} == {"completed"}
+
+    forever.delay()
+    with pytest.raises(DrainError, match="ran 3 rounds") as info:
+        drain(app, with_scheduled=True, max_rounds=3)
+    assert [(o.task, o.state) for o in info.value.drained] == [("forever", "scheduled")] * 3
+    with pytest.raises(pgtasks.ConfigurationError, match="max_rounds=0"):
+        drain(app, with_scheduled=True, max_rounds=0)
 
 
 def test_the_pytest_plugin_in_a_user_project(tmp_path: Path, database_url: str, app: App) -> None:

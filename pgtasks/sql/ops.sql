@@ -126,3 +126,11 @@ ORDER BY id
 -- Send one notification per payload on a channel (worker wakeups after a retry or resume, the
 -- control channel for cancel requests, the doctor's LISTEN probe).
 SELECT count(pg_notify(%(channel)s::text, p)) FROM unnest(%(payloads)s::text[]) AS p
+
+-- name: job_make_due
+-- Testing (drain(with_scheduled=True)): make the waiting jobs of these queues runnable now:
+-- scheduled for later, or waiting out a retry backoff. Returns how many were moved.
+UPDATE {schema}.jobs SET run_at = now()
+WHERE queue = ANY(%(queues)s::text[])
+  AND state IN ('scheduled', 'retryable')
+  AND run_at > now()

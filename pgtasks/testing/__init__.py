@@ -7,10 +7,11 @@ marker) is registered through the `pytest11` entry point and documented in docs/
 """
 
 from pgtasks.testing.assertions import assert_enqueued, enqueued_jobs, refute_enqueued
-from pgtasks.testing.drain import DrainedJob, adrain, drain, worker_thread
+from pgtasks.testing.drain import DrainedJob, DrainError, adrain, drain, worker_thread
 from pgtasks.testing.eager import EagerJobRef, eager
 
 __all__ = [
+    "DrainError",
     "DrainedJob",
     "EagerJobRef",
     "adrain",

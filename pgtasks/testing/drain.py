@@ -9,12 +9,27 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pgtasks.errors import ConfigurationError
+from pgtasks.errors import ConfigurationError, PgtasksError
 from pgtasks.hooks import JobEvent
 
 if TYPE_CHECKING:
     from pgtasks.app import App
     from pgtasks.worker import Worker
+
+
+# drain(with_scheduled=True): rounds of "run what is due, make the rest due" before giving up.
+DEFAULT_MAX_ROUNDS = 100
+
+
+class DrainError(PgtasksError):
+    """drain(with_scheduled=True) still found waiting jobs after max_rounds rounds.
+
+    `drained` holds the attempts that did run.
+    """
+
+    def __init__(self, message: str, drained: list[DrainedJob]) -> None:
+        super().__init__(message)
+        self.drained = drained
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +54,33 @@ def _queues(app: App, queues: Sequence[str] | None) -> list[str]:
     return found or ["default"]
 
 
-async def adrain(app: App, queues: Sequence[str] | None = None, **options: Any) -> list[DrainedJob]:
+def _make_due(app: App, queues: Sequence[str]) -> int:
+    with app.connect() as conn:
+        return app.store.job_make_due(conn, queues)
+
+
+async def adrain(app: App, queues: Sequence[str] | None = None, *, with_scheduled: bool = False,
+                 max_rounds: int = DEFAULT_MAX_ROUNDS, **options: Any) -> list[DrainedJob]:
     """Async twin of drain()."""
+    if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
+        raise ConfigurationError(f"max_rounds={max_rounds!r}: expected an integer >= 1")
     names = await asyncio.to_thread(_queues, app, queues)
     options.setdefault("poll_interval", 0.05)
     options.setdefault("listen", False)
     options.setdefault("grace", 5.0)
+    drained: list[DrainedJob] = []
+    for _ in range(max_rounds):
+        drained += await _drain_once(app, names, options)
+        if not with_scheduled or await asyncio.to_thread(_make_due, app, names) == 0:
+            return drained
+    raise DrainError(
+        f"drain(with_scheduled=True) ran {max_rounds} rounds and jobs are still waiting in "
+        f"{', '.join(names)}: a task that snoozes or fails forever? Raise max_rounds=, or drain "
+        f"without with_scheduled to run only what is due now", drained)
+
+
+async def _drain_once(app: App, names: list[str], options: dict[str, Any]) -> list[DrainedJob]:
+    """One burst worker: every job that is due now, and retries that become due while it runs."""
     worker = app.worker(queues=names, burst=True, **options)
     drained: list[DrainedJob] = []
 
@@ -62,18 +98,21 @@ async def adrain(app: App, queues: Sequence[str] | None = None, **options: Any) 
     return drained
 
 
-def drain(app: App, queues: Sequence[str] | None = None, **options: Any) -> list[DrainedJob]:
+def drain(app: App, queues: Sequence[str] | None = None, *, with_scheduled: bool = False,
+          max_rounds: int = DEFAULT_MAX_ROUNDS, **options: Any) -> list[DrainedJob]:
     """Run a burst worker until no job is ready to run now; return each attempt's outcome in order.
 
     `queues` defaults to every queue with pending jobs. Jobs scheduled for later, and retries
-    waiting for their backoff, are not waited for (they are not "ready"). Other keyword arguments
-    go to the Worker (concurrency=1 gives a deterministic order). Call `await adrain(...)` from a
-    running event loop.
+    waiting for their backoff, are not waited for (they are not "ready") unless
+    `with_scheduled=True`: then they are made due and run too, round after round, until none is
+    left (at most `max_rounds` rounds, then DrainError). Other keyword arguments go to the
+    Worker (concurrency=1 gives a deterministic order). Call `await adrain(...)` from a running
+    event loop.
     """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(adrain(app, queues, **options))
+        return asyncio.run(adrain(app, queues, with_scheduled=with_scheduled, max_rounds=max_rounds, **options))
     raise ConfigurationError("drain() was called inside a running event loop; use `await adrain(app)`")
 
 
