@@ -18,7 +18,15 @@ from psycopg import AsyncConnection, Connection
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pgtasks import migrations
-from pgtasks.connections import check_dsn, connection_kwargs, make_async_pool, make_pool
+from pgtasks.aio import cancel_and_wait
+from pgtasks.connections import (
+    check_dsn,
+    close_with_loop,
+    connection_kwargs,
+    make_async_pool,
+    make_pool,
+    refusing_statement_pooling,
+)
 from pgtasks.errors import ConfigurationError, DuplicateTaskError, SchemaNotMigratedError
 from pgtasks.hooks import Hook, Hooks  # issue 6
 from pgtasks.models import EnqueueRow
@@ -100,6 +108,8 @@ class App:
         self._is_embedded = False
         self._pool: ConnectionPool | None = None
         self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
+        # Per loop: the task that closes that loop's pool when the loop shuts down (see close_with_loop).
+        self._async_pool_closers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -260,11 +270,13 @@ class App:
             # Pools of event loops that have since closed cannot be closed cleanly; drop them.
             for stale in [lp for lp in self._async_pools if lp.is_closed()]:
                 del self._async_pools[stale]
+                self._async_pool_closers.pop(stale, None)
             dsn = await asyncio.to_thread(lambda: self.dsn)
             pool = make_async_pool(dsn, application_name=self.application_name,
                                    max_size=self.pool_size, name="pgtasks-async-enqueue")
             await pool.open()
             self._async_pools[loop] = pool
+            self._async_pool_closers[loop] = close_with_loop(pool)
         return pool
 
     def connect(self) -> Connection[Any]:
@@ -282,16 +294,18 @@ class App:
         Commit happens when the block exits normally, rollback when it raises: jobs exist if and
         only if the block's other writes commit.
         """
-        with self._sync_pool().connection() as conn, conn.transaction(), self.bind(conn):
+        with refusing_statement_pooling(), self._sync_pool().connection() as conn, conn.transaction(), \
+                self.bind(conn):
             yield conn
 
     @contextlib.asynccontextmanager
     async def atransaction(self) -> AsyncIterator[AsyncConnection[Any]]:
         """Async twin of transaction()."""
         pool = await self._async_pool()
-        async with pool.connection() as conn, conn.transaction():
-            with self.bind(conn):
-                yield conn
+        with refusing_statement_pooling():
+            async with pool.connection() as conn, conn.transaction():
+                with self.bind(conn):
+                    yield conn
 
     @contextlib.contextmanager
     def bind(self, conn: Connection[Any] | AsyncConnection[Any]) -> Iterator[None]:
@@ -429,10 +443,16 @@ class App:
             if not loop.is_closed() and not loop.is_running():
                 loop.run_until_complete(apool.close())
                 del self._async_pools[loop]
+                closer = self._async_pool_closers.pop(loop, None)
+                if closer is not None:
+                    loop.run_until_complete(cancel_and_wait(closer))
 
     async def aclose(self) -> None:
         """Close the async pool of the running event loop, and the sync pool."""
-        apool = self._async_pools.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        apool = self._async_pools.pop(loop, None)
+        closer = self._async_pool_closers.pop(loop, None)
         if apool is not None:
             await apool.close()
+        await cancel_and_wait(closer)
         await asyncio.to_thread(self.close)

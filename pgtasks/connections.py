@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import select
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -12,10 +15,13 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from pgtasks.errors import ConfigurationError, ConnectionLostError
+from pgtasks.errors import ConfigurationError, ConnectionLostError, StatementPoolingError
 from pgtasks.logs import log_event
 
 logger = logging.getLogger("pgtasks.connections")
+
+# Seconds a pool closed at event-loop shutdown waits for connections to come back.
+POOL_CLOSE_TIMEOUT = 5.0
 
 
 def connection_kwargs(application_name: str) -> dict[str, Any]:
@@ -133,6 +139,46 @@ class CheckedAsyncConnectionPool(AsyncConnectionPool):
             await conn.close()
             await self.putconn(conn)
         raise ConnectionLostError(f"pool {self.name!r}: every connection handed out was already closed")
+
+
+def refused_transaction_block(exc: BaseException) -> bool:
+    """PgBouncer in statement mode refusing BEGIN: "transaction blocks not allowed in statement pooling mode"."""
+    return "statement pooling" in str(exc)
+
+
+@contextlib.contextmanager
+def refusing_statement_pooling() -> Iterator[None]:
+    """Turn a statement-mode pooler's refusal of a transaction block into an error that says what to do."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        if not refused_transaction_block(exc):
+            raise
+        raise StatementPoolingError(
+            f"the connection pooler runs in statement pooling mode and refused a transaction block ({exc}). "
+            "app.transaction() and every enqueue inside your own transaction need a session or transaction "
+            "pool, or a direct connection: point database_url there (PgBouncer: pool_mode = transaction). "
+            "Standalone .delay() and delay_many() work in statement mode."
+        ) from exc
+
+
+def close_with_loop(pool: AsyncConnectionPool[Any]) -> asyncio.Task[None]:
+    """Close `pool` when its event loop shuts down, if nobody closed it before.
+
+    psycopg_pool's background tasks catch CancelledError on purpose (so that a maintenance task
+    never dies), so when asyncio.run() ends and cancels every task, a pool that is reconnecting
+    (after a broken connection) keeps its tasks alive and asyncio.run() never returns. This guard
+    task is cancelled along with them and closes the pool, which stops its tasks. Keep a
+    reference to the returned task; cancelling it closes the pool too.
+    """
+
+    async def close_when_cancelled() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()  # never resolves: wait to be cancelled
+        finally:
+            await pool.close(timeout=POOL_CLOSE_TIMEOUT)
+
+    return asyncio.get_running_loop().create_task(close_when_cancelled(), name=f"{pool.name}-closer")
 
 
 def make_pool(dsn: str, *, application_name: str, max_size: int, name: str) -> ConnectionPool:

@@ -57,6 +57,15 @@ class PoolExhaustedError(ConnectionLostError):
     __module__ = "pgtasks"
 
 
+class StatementPoolingError(ConfigurationError):
+    """A transaction block was sent through a statement-mode pooler, which refuses them.
+
+    Not retryable: use a session or transaction pool (or a direct connection) for this DSN.
+    """
+
+    __module__ = "pgtasks"
+
+
 class BenchmarkError(PgtasksError):
     """A benchmark run could not measure what it set out to (a worker failed, jobs did not complete)."""
 

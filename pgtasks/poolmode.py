@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
-from pgtasks.connections import connection_kwargs
+from pgtasks.connections import connection_kwargs, refused_transaction_block
 from pgtasks.errors import DatabaseError
 from pgtasks.store import Store
 
@@ -101,7 +101,7 @@ async def adetect_pool_mode(
     except (DatabaseError, psycopg.Error, OSError, asyncio.CancelledError) as exc:
         mode = PoolMode.UNKNOWN
         state["listen_ok"] = False
-        if "statement pooling" in str(exc):  # PgBouncer: "transaction blocks not allowed in statement pooling mode"
+        if refused_transaction_block(exc):
             mode = PoolMode.STATEMENT
             detail = f"the pooler refused a transaction block: {exc}"
         elif timed_out:

@@ -21,7 +21,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 import pgtasks
-from pgtasks import App, ConfigurationError, ConnectionLostError
+from pgtasks import App, ConfigurationError, ConnectionLostError, StatementPoolingError
 from pgtasks.connections import make_async_pool, make_pool, went_stale
 from pgtasks.poolmode import PoolMode, detect_pool_mode
 from pgtasks.worker.listening import ListenPlan, plan_listening
@@ -99,6 +99,19 @@ def test_statement_pooling_is_detected_and_the_worker_polls(
     assert states(conn, app.schema) == {"completed": 2}
     with pytest.raises(ConfigurationError, match="statement-mode pooler"):
         asyncio.run(pooled.worker(listen=True, burst=True).arun())
+    # A transaction block cannot work there: a clear error, not the pooler's raw one.
+    with pytest.raises(StatementPoolingError, match=r"statement pooling(.|\n)*session or transaction"), \
+            pooled.transaction():
+        record.delay(3)
+
+    async def in_async_transaction() -> None:
+        async with pooled.atransaction():
+            await record.adelay(4)
+
+    with pytest.raises(StatementPoolingError, match="statement pooling"):
+        asyncio.run(in_async_transaction())
+    record.delay(5)  # the pool is still usable for what statement mode allows
+    assert states(conn, app.schema) == {"completed": 2, "available": 1}
     pooled.close()
 
 
