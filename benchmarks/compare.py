@@ -1,9 +1,12 @@
-"""pgtasks side by side with pgqueuer and procrastinate: the same workloads, in one run, as ratios.
+"""pgtasks side by side with its peers: the same workloads, in one run, as ratios.
 
-Makes (once) a separate venv with the peers (default /tmp/pgtasks-peers-venv: pgqueuer 1.6.0 and
-procrastinate 3.10.0 when the index has them, else the latest), then for each repeat runs every
-workload on pgtasks and on each peer (benchmarks/peers/*_bench.py), interleaved so that noise
-from a shared machine hits all of them alike. Prints one JSON line per measurement, then the
+Peers: pgqueuer, procrastinate and oban (on PostgreSQL), and celery (Celery with the Redis broker,
+which needs Redis running; see benchmarks/peers/celery_bench.py). Makes (once) a separate venv
+with the peers asked for (default /tmp/pgtasks-peers-venv; the versions pinned in PEERS when the
+index has them, else the latest; oban needs Python 3.12+, so it gets a venv of its own beside it,
+made with --newer-python or a python3.12+ found on PATH or under ~/.pyenv), then for each repeat
+runs every workload on pgtasks and on each peer (benchmarks/peers/*_bench.py), interleaved so that
+noise from a shared machine hits all of them alike. Prints one JSON line per measurement, then the
 medians, the ratios pgtasks/peer, and (with --markdown) a table for docs/performance.md.
 --ceiling also runs benchmarks/pgbench_ceiling.py's measurements in the same run.
 """
@@ -13,10 +16,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,34 +32,112 @@ import pgtasks
 from pgtasks import bench
 
 HERE = Path(__file__).resolve().parent
-PEERS = {"pgqueuer": ("pgqueuer", "1.6.0"), "procrastinate": ("procrastinate", "3.10.0")}
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A peer library: what to pip install in its venv, and the Python it needs."""
+
+    package: str
+    version: str
+    extra: str = ""  # a pip extra installed with it, e.g. "redis" for celery[redis]
+    also_report: tuple[str, ...] = ()  # other installed packages whose versions go in the machine line
+    python: tuple[int, int] | None = None  # the oldest Python it installs on, when newer than ours
+
+    def requirement(self, *, pinned: bool) -> str:
+        name = f"{self.package}[{self.extra}]" if self.extra else self.package
+        return f"{name}=={self.version}" if pinned else name
+
+
+PEERS = {
+    "pgqueuer": Peer("pgqueuer", "1.6.0"),
+    "procrastinate": Peer("procrastinate", "3.10.0"),
+    # The redis extra brings the redis client at the version kombu supports; the broker is Redis.
+    "celery": Peer("celery", "5.7.0", extra="redis", also_report=("redis", "kombu")),
+    # Every oban release on the index (0.5.0 to 0.7.0) requires Python 3.12 or newer.
+    "oban": Peer("oban", "0.7.0", python=(3, 12)),
+}
 THROUGHPUT = ("enqueue", "bulk_enqueue", "drain", "drain_c10")
+SLOW_DRAIN = ("procrastinate",)  # peers drained with --slow-drain-jobs
 Row = dict[str, Any]
 
 
-def ensure_venv(venv: Path) -> dict[str, str]:
-    """Create the peers venv if needed and install the pinned peers (falling back to the latest)."""
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+def ensure_venv(venv: Path, peers: list[str],
+                newer_python: str | None = None) -> tuple[dict[str, str], dict[str, Path]]:
+    """Create the peers' venvs if needed and install the pinned peers (falling back to the latest).
+
+    Returns the versions installed (for the machine line) and each peer's venv python. Peers that
+    need a newer Python than this one get their own venv, `<venv>-py3.N`, made with that Python.
+    """
     versions: dict[str, str] = {}
-    for package, pinned in PEERS.values():
-        found = _installed_version(python, package)
-        if found is None:
-            done = subprocess.run([str(python), "-m", "pip", "install", "-q", f"{package}=={pinned}",
+    pythons: dict[str, Path] = {}
+    for name in peers:
+        peer = PEERS[name]
+        base = sys.executable
+        where = venv
+        if peer.python is not None and sys.version_info[:2] < peer.python:
+            base = _newer_python(peer.python, newer_python)
+            found_version = _python_version(base)
+            where = venv.with_name(f"{venv.name}-py{found_version[0]}.{found_version[1]}")
+            versions[f"{name}_python"] = ".".join(map(str, found_version))
+        python = where / "bin" / "python"
+        if not python.exists():
+            subprocess.run([base, "-m", "venv", str(where)], check=True)
+        wanted = (peer.package, *peer.also_report)
+        found = {package: _installed_version(python, package) for package in wanted}
+        if None in found.values():
+            done = subprocess.run([str(python), "-m", "pip", "install", "-q", peer.requirement(pinned=True),
                                    "psycopg[binary]"], check=False)
             if done.returncode != 0:
-                print(f"{package}=={pinned} is not available; installing the latest", file=sys.stderr)
-                subprocess.run([str(python), "-m", "pip", "install", "-q", package, "psycopg[binary]"], check=True)
-            found = _installed_version(python, package)
-        versions[package] = found or "?"
-    return versions
+                print(f"{peer.requirement(pinned=True)} is not available; installing the latest", file=sys.stderr)
+                subprocess.run([str(python), "-m", "pip", "install", "-q", peer.requirement(pinned=False),
+                                "psycopg[binary]"], check=True)
+            found = {package: _installed_version(python, package) for package in wanted}
+        for package, version in found.items():
+            versions[package] = version or "?"
+        pythons[name] = python
+    return versions, pythons
 
 
 def _installed_version(python: Path, package: str) -> str | None:
     out = subprocess.run([str(python), "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
                          capture_output=True, text=True, check=False)
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _python_version(python: str) -> tuple[int, int]:
+    out = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True,
+                         text=True, check=True)
+    major, minor = out.stdout.split()
+    return int(major), int(minor)
+
+
+def _newer_python(oldest: tuple[int, int], given: str | None) -> str:
+    """A Python at least `oldest`: `given`, else python3.N on PATH, else one under ~/.pyenv/versions."""
+    if given is not None:
+        if _python_version(given) < oldest:
+            raise SystemExit(f"--newer-python {given} is older than {oldest[0]}.{oldest[1]}")
+        return given
+    candidates: list[str] = []
+    for minor in range(oldest[1], oldest[1] + 10):
+        found = shutil.which(f"python{oldest[0]}.{minor}")
+        if found:
+            candidates.append(found)
+    pyenv = Path.home() / ".pyenv" / "versions"
+    if pyenv.is_dir():
+        candidates += [str(p / "bin" / "python") for p in sorted(pyenv.iterdir()) if (p / "bin" / "python").exists()]
+    usable = []
+    for candidate in candidates:
+        try:
+            version = _python_version(candidate)
+        except (OSError, subprocess.CalledProcessError, ValueError):
+            continue
+        if version >= oldest:
+            usable.append((version, candidate))
+    if not usable:
+        raise SystemExit(f"no Python {oldest[0]}.{oldest[1]}+ found (on PATH or under {pyenv}); "
+                         "pass one with --newer-python")
+    return min(usable)[1]  # the oldest that will do: the closest to the Python pgtasks runs on
 
 
 def run_peer(python: Path, library: str, dsn: str, args: list[str]) -> Row:
@@ -83,7 +166,7 @@ def run_pgtasks(dsn: str, workload: str, sizes: dict[str, int], chunk: int) -> R
 
 
 def peer_args(workload: str, sizes: dict[str, int], chunk: int, library: str, slow_drain: int) -> list[str]:
-    drain_jobs = slow_drain if library == "procrastinate" else sizes["drain"]
+    drain_jobs = slow_drain if library in SLOW_DRAIN else sizes["drain"]
     if workload == "enqueue":
         return ["enqueue", "--jobs", str(sizes["enqueue"])]
     if workload == "bulk_enqueue":
@@ -170,7 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__)
     parser.set_defaults(repeat=3)
     parser.add_argument("--venv", default="/tmp/pgtasks-peers-venv", help="the peers' venv (made if missing)")
-    parser.add_argument("--peers", default="pgqueuer,procrastinate", help="comma-separated peers to run")
+    parser.add_argument("--peers", default="pgqueuer,procrastinate",
+                        help=f"comma-separated peers to run, of: {', '.join(PEERS)} (celery needs Redis running)")
+    parser.add_argument("--newer-python", default=None,
+                        help="a Python 3.12+ for the peers that need one (oban); default: found on PATH or ~/.pyenv")
     parser.add_argument("--workloads", default="enqueue,bulk_enqueue,drain,drain_c10,idle_latency")
     parser.add_argument("--enqueue-jobs", type=int, default=5000)
     parser.add_argument("--bulk-jobs", type=int, default=50_000)
@@ -184,8 +270,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     dsn = args.database_url
     peers = [p for p in args.peers.split(",") if p]
-    versions = ensure_venv(Path(args.venv)) if peers else {}
-    python = Path(args.venv) / "bin" / "python"
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        parser.error(f"unknown peers {', '.join(unknown)}: choose from {', '.join(PEERS)}")
+    versions, pythons = ensure_venv(Path(args.venv), peers, args.newer_python) if peers else ({}, {})
     print(json.dumps(machine(dsn, versions)), flush=True)
     sizes = {"enqueue": args.enqueue_jobs, "bulk": args.bulk_jobs, "drain": args.drain_jobs,
              "latency": args.latency_jobs}
@@ -196,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
             for peer in peers:
-                row = run_peer(python, peer, dsn, peer_args(workload, sizes, args.chunk, peer, args.slow_drain_jobs))
+                row = run_peer(pythons[peer], peer, dsn,
+                               peer_args(workload, sizes, args.chunk, peer, args.slow_drain_jobs))
                 if workload == "drain_c10":
                     row["workload"] = "drain_c10"
                 print(json.dumps(row), flush=True)
