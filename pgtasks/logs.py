@@ -16,7 +16,11 @@ def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> 
     if not logger.isEnabledFor(level):
         return
     template = event + "".join(f" {key}=%s" for key in fields)
-    logger.log(level, template, *fields.values(), extra={"event": event, "fields": fields})
+    # logger.handle(makeRecord(...)) is logger.log() without findCaller(), which walks the stack
+    # for a file and line no pgtasks format shows: the event name says where a line comes from.
+    record = logger.makeRecord(logger.name, level, __file__, 0, template, tuple(fields.values()), None,
+                               func="log_event", extra={"event": event, "fields": fields})
+    logger.handle(record)
 
 
 class JsonFormatter(logging.Formatter):
