@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from peer_common import WorkerProcess, emit, paced_enqueue, parser, percentiles, wait_until
+from peer_common import WorkerProcess, emit, paced_enqueue, parser, percentiles, run_workload, wait_until
 
 LIBRARY = "celery"
 TASK = "pgtasks_bench.noop"
@@ -232,16 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     # The worker subprocess is this script again: it finds the broker and log level in its environment.
     os.environ[REDIS_ENV] = args.redis_url
     os.environ[LOG_LEVEL_ENV] = args.worker_log_level
-    if args.command == "enqueue":
-        cmd_enqueue(args.redis_url, args.jobs)
-    elif args.command == "bulk":
-        cmd_bulk(args.redis_url, args.jobs, args.chunk, args.bulk_path)
-    elif args.command == "drain":
-        cmd_drain(args.redis_url, args.jobs, args.concurrency)
-    elif args.command == "latency":
-        cmd_latency(args.redis_url, args.jobs, args.interval)
-    elif args.command == "worker":
-        cmd_worker(args.redis_url, args.schema, args.concurrency, args.worker_log_level)
+    run_workload(args, args.redis_url, enqueue=cmd_enqueue, drain=cmd_drain, latency=cmd_latency,
+                 bulk=lambda url, jobs, chunk: cmd_bulk(url, jobs, chunk, args.bulk_path),
+                 worker=lambda url, a: cmd_worker(url, a.schema, a.concurrency, a.worker_log_level))
 
 
 if __name__ == "__main__":

@@ -21,13 +21,23 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from peer_common import WorkerProcess, emit, parser, percentiles, throwaway_schema, with_search_path
+from peer_common import (
+    WorkerProcess,
+    emit,
+    parser,
+    percentiles,
+    run_workload,
+    throwaway_schema,
+    wait_until,
+    with_search_path,
+)
 
 LIBRARY = "oban"
 QUEUE = "bench"
@@ -50,27 +60,32 @@ def noop_worker() -> Any:
     return worker(queue=QUEUE)(Noop)
 
 
-async def _open(sdsn: str, schema: str) -> tuple[Any, Any]:
-    """A pool and a client-mode Oban (no queues) on `schema`, as oban's docs set one up."""
+@asynccontextmanager
+async def _client(sdsn: str, schema: str) -> AsyncIterator[Any]:
+    """A client-mode Oban (no queues) on `schema` with its own pool, as oban's docs set one up."""
     from oban import Oban
 
     pool = await Oban.create_pool(sdsn)
     oban = Oban(pool=pool, prefix=schema)
     await oban.start()
-    return pool, oban
+    try:
+        yield oban
+    finally:
+        await oban.stop()
+        await pool.close()
 
 
-async def _close(pool: Any, oban: Any) -> None:
-    await oban.stop()
-    await pool.close()
-
-
-def _install(sdsn: str, schema: str) -> None:
+@contextmanager
+def _installed_schema(dsn: str) -> Iterator[tuple[str, str]]:
+    """A throwaway schema with oban's tables in it; yields (schema, a DSN whose search_path is it)."""
     from oban.schema import install_sql
 
-    # search_path is the schema too: install.sql creates a helper function without the prefix.
-    with psycopg.connect(sdsn, autocommit=True) as conn:
-        conn.execute(install_sql(prefix=schema).encode())
+    with throwaway_schema(dsn, "bench_obn") as schema:
+        sdsn = with_search_path(dsn, schema)
+        # search_path is the schema too: install.sql creates a helper function without the prefix.
+        with psycopg.connect(sdsn, autocommit=True) as conn:
+            conn.execute(install_sql(prefix=schema).encode())
+        yield schema, sdsn
 
 
 async def _fill(oban: Any, jobs: int, chunk: int = 5000) -> None:
@@ -103,14 +118,6 @@ class Progress:
             f"SELECT EXISTS (SELECT 1 FROM {self.table} WHERE state IN {UNFINISHED})".encode()).fetchone()
         return bool(row and row[0])
 
-    def wait(self, done: Callable[[], bool], worker: WorkerProcess, timeout: float, interval: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            if not worker.alive():
-                raise RuntimeError(f"oban worker exited while waiting:\n{worker.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"oban: timed out after {timeout}s:\n{worker.log_tail()}")
-            time.sleep(interval)
 
 
 def _worker_args(schema: str, concurrency: int | None) -> list[str]:
@@ -121,62 +128,45 @@ def _worker_args(schema: str, concurrency: int | None) -> list[str]:
 
 
 def cmd_enqueue(dsn: str, jobs: int) -> None:
-    with throwaway_schema(dsn, "bench_obn") as schema:
-        sdsn = with_search_path(dsn, schema)
-        _install(sdsn, schema)
+    with _installed_schema(dsn) as (schema, sdsn):
 
         async def run() -> float:
-            pool, oban = await _open(sdsn, schema)
-            try:
+            async with _client(sdsn, schema) as oban:
                 noop = noop_worker()
                 await oban.enqueue(noop.new())  # opens the pool's connection
                 started = time.perf_counter()
                 for _ in range(jobs):
                     await oban.enqueue(noop.new())
                 return time.perf_counter() - started
-            finally:
-                await _close(pool, oban)
 
         emit(LIBRARY, "enqueue", jobs, asyncio.run(run()))
 
 
 def cmd_bulk(dsn: str, jobs: int, chunk: int) -> None:
-    with throwaway_schema(dsn, "bench_obn") as schema:
-        sdsn = with_search_path(dsn, schema)
-        _install(sdsn, schema)
+    with _installed_schema(dsn) as (schema, sdsn):
 
         async def run() -> float:
-            pool, oban = await _open(sdsn, schema)
-            try:
-                noop = noop_worker()
-                await oban.enqueue_many([noop.new()])
+            async with _client(sdsn, schema) as oban:
+                await oban.enqueue_many([noop_worker().new()])
                 started = time.perf_counter()
-                for offset in range(0, jobs, chunk):
-                    await oban.enqueue_many([noop.new() for _ in range(min(chunk, jobs - offset))])
+                await _fill(oban, jobs, chunk)
                 return time.perf_counter() - started
-            finally:
-                await _close(pool, oban)
 
         emit(LIBRARY, "bulk_enqueue", jobs, asyncio.run(run()), chunk=chunk)
 
 
 def cmd_drain(dsn: str, jobs: int, concurrency: int | None) -> None:
-    with throwaway_schema(dsn, "bench_obn") as schema:
-        sdsn = with_search_path(dsn, schema)
-        _install(sdsn, schema)
+    with _installed_schema(dsn) as (schema, sdsn):
 
         async def fill() -> None:
-            pool, oban = await _open(sdsn, schema)
-            try:
+            async with _client(sdsn, schema) as oban:
                 await _fill(oban, jobs)
-            finally:
-                await _close(pool, oban)
 
         asyncio.run(fill())
         progress = Progress(sdsn, schema)
         try:
             with WorkerProcess(__file__, dsn, _worker_args(schema, concurrency)) as w:
-                progress.wait(lambda: not progress.unfinished(), w, 1800, 0.1)
+                wait_until(lambda: not progress.unfinished(), timeout=1800, worker=w, what="the drain")
                 wall = time.perf_counter() - w.started_at
                 w.stop()
             done = progress.completed()
@@ -194,19 +184,19 @@ def cmd_drain(dsn: str, jobs: int, concurrency: int | None) -> None:
 
 
 def cmd_latency(dsn: str, jobs: int, interval: float) -> None:
-    with throwaway_schema(dsn, "bench_obn") as schema:
-        sdsn = with_search_path(dsn, schema)
-        _install(sdsn, schema)
+    with _installed_schema(dsn) as (schema, sdsn):
         progress = Progress(sdsn, schema)
         try:
             with WorkerProcess(__file__, dsn, _worker_args(schema, None)) as w:
 
+                def completed(count: int) -> Callable[[], bool]:
+                    return lambda: progress.completed() >= count
+
                 async def run() -> float:
-                    pool, oban = await _open(sdsn, schema)
-                    try:
+                    async with _client(sdsn, schema) as oban:
                         noop = noop_worker()
                         await oban.enqueue(noop.new())
-                        await asyncio.to_thread(progress.wait, lambda: progress.completed() >= 1, w, 60, 0.02)
+                        await asyncio.to_thread(wait_until, completed(1), timeout=60, worker=w, what="the warm-up job")
                         started = time.perf_counter()
                         for i in range(jobs):
                             await oban.enqueue(noop.new())
@@ -214,10 +204,9 @@ def cmd_latency(dsn: str, jobs: int, interval: float) -> None:
                             if pause > 0:
                                 await asyncio.sleep(pause)
                         seconds = time.perf_counter() - started
-                        await asyncio.to_thread(progress.wait, lambda: progress.completed() >= jobs + 1, w, 120, 0.02)
+                        await asyncio.to_thread(wait_until, completed(jobs + 1), timeout=120, worker=w,
+                                                what="the paced jobs")
                         return seconds
-                    finally:
-                        await _close(pool, oban)
 
                 seconds = asyncio.run(run())
                 w.stop()
@@ -246,17 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     if sys.version_info < (3, 12):
         raise SystemExit("oban needs Python 3.12 or newer (benchmarks/compare.py makes such a venv)")
     args = parser(__doc__ or LIBRARY).parse_args(argv)
-    dsn = args.database_url
-    if args.command == "enqueue":
-        cmd_enqueue(dsn, args.jobs)
-    elif args.command == "bulk":
-        cmd_bulk(dsn, args.jobs, args.chunk)
-    elif args.command == "drain":
-        cmd_drain(dsn, args.jobs, args.concurrency)
-    elif args.command == "latency":
-        cmd_latency(dsn, args.jobs, args.interval)
-    elif args.command == "worker":
-        cmd_worker(dsn, args.schema, args.concurrency)
+    run_workload(args, args.database_url, enqueue=cmd_enqueue, bulk=cmd_bulk, drain=cmd_drain, latency=cmd_latency,
+                 worker=lambda dsn, a: cmd_worker(dsn, a.schema, a.concurrency))
 
 
 if __name__ == "__main__":

@@ -144,6 +144,23 @@ def scalar(dsn: str, query: str, params: dict[str, Any] | None = None) -> Any:
     return None if row is None else row[0]
 
 
+def run_workload(args: argparse.Namespace, target: str, *, enqueue: Callable[[str, int], None],
+                 bulk: Callable[[str, int, int], None], drain: Callable[[str, int, int | None], None],
+                 latency: Callable[[str, int, float], None],
+                 worker: Callable[[str, argparse.Namespace], None]) -> None:
+    """Run the subcommand parser() parsed with its options; `target` is the DSN (or broker URL)."""
+    if args.command == "enqueue":
+        enqueue(target, args.jobs)
+    elif args.command == "bulk":
+        bulk(target, args.jobs, args.chunk)
+    elif args.command == "drain":
+        drain(target, args.jobs, args.concurrency)
+    elif args.command == "latency":
+        latency(target, args.jobs, args.interval)
+    else:
+        worker(target, args)
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """The peer scripts' command line: one subcommand per workload, plus the worker they spawn."""
     p = argparse.ArgumentParser(description=description)

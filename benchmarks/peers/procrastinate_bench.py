@@ -20,6 +20,7 @@ from peer_common import (
     paced_enqueue,
     parser,
     percentiles,
+    run_workload,
     scalar,
     throwaway_schema,
     wait_until,
@@ -161,17 +162,8 @@ def cmd_worker(dsn: str, schema: str, concurrency: int | None, burst: bool) -> N
 
 def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__ or LIBRARY).parse_args(argv)
-    dsn = args.database_url
-    if args.command == "enqueue":
-        cmd_enqueue(dsn, args.jobs)
-    elif args.command == "bulk":
-        cmd_bulk(dsn, args.jobs, args.chunk)
-    elif args.command == "drain":
-        cmd_drain(dsn, args.jobs, args.concurrency)
-    elif args.command == "latency":
-        cmd_latency(dsn, args.jobs, args.interval)
-    elif args.command == "worker":
-        cmd_worker(dsn, args.schema, args.concurrency, args.burst)
+    run_workload(args, args.database_url, enqueue=cmd_enqueue, bulk=cmd_bulk, drain=cmd_drain, latency=cmd_latency,
+                 worker=lambda dsn, a: cmd_worker(dsn, a.schema, a.concurrency, a.burst))
 
 
 if __name__ == "__main__":
