@@ -266,6 +266,10 @@ class App:
         # An asyncio pool belongs to the event loop that opened it, so keep one per loop.
         loop = asyncio.get_running_loop()
         pool = self._async_pools.get(loop)
+        if pool is not None and pool.closed:
+            # Its closer ran while the loop goes on: someone cancelled every task (a test
+            # framework's cleanup, say). Open a new pool rather than fail on the closed one.
+            pool = None
         if pool is None:
             # Pools of event loops that have since closed cannot be closed cleanly; drop them.
             for stale in [lp for lp in self._async_pools if lp.is_closed()]:

@@ -8,6 +8,7 @@ Without that, this script hung until killed, three times out of three.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -47,3 +48,24 @@ def test_asyncio_run_returns_while_the_pool_replaces_a_broken_connection(
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["broken: AdminShutdown", "returned"], done.stdout
+
+
+def test_a_pool_closed_by_a_cancel_all_is_replaced_on_the_same_loop(app: App) -> None:
+    @app.task(name="noop")
+    def noop() -> None: ...
+
+    async def scenario() -> tuple[bool, int]:
+        await noop.adelay()
+        first = app._async_pools[asyncio.get_running_loop()]
+        # What a test framework's cleanup may do between tests that share one loop.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        ref = await noop.adelay()  # a new pool, not "the pool is closed"
+        replaced = app._async_pools[asyncio.get_running_loop()] is not first
+        await app.aclose()
+        return replaced and first.closed, ref.id
+
+    replaced, job_id = asyncio.run(scenario())
+    assert replaced and job_id > 0
