@@ -315,6 +315,27 @@ def test_shutdown_recancels_a_job_that_swallows_cancellation(app: App, conn: psy
     assert row["errors"][0]["type"] == "WorkerShutdown"
 
 
+def test_a_saturated_worker_waits_instead_of_spinning(app: App) -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    @app.task(name="busy")
+    async def busy() -> None:
+        started.set()
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+
+    busy.delay()
+    with worker_thread(app, concurrency=1, poll_interval=0.05, listen=False) as worker:
+        assert started.wait(10)
+        before = worker.waits
+        time.sleep(1.0)  # 20 poll intervals with the only slot busy
+        during = worker.waits - before
+        release.set()
+    # Each wait is a wakeup or a poll; a loop that does not wait spins tens of thousands of times.
+    assert during <= 5, f"the fetch loop went round {during} times in 1 s with no free slot"
+
+
 def test_stale_claim_cannot_overwrite_the_new_outcome(app: App, conn: psycopg.Connection[Any]) -> None:
     @app.task(name="fenced")
     def fenced() -> None: ...

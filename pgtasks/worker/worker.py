@@ -127,6 +127,7 @@ class Worker:
         self.executor = Executor(app, self.worker_id, self.threads, self.ops.cancels)
         self.fetches = 0
         self.claimed = 0
+        self.waits = 0  # times the fetch loop waited for a wakeup or its poll (it must never spin)
         self.started = asyncio.Event()
         # Heartbeat, leader election and the leader-only services (pgtasks/maintenance.py). A
         # burst worker drains and exits, so by default it does not stand for election.
@@ -364,9 +365,17 @@ class Worker:
                     log_event(logger, logging.INFO, "worker.drained", worker_id=self.worker_id)
                     return
                 continue
-            timeout = max(0.0, last_fetch + self._current_poll_interval() - time.monotonic())
+            timeout: float | None
+            if self._should_fetch:
+                # A fetch is due but every slot is taken: only a job finishing (or a stop) makes
+                # room, and both set _wake. Waiting for the poll here instead would spin: once the
+                # poll is overdue its timeout is 0, and the loop would burn a core while saturated.
+                timeout = None
+            else:
+                timeout = max(0.0, last_fetch + self._current_poll_interval() - time.monotonic())
             if self._ready:
-                timeout = min(timeout, STALL_SECONDS)
+                timeout = STALL_SECONDS if timeout is None else min(timeout, STALL_SECONDS)
+            self.waits += 1
             if not await wait_event(self._wake, timeout):
                 # The poll (the safety net for missed or absent NOTIFYs), or only a stall check.
                 poll_due = time.monotonic() >= last_fetch + self._current_poll_interval()
