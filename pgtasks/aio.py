@@ -43,8 +43,11 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None, *, recancel_after: flo
 
     If the task is still running `recancel_after` seconds after a cancel (its code swallowed the
     CancelledError, e.g. through the 3.11 wait_for race above), it is cancelled again, and so on:
-    a stop() never hangs on a lost cancellation. A cancellation of the caller propagates. An
-    exception the task ended with (other than CancelledError) is raised here.
+    a stop() never hangs on a lost cancellation. A cancellation of the caller propagates.
+
+    An exception the task ended with is logged (`task.crashed`, with its traceback), not raised:
+    stop() runs in shutdown sequences, and one service that crashed earlier must not keep the
+    rest (putting jobs back, writing outcomes, closing pools) from running.
     """
     if task is None:
         return
@@ -58,5 +61,7 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None, *, recancel_after: flo
             log_event(logger, logging.WARNING, "task.cancel_repeated", task=task.get_name(),
                       reason=f"still running {recancel_after}s after cancel(); its cancellation was lost")
         await asyncio.wait([task], timeout=recancel_after)
-    if not task.cancelled():
-        task.result()
+    error = None if task.cancelled() else task.exception()
+    if error is not None:
+        logger.error("task.crashed task=%s error=%r", task.get_name(), error, exc_info=error,
+                     extra={"event": "task.crashed", "fields": {"task": task.get_name(), "error": repr(error)}})

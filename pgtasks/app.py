@@ -279,6 +279,11 @@ class App:
             pool = make_async_pool(dsn, application_name=self.application_name,
                                    max_size=self.pool_size, name="pgtasks-async-enqueue")
             await pool.open()
+            # Another coroutine of this loop may have opened one during our awaits: use theirs.
+            existing = self._async_pools.get(loop)
+            if existing is not None and not existing.closed:
+                await pool.close()
+                return existing
             self._async_pools[loop] = pool
             self._async_pool_closers[loop] = close_with_loop(pool)
         return pool
@@ -456,7 +461,9 @@ class App:
         loop = asyncio.get_running_loop()
         apool = self._async_pools.pop(loop, None)
         closer = self._async_pool_closers.pop(loop, None)
-        if apool is not None:
-            await apool.close()
-        await cancel_and_wait(closer)
+        try:
+            if apool is not None:
+                await apool.close()
+        finally:
+            await cancel_and_wait(closer)  # closes the pool too, if the close above did not
         await asyncio.to_thread(self.close)

@@ -57,6 +57,13 @@ class PoolExhaustedError(ConnectionLostError):
     __module__ = "pgtasks"
 
 
+class JobTimeoutError(PgtasksError, TimeoutError):
+    """A task ran past its `timeout`. on_error hooks receive it; the job's error entry records it
+    with type "TimeoutError", as before it had a class of its own."""
+
+    __module__ = "pgtasks"
+
+
 class StatementPoolingError(ConfigurationError):
     """A transaction block was sent through a statement-mode pooler, which refuses them.
 

@@ -93,7 +93,7 @@ class PeriodicScheduler(LeaderService):
                 cursor = cursors.get(schedule.name)
                 last = cursor.last_time if cursor is not None else None
                 fires.extend(await self._schedule(conn, schedule, last, at))
-        self.enqueued += sum(1 for f in fires if f.job_id is not None)
+        self.enqueued += sum(1 for f in fires if f.outcome == "enqueued")
         if now is None:
             # Sleep until the next tick of any schedule (a little after it), at most max_sleep.
             upcoming = min(s.next_after(at) for s in schedules)
@@ -144,7 +144,8 @@ class PeriodicScheduler(LeaderService):
             job_id = result.job_id
             if result.unfinished_job_id is not None:
                 fires.append(Fire(schedule.name, fire_time, "overlap", result.unfinished_job_id, missed))
-                log_event(logger, logging.WARNING, "periodic.skipped_overlap", schedule=schedule.name,
+                # INFO, not WARNING: the schedule asked for this, and with short ticks it repeats.
+                log_event(logger, logging.INFO, "periodic.skipped_overlap", schedule=schedule.name,
                           fire_time=fire_time.isoformat(), unfinished_job_id=result.unfinished_job_id,
                           reason="overlap=False and the previous run has not finished")
                 continue

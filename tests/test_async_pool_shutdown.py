@@ -14,6 +14,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from pgtasks import App
 from tests.conftest import ROOT
 
@@ -69,3 +71,18 @@ def test_a_pool_closed_by_a_cancel_all_is_replaced_on_the_same_loop(app: App) ->
 
     replaced, job_id = asyncio.run(scenario())
     assert replaced and job_id > 0
+
+
+def test_concurrent_first_enqueues_share_one_pool(app: App, caplog: pytest.LogCaptureFixture) -> None:
+    @app.task(name="noop")
+    def noop() -> None: ...
+
+    async def scenario() -> tuple[int, int]:
+        refs = await asyncio.gather(*(noop.adelay() for _ in range(5)))  # all open "the" pool at once
+        closers = [t for t in asyncio.all_tasks() if t.get_name().endswith("-closer")]
+        await app.aclose()
+        return len({r.id for r in refs}), len(closers)
+
+    jobs_made, closers = asyncio.run(scenario())
+    assert (jobs_made, closers) == (5, 1)
+    assert not [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()]

@@ -81,6 +81,12 @@ def test_prunes_old_fire_records_but_keeps_each_schedules_newest_and_dead_worker
     for days in (30, 20, 10, 1):
         conn.execute(fires, ("daily", NOW - timedelta(days=days), "enqueued"))
     conn.execute(fires, ("retired", NOW - timedelta(days=40), "enqueued"))  # only record: the cursor stays
+    # overlap=False: a run enqueued 30 days ago and still unfinished, every tick since skipped. The
+    # newest enqueued record stays (the overlap check reads it), the older skipped ones go.
+    for days, outcome in ((31, "enqueued"), (30, "enqueued"), (20, "skipped"), (10, "skipped"), (1, "skipped")):
+        conn.execute(fires, ("exclusive", NOW - timedelta(days=days), outcome))
+    conn.execute(fires, ("never-ran", NOW - timedelta(days=30), "registered"))
+    conn.execute(fires, ("never-ran", NOW - timedelta(days=20), "skipped"))
     workers = (f'INSERT INTO "{schema}".workers (worker_id, hostname, pid, queues, concurrency, last_seen_at) '
                "VALUES (%s, 'h', 1, '{default}', 1, %s)")
     conn.execute(workers, ("dead", NOW - timedelta(hours=2)))
@@ -90,7 +96,10 @@ def test_prunes_old_fire_records_but_keeps_each_schedules_newest_and_dead_worker
         return await Cleaner(pool, app.store, batch_size=1).clean(now=NOW)
 
     report = run_with_pool(app, body)
-    assert (report.periodic_fires, report.dead_workers) == (3, 1)
+    assert (report.periodic_fires, report.dead_workers) == (3 + 3 + 1, 1)
     left = conn.execute(f'SELECT schedule, fire_time FROM "{schema}".periodic_fires ORDER BY 1, 2').fetchall()
-    assert left == [("daily", NOW - timedelta(days=1)), ("retired", NOW - timedelta(days=40))]
+    assert left == [("daily", NOW - timedelta(days=1)),
+                    ("exclusive", NOW - timedelta(days=30)), ("exclusive", NOW - timedelta(days=1)),
+                    ("never-ran", NOW - timedelta(days=20)),
+                    ("retired", NOW - timedelta(days=40))]
     assert conn.execute(f'SELECT worker_id FROM "{schema}".workers').fetchall() == [("alive",)]

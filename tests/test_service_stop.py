@@ -8,7 +8,6 @@ Measured while fixing the CI hang: 30 of 50 such cancels were lost. stop() must 
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime
 from typing import Any
 
@@ -38,10 +37,10 @@ def test_stop_ends_even_when_the_pool_swallows_the_cancel(database_url: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aio, "RECANCEL_AFTER", 0.2)  # the default 1 s only makes the test slower
 
-    async def scenario() -> list[float]:
+    async def scenario() -> int:
         pool = make_async_pool(database_url, application_name="pgtasks-test", max_size=1, name="test")
         await pool.open(wait=True)
-        stop_times = []
+        stopped = 0
         try:
             for round_ in range(12):
                 held = await pool.getconn()  # the service now waits in the pool for the only connection
@@ -51,14 +50,12 @@ def test_stop_ends_even_when_the_pool_swallows_the_cancel(database_url: str,
                 await pool.putconn(held)  # hand it over ...
                 for _ in range(round_ % 4):
                     await asyncio.sleep(0)
-                started = time.monotonic()
-                async with asyncio.timeout(10):  # ... and stop right then
+                async with asyncio.timeout(10):  # ... and stop right then: this must not hang
                     await service.stop()
-                stop_times.append(time.monotonic() - started)
                 assert not service.running
+                stopped += 1
         finally:
             await pool.close()
-        return stop_times
+        return stopped
 
-    stop_times = asyncio.run(scenario())
-    assert len(stop_times) == 12
+    assert asyncio.run(scenario()) == 12

@@ -77,7 +77,9 @@ def test_cancel_and_wait_recancels_a_task_that_swallowed_the_cancel() -> None:
     assert asyncio.run(scenario()) == 1
 
 
-def test_cancel_and_wait_raises_what_the_task_raised_and_lets_its_caller_be_cancelled() -> None:
+def test_cancel_and_wait_logs_what_the_task_raised_and_lets_its_caller_be_cancelled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def scenario() -> None:
         async def broken() -> None:
             try:
@@ -85,10 +87,9 @@ def test_cancel_and_wait_raises_what_the_task_raised_and_lets_its_caller_be_canc
             finally:
                 raise RuntimeError("cleanup failed")
 
-        task = asyncio.create_task(broken())
+        task = asyncio.create_task(broken(), name="broken-service")
         await asyncio.sleep(0.01)
-        with pytest.raises(RuntimeError, match="cleanup failed"):
-            await cancel_and_wait(task)
+        await cancel_and_wait(task)  # logged, not raised: the rest of a shutdown must still run
 
         async def endless() -> None:
             with contextlib.suppress(asyncio.CancelledError):
@@ -106,6 +107,32 @@ def test_cancel_and_wait_raises_what_the_task_raised_and_lets_its_caller_be_canc
             await inner
 
     asyncio.run(scenario())
+    [crash] = [r for r in caplog.records if getattr(r, "event", None) == "task.crashed"]
+    assert crash.levelname == "ERROR" and "broken-service" in crash.getMessage()
+    assert crash.exc_info is not None and "cleanup failed" in str(crash.exc_info[1])
+
+
+class _Crashing(IntervalService):
+    name = "crashing"
+
+    def __init__(self) -> None:
+        super().__init__(interval=10)
+
+    async def run_once(self, now: object = None) -> None:
+        raise ValueError("a bug, not a database error")
+
+
+def test_stopping_a_service_that_crashed_earlier_does_not_raise(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        service = _Crashing()
+        await service.start()
+        await asyncio.sleep(0.01)  # the loop has died of the ValueError by now
+        assert not service.running
+        await service.stop()
+
+    asyncio.run(scenario())
+    [crash] = [r for r in caplog.records if getattr(r, "event", None) == "task.crashed"]
+    assert "a bug, not a database error" in crash.getMessage()
 
 
 class _Ticker(IntervalService):

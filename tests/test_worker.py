@@ -15,6 +15,7 @@ import pytest
 import pgtasks
 from pgtasks import App
 from pgtasks.models import JobState, Outcome
+from pgtasks.worker import worker as worker_module
 from tests.helpers import drain, jobs, wait_for, worker_thread
 
 
@@ -129,6 +130,13 @@ def test_timeouts_fail_the_attempt_for_async_and_sync_tasks(app: App, conn: psyc
     @app.task(name="quick")
     def quick() -> None: ...
 
+    hooked: list[type[BaseException]] = []
+
+    @app.on_error
+    def record(event: pgtasks.JobEvent) -> None:
+        assert event.error is not None
+        hooked.append(type(event.error))
+
     slow_async.delay()
     slow_sync.delay()
     started = time.monotonic()
@@ -142,6 +150,7 @@ def test_timeouts_fail_the_attempt_for_async_and_sync_tasks(app: App, conn: psyc
         assert rows[name]["state"] == "discarded"
         assert rows[name]["errors"][0]["type"] == "TimeoutError"
         assert "timeout of 0.2s" in rows[name]["errors"][0]["message"]
+    assert hooked == [pgtasks.JobTimeoutError] * 2  # a TimeoutError subclass with a name that says why
     assert rows["quick"]["state"] == "completed"
     assert worker.claimed == 1
 
@@ -286,10 +295,12 @@ def test_graceful_shutdown_finishes_short_jobs_and_puts_long_ones_back(
     assert row["errors"][0]["type"] == "WorkerShutdown"
 
 
-def test_shutdown_recancels_a_job_that_swallows_cancellation(app: App, conn: psycopg.Connection[Any]) -> None:
+def test_shutdown_recancels_a_job_that_swallows_cancellation(app: App, conn: psycopg.Connection[Any],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "JOB_RECANCEL_AFTER", 0.3)  # 5 s by default
     swallowed = 0
-    stubborn_for = threading.Event()  # set: stop swallowing
-    stubborn_for.set()
+    keep_swallowing = threading.Event()  # while set, the job swallows every cancel
+    keep_swallowing.set()
 
     @app.task(name="stubborn")
     async def stubborn() -> None:
@@ -298,7 +309,7 @@ def test_shutdown_recancels_a_job_that_swallows_cancellation(app: App, conn: psy
             try:
                 await asyncio.sleep(60)
             except asyncio.CancelledError:
-                if not stubborn_for.is_set():
+                if not keep_swallowing.is_set():
                     raise
                 swallowed += 1
 
@@ -307,8 +318,8 @@ def test_shutdown_recancels_a_job_that_swallows_cancellation(app: App, conn: psy
     with (pytest.raises(RuntimeError, match=r"did not stop within 3s(.|\n)*pgtasks-job-"),
           worker_thread(app, grace=0.1, poll_interval=0.05, stop_timeout=3) as worker):
         wait_for(lambda: jobs(conn, app.schema)[0]["state"] == "running")
-    assert swallowed >= 2  # cancelled again each second, not once and then waited on forever
-    stubborn_for.clear()
+    wait_for(lambda: swallowed >= 3, timeout=10)  # cancelled again and again, not once and then waited on
+    keep_swallowing.clear()
     wait_for(lambda: worker.loop is not None and worker.loop.is_closed(), timeout=10)
     [row] = jobs(conn, app.schema)
     assert (row["state"], row["attempt"]) == ("available", 0)
@@ -322,8 +333,7 @@ def test_a_saturated_worker_waits_instead_of_spinning(app: App) -> None:
     @app.task(name="busy")
     async def busy() -> None:
         started.set()
-        while not release.is_set():
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(release.wait, 30)
 
     busy.delay()
     with worker_thread(app, concurrency=1, poll_interval=0.05, listen=False) as worker:

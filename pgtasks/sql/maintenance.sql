@@ -68,12 +68,17 @@ WHERE id IN (
 
 -- name: periodic_fire_prune
 -- Delete one batch of fire records older than the cutoff, always keeping each schedule's newest
--- record: it is the scheduler's cursor, and losing it would make the schedule start afresh.
+-- record: it is the scheduler's cursor, and losing it would make the schedule start afresh. Each
+-- schedule's newest enqueued record is kept too: overlap=False looks there for the run that may
+-- still be unfinished (a run older than the retention, behind a paused queue, say).
 DELETE FROM {schema}.periodic_fires
 WHERE (schedule, fire_time) IN (
     SELECT p.schedule, p.fire_time FROM {schema}.periodic_fires AS p
     WHERE p.fire_time < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention)s::float8)
       AND p.fire_time < (SELECT max(n.fire_time) FROM {schema}.periodic_fires AS n WHERE n.schedule = p.schedule)
+      AND NOT (p.outcome = 'enqueued'
+               AND p.fire_time = (SELECT max(e.fire_time) FROM {schema}.periodic_fires AS e
+                                  WHERE e.schedule = p.schedule AND e.outcome = 'enqueued'))
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )

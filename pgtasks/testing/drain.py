@@ -176,7 +176,10 @@ def _task_stacks(worker: Worker) -> str:
             report.append(f"- {task.get_name()}: {where or 'not started'}")
         collected.set()
 
-    loop.call_soon_threadsafe(collect)
+    try:
+        loop.call_soon_threadsafe(collect)
+    except RuntimeError:  # it closed since the check above
+        return "(the worker's event loop is closed)"
     if not collected.wait(5):
         return "(the worker's event loop is blocked: it did not answer within 5s)"
     return "\n".join(sorted(report))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from pgtasks.context import JobContext, set_current_job
-from pgtasks.errors import Cancel, Retry, Snooze, UnknownTaskError
+from pgtasks.errors import Cancel, JobTimeoutError, Retry, Snooze, UnknownTaskError
 from pgtasks.hooks import JobEvent
 from pgtasks.logs import log_event
 from pgtasks.models import ClaimedJob, ErrorEntry, JobState, Outcome
@@ -30,15 +30,11 @@ _RESULT_ENCODER = msgspec.json.Encoder()
 _UNKNOWN_TASK_RETRY = Backoff(base=5.0, max_delay=600.0)
 
 
-class _TaskTimeout(TimeoutError):
-    """The task ran past its `timeout`; recorded with type TimeoutError, like any timeout."""
-
-
 def _error(job: ClaimedJob, exc: BaseException, *, with_traceback: bool = True) -> ErrorEntry:
     return ErrorEntry(
         attempt=job.attempt,
         at=datetime.now(UTC),
-        type="TimeoutError" if isinstance(exc, _TaskTimeout) else type(exc).__qualname__,
+        type="TimeoutError" if isinstance(exc, JobTimeoutError) else type(exc).__qualname__,
         message=str(exc),
         traceback="".join(traceback.format_exception(exc)) if with_traceback else None,
     )
@@ -112,7 +108,7 @@ class Executor:
             return Outcome(job.id, job.claims, JobState.CANCELLED, error=_error(job, cancel, with_traceback=False))
         except Retry as retry:
             return self._failed(job, retry, task.config.retry, retry_in=retry.in_, with_traceback=False)
-        except _TaskTimeout as exc:  # say which limit, without a traceback of the event loop
+        except JobTimeoutError as exc:  # say which limit, without a traceback of the event loop
             return await self._failure(job, task, event, exc, with_traceback=False)
         except Exception as exc:  # noqa: BLE001 - any task failure becomes a retry, by design
             return await self._failure(job, task, event, exc)
@@ -153,7 +149,7 @@ class Executor:
                 # A thread cannot be interrupted: it finishes on its own and is not reused before that.
                 log_event(logger, logging.WARNING, "job.thread_abandoned", job_id=job.id, task=job.task,
                           threads=self.threads.size)
-            raise _TaskTimeout(f"task exceeded its timeout of {timeout}s") from exc
+            raise JobTimeoutError(f"task exceeded its timeout of {timeout}s") from exc
 
     def _failed(self, job: ClaimedJob, exc: BaseException, policy: RetryPolicy, *,
                 retry_in: float | None = None, with_traceback: bool = True) -> Outcome:

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pgtasks.worker")
 
+# At shutdown, a job still running this long after it was cancelled is cancelled again.
+JOB_RECANCEL_AFTER = 5.0
 # While the listener is down, poll at least this often so wakeups are not missed for long.
 DEGRADED_POLL_INTERVAL = 0.25
 
@@ -433,10 +435,11 @@ class Worker:
         if self._running and not self._forced:
             await self._wait_running_or_forced(asyncio.create_task(self._force.wait()))
         leftover = dict(self._running)
-        # Cancelled again every second until done: a job whose code lost the CancelledError
-        # (see pgtasks/aio.py) must not keep the worker from stopping. A job that crashed was
-        # already logged by _job_done.
-        await asyncio.gather(*(cancel_and_wait(task) for task in leftover), return_exceptions=True)
+        # Cancelled again every JOB_RECANCEL_AFTER seconds until done: a job whose code lost the
+        # CancelledError (see pgtasks/aio.py) must not keep the worker from stopping, while a
+        # job's own async cleanup on cancel gets that long before it is interrupted.
+        await asyncio.gather(*(cancel_and_wait(task, recancel_after=JOB_RECANCEL_AFTER) for task in leftover),
+                             return_exceptions=True)
         put_back = [job for task, job in leftover.items() if task.cancelled()]
         if put_back and self.completer is not None:
             now = datetime.now(UTC)
