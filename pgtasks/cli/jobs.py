@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -26,6 +26,19 @@ from pgtasks.queries import notify_channel
 ALL_STATES = [s.value for s in JobState]
 FINAL = sorted(s.value for s in FINAL_STATES)
 BATCH = 1000
+
+
+def _in_batches(label: str, total: int, run_batch: Callable[[], int], *, hidden: bool) -> int:
+    """Call `run_batch` (one batch of at most BATCH rows; returns how many) until a short batch,
+    with a progress bar on stderr; returns the rows done in all."""
+    done = 0
+    with click.progressbar(length=total, label=label, file=sys.stderr, hidden=hidden) as bar:
+        while True:
+            count = run_batch()
+            done += count
+            bar.update(count)
+            if count < BATCH:
+                return done
 
 state_option = click.option("--state", "states", multiple=True, metavar="STATE",
                             help=f"Filter by state (repeat or comma-separate): {', '.join(ALL_STATES)}.")
@@ -142,15 +155,14 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], states: tuple[str, ...],
         else:
             total = app.store.job_count_filtered(conn, states=state_list or [*FINAL, "retryable", "scheduled"],
                                                  queues=queue_list, tasks=task_list)
-            with click.progressbar(length=total, label="retrying", file=sys.stderr,
-                                   hidden=as_json) as bar:
-                while True:
-                    batch = app.store.job_retry_many(conn, states=state_list, queues=queue_list, tasks=task_list,
-                                                     limit=BATCH, channel=channel)
-                    retried += batch
-                    bar.update(len(batch))
-                    if len(batch) < BATCH:
-                        break
+
+            def retry_batch() -> int:
+                batch = app.store.job_retry_many(conn, states=state_list, queues=queue_list, tasks=task_list,
+                                                 limit=BATCH, channel=channel)
+                retried.extend(batch)
+                return len(batch)
+
+            _in_batches("retrying", total, retry_batch, hidden=as_json)
     skipped = sorted(set(job_ids) - set(retried))
     if as_json:
         emit_json({"retried": retried, "skipped": skipped})
@@ -225,16 +237,9 @@ def purge(ctx: click.Context, states: tuple[str, ...], queues: tuple[str, ...], 
                 click.echo(f"refusing to {prompt[:-1]} without confirmation: pass --yes", err=True)
                 ctx.exit(EXIT_NOT_FOUND)
             click.confirm(prompt, abort=True, err=True)
-        deleted = 0
-        with click.progressbar(length=total, label="purging", file=sys.stderr,
-                               hidden=as_json) as bar:
-            while True:
-                count = app.store.job_purge_many(conn, states=state_list, queues=queue_list, tasks=task_list,
-                                                 older_than=seconds, limit=BATCH)
-                deleted += count
-                bar.update(count)
-                if count < BATCH:
-                    break
+        deleted = _in_batches("purging", total, lambda: app.store.job_purge_many(
+            conn, states=state_list, queues=queue_list, tasks=task_list, older_than=seconds, limit=BATCH),
+            hidden=as_json)
     if as_json:
         emit_json({"deleted": deleted})
     else:
