@@ -69,13 +69,15 @@ def settle(app: App, task_name: str, job_id: int, found: tuple[str, str | None, 
     raise cls(job_id, state, error.get("type"), error.get("message"), error.get("traceback"))
 
 
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else deadline - time.monotonic()
-
-
-def _timeout(job_id: int, timeout: float | None) -> WaitTimeoutError:
-    return WaitTimeoutError(f"job {job_id} did not finish within {timeout}s; wait longer or check `pgtasks jobs show "
-                            f"{job_id}`")
+def _next_pause(deadline: float | None, poll_interval: float, job_id: int, timeout: float | None) -> float:
+    """How long to wait before looking again: the poll interval, cut to the time left; raises once it is up."""
+    if deadline is None:
+        return poll_interval
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise WaitTimeoutError(f"job {job_id} did not finish within {timeout}s; wait longer or check "
+                               f"`pgtasks jobs show {job_id}`")
+    return min(poll_interval, remaining)
 
 
 def wait(app: App, task_name: str, job_id: int, *, timeout: float | None, poll_interval: float,
@@ -95,10 +97,7 @@ def wait(app: App, task_name: str, job_id: int, *, timeout: float | None, poll_i
             done, value = settle(app, task_name, job_id, app.store.job_get_outcome(conn, job_id))
             if done:
                 return value
-            remaining = _remaining(deadline)
-            if remaining is not None and remaining <= 0:
-                raise _timeout(job_id, timeout)
-            pause = poll_interval if remaining is None else min(poll_interval, remaining)
+            pause = _next_pause(deadline, poll_interval, job_id, timeout)
             if listen:
                 try:
                     for notify in conn.notifies(timeout=pause):
@@ -127,10 +126,7 @@ async def await_result(app: App, task_name: str, job_id: int, *, timeout: float 
             done, value = settle(app, task_name, job_id, await app.store.ajob_get_outcome(conn, job_id))
             if done:
                 return value
-            remaining = _remaining(deadline)
-            if remaining is not None and remaining <= 0:
-                raise _timeout(job_id, timeout)
-            pause = poll_interval if remaining is None else min(poll_interval, remaining)
+            pause = _next_pause(deadline, poll_interval, job_id, timeout)
             if listen:
                 try:
                     async for notify in conn.notifies(timeout=pause):
