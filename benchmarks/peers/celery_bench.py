@@ -35,7 +35,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from peer_common import WorkerProcess, emit, paced_enqueue, parser, percentiles, run_workload, wait_until
+from peer_common import (
+    WorkerProcess,
+    emit,
+    emit_idle_latency,
+    paced_run,
+    parser,
+    run_workload,
+    wait_until,
+)
 
 LIBRARY = "celery"
 TASK = "pgtasks_bench.noop"
@@ -199,16 +207,12 @@ def cmd_drain(redis_url: str, jobs: int, concurrency: int | None) -> None:
 def cmd_latency(redis_url: str, jobs: int, interval: float) -> None:
     with bench_run(redis_url) as bench:
         with WorkerProcess(__file__, "", _worker_args(bench, None)) as w:
-            bench.task.apply_async()  # warm-up, records no latency
-            _wait_for(bench, w, 1, 60, "the warm-up job")
-            seconds = paced_enqueue(lambda: bench.task.apply_async((time.time(),)), jobs, interval)
-            _wait_for(bench, w, jobs + 1, 120, "all jobs")
+            # The warm-up job carries no enqueue time, so it records no latency.
+            seconds = paced_run(w, lambda: bench.task.apply_async((time.time(),)), bench.done, jobs=jobs,
+                                interval=interval, warm_up=bench.task.apply_async)
             w.stop()
         latencies = [float(v) for v in bench.redis().lrange(bench.lat_key, 0, -1)]
-        if len(latencies) != jobs:
-            raise RuntimeError(f"celery latency: {len(latencies)} of {jobs} recorded")
-        emit(LIBRARY, "idle_latency", jobs, seconds, broker="redis", wakeup="BRPOP",
-             interval_ms=round(interval * 1000, 1), **percentiles(latencies))
+        emit_idle_latency(LIBRARY, jobs, seconds, interval, latencies, broker="redis", wakeup="BRPOP")
 
 
 def cmd_worker(redis_url: str, run: str, concurrency: int | None, log_level: str) -> None:

@@ -31,8 +31,8 @@ import psycopg
 from peer_common import (
     WorkerProcess,
     emit,
+    emit_idle_latency,
     parser,
-    percentiles,
     run_workload,
     throwaway_schema,
     wait_until,
@@ -215,9 +215,7 @@ def cmd_latency(dsn: str, jobs: int, interval: float) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             rows = conn.execute(f'SELECT extract(epoch FROM attempted_at - inserted_at) * 1000 '
                                 f'FROM "{schema}".oban_jobs ORDER BY id'.encode()).fetchall()
-        latencies = [float(r[0]) for r in rows][1:]
-        emit(LIBRARY, "idle_latency", jobs, seconds, listen=True, interval_ms=round(interval * 1000, 1),
-             **percentiles(latencies))
+        emit_idle_latency(LIBRARY, jobs, seconds, interval, [float(r[0]) for r in rows][1:], listen=True)
 
 
 def cmd_worker(dsn: str, schema: str, concurrency: int | None) -> None:

@@ -128,6 +128,27 @@ def paced_enqueue(enqueue: Callable[[], object], jobs: int, interval: float) -> 
     return time.perf_counter() - started
 
 
+def paced_run(worker: WorkerProcess, enqueue: Callable[[], object], completed: Callable[[], int], *,
+              jobs: int, interval: float, warm_up: Callable[[], object] | None = None) -> float:
+    """The idle-latency workload against a running worker: one warm-up job (run to completion,
+    then left out of the figures), then `jobs` jobs `interval` seconds apart; waits until all
+    ran and returns the seconds the paced enqueueing took."""
+    (warm_up or enqueue)()
+    wait_until(lambda: completed() >= 1, timeout=60, worker=worker, what="the warm-up job")
+    seconds = paced_enqueue(enqueue, jobs, interval)
+    wait_until(lambda: completed() >= jobs + 1, timeout=120, worker=worker, what="all jobs")
+    return seconds
+
+
+def emit_idle_latency(library: str, jobs: int, seconds: float, interval: float, latencies_ms: Sequence[float],
+                      **details: Any) -> None:
+    """The idle-latency result line: percentiles of each job's start - enqueue, in milliseconds."""
+    if len(latencies_ms) != jobs:
+        raise RuntimeError(f"{library} latency: {len(latencies_ms)} of {jobs} jobs recorded a latency")
+    emit(library, "idle_latency", jobs, seconds, **details, interval_ms=round(interval * 1000, 1),
+         **percentiles(latencies_ms))
+
+
 def wait_until(condition: Callable[[], bool], *, timeout: float, worker: WorkerProcess, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -18,13 +18,12 @@ import psycopg
 from peer_common import (
     WorkerProcess,
     emit,
-    paced_enqueue,
+    emit_idle_latency,
+    paced_run,
     parser,
-    percentiles,
     run_workload,
     scalar,
     throwaway_schema,
-    wait_until,
 )
 
 LIBRARY = "pgqueuer"
@@ -132,10 +131,7 @@ def cmd_latency(dsn: str, jobs: int, interval: float) -> None:
         with WorkerProcess(__file__, dsn, [*_worker_args(schema, None, False)]) as w, \
                 psycopg.connect(dsn, autocommit=True) as conn:
             queries = _sync_queries(conn)
-            queries.enqueue(ENTRYPOINT, None)
-            wait_until(lambda: done() >= 1, timeout=60, worker=w, what="the warm-up job")
-            seconds = paced_enqueue(lambda: queries.enqueue(ENTRYPOINT, None), jobs, interval)
-            wait_until(lambda: done() >= jobs + 1, timeout=120, worker=w, what="all jobs")
+            seconds = paced_run(w, lambda: queries.enqueue(ENTRYPOINT, None), done, jobs=jobs, interval=interval)
             w.stop()
         with psycopg.connect(dsn, autocommit=True) as conn:
             rows = conn.execute(
@@ -143,9 +139,7 @@ def cmd_latency(dsn: str, jobs: int, interval: float) -> None:
                 f"JOIN {log} p ON p.job_id = q.job_id AND p.status = 'picked' "
                 f"WHERE q.status = 'queued' ORDER BY q.job_id".encode()
             ).fetchall()
-        latencies = [float(r[0]) for r in rows][1:]
-        emit(LIBRARY, "idle_latency", jobs, seconds, listen=True, interval_ms=round(interval * 1000, 1),
-             **percentiles(latencies))
+        emit_idle_latency(LIBRARY, jobs, seconds, interval, [float(r[0]) for r in rows][1:], listen=True)
 
 
 def cmd_worker(dsn: str, schema: str, concurrency: int | None, burst: bool) -> None:

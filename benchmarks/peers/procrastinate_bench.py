@@ -11,19 +11,20 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from peer_common import (
     WorkerProcess,
     emit,
-    paced_enqueue,
+    emit_idle_latency,
+    paced_run,
     parser,
-    percentiles,
     run_workload,
     scalar,
     throwaway_schema,
-    wait_until,
     with_search_path,
 )
 
@@ -48,10 +49,15 @@ def _app(dsn: str, *, sync: bool) -> Any:
     return app
 
 
-def _install(dsn: str) -> None:
-    app = _app(dsn, sync=True)
-    with app.open():
-        app.schema_manager.apply_schema()
+@contextmanager
+def _installed_schema(dsn: str) -> Iterator[tuple[str, str]]:
+    """A throwaway schema with procrastinate's tables; yields (schema, a DSN whose search_path is it)."""
+    with throwaway_schema(dsn, "bench_pcr") as schema:
+        sdsn = with_search_path(dsn, schema)
+        app = _app(sdsn, sync=True)
+        with app.open():
+            app.schema_manager.apply_schema()
+        yield schema, sdsn
 
 
 def _fill(app: Any, jobs: int, chunk: int = 5000) -> None:
@@ -70,9 +76,7 @@ def _worker_args(schema: str, concurrency: int | None, burst: bool) -> list[str]
 
 
 def cmd_enqueue(dsn: str, jobs: int) -> None:
-    with throwaway_schema(dsn, "bench_pcr") as schema:
-        sdsn = with_search_path(dsn, schema)
-        _install(sdsn)
+    with _installed_schema(dsn) as (_schema, sdsn):
         app = _app(sdsn, sync=True)
         with app.open():
             task = app.tasks["noop"]
@@ -85,9 +89,7 @@ def cmd_enqueue(dsn: str, jobs: int) -> None:
 
 
 def cmd_bulk(dsn: str, jobs: int, chunk: int) -> None:
-    with throwaway_schema(dsn, "bench_pcr") as schema:
-        sdsn = with_search_path(dsn, schema)
-        _install(sdsn)
+    with _installed_schema(dsn) as (_schema, sdsn):
         app = _app(sdsn, sync=True)
         with app.open():
             task = app.tasks["noop"]
@@ -100,9 +102,7 @@ def cmd_bulk(dsn: str, jobs: int, chunk: int) -> None:
 
 
 def cmd_drain(dsn: str, jobs: int, concurrency: int | None) -> None:
-    with throwaway_schema(dsn, "bench_pcr") as schema:
-        sdsn = with_search_path(dsn, schema)
-        _install(sdsn)
+    with _installed_schema(dsn) as (schema, sdsn):
         app = _app(sdsn, sync=True)
         with app.open():
             _fill(app, jobs)
@@ -119,9 +119,7 @@ def cmd_drain(dsn: str, jobs: int, concurrency: int | None) -> None:
 
 
 def cmd_latency(dsn: str, jobs: int, interval: float) -> None:
-    with throwaway_schema(dsn, "bench_pcr") as schema:
-        sdsn = with_search_path(dsn, schema)
-        _install(sdsn)
+    with _installed_schema(dsn) as (schema, sdsn):
         events = f'"{schema}".procrastinate_events'
 
         def done() -> int:
@@ -129,11 +127,7 @@ def cmd_latency(dsn: str, jobs: int, interval: float) -> None:
 
         app = _app(sdsn, sync=True)
         with WorkerProcess(__file__, dsn, _worker_args(schema, None, False)) as w, app.open():
-            task = app.tasks["noop"]
-            task.defer()
-            wait_until(lambda: done() >= 1, timeout=60, worker=w, what="the warm-up job")
-            seconds = paced_enqueue(task.defer, jobs, interval)
-            wait_until(lambda: done() >= jobs + 1, timeout=120, worker=w, what="all jobs")
+            seconds = paced_run(w, app.tasks["noop"].defer, done, jobs=jobs, interval=interval)
             w.stop()
         with psycopg.connect(dsn, autocommit=True) as conn:
             rows = conn.execute(
@@ -141,9 +135,7 @@ def cmd_latency(dsn: str, jobs: int, interval: float) -> None:
                 f"JOIN {events} s ON s.job_id = d.job_id AND s.type = 'started' "
                 f"WHERE d.type = 'deferred' ORDER BY d.job_id".encode()
             ).fetchall()
-        latencies = [float(r[0]) for r in rows][1:]
-        emit(LIBRARY, "idle_latency", jobs, seconds, listen=True, interval_ms=round(interval * 1000, 1),
-             **percentiles(latencies))
+        emit_idle_latency(LIBRARY, jobs, seconds, interval, [float(r[0]) for r in rows][1:], listen=True)
 
 
 def cmd_worker(dsn: str, schema: str, concurrency: int | None, burst: bool) -> None:
