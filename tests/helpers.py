@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import psycopg
@@ -56,3 +57,18 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, interval: flo
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def is_leader(worker: Worker) -> bool:
+    return worker.maintenance is not None and worker.maintenance.is_leader
+
+
+@contextlib.contextmanager
+def leader_and_follower(app: App, **options: Any) -> Iterator[tuple[Worker, Worker]]:
+    """Two worker threads of `app`: the first started and elected before the second starts."""
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(worker_thread(app, **options))
+        wait_for(lambda: is_leader(first), timeout=10)
+        second = stack.enter_context(worker_thread(app, **options))
+        assert second.maintenance is not None
+        yield first, second

@@ -4,7 +4,6 @@ with a notification, heartbeats, and the `pgtasks leader` command."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,7 @@ from pgtasks.cli import main
 from pgtasks.connections import make_async_pool
 from pgtasks.leader import Elector
 from pgtasks.maintenance import MaintenanceConfig
-from tests.helpers import run_with_pool, wait_for, worker_thread
+from tests.helpers import is_leader, leader_and_follower, run_with_pool, wait_for, worker_thread
 
 T = TypeVar("T")
 T0 = datetime(2024, 1, 1, 10, 0, 0, tzinfo=UTC)
@@ -123,10 +122,7 @@ def test_graceful_stop_resigns_and_a_follower_takes_over_at_once(app: App, conn:
     leader's stop is only possible through the resignation's NOTIFY."""
     options: dict[str, Any] = {"leader_ttl": 30.0, "heartbeat_interval": 0.2, "rescue_after": 5.0,
                                "poll_interval": 0.2}
-    with contextlib.ExitStack() as stack:
-        first = stack.enter_context(worker_thread(app, **options))
-        wait_for(lambda: first.maintenance is not None and first.maintenance.is_leader, timeout=10)
-        second = stack.enter_context(worker_thread(app, **options))
+    with leader_and_follower(app, **options) as (first, second):
         assert second.maintenance is not None and second.listening
         workers = {r[0] for r in conn.execute(f'SELECT worker_id FROM "{schema}".workers').fetchall()}
         assert workers == {first.worker_id, second.worker_id}
@@ -134,7 +130,7 @@ def test_graceful_stop_resigns_and_a_follower_takes_over_at_once(app: App, conn:
         assert before is not None and before[0] == first.worker_id
         stopped_at = time.monotonic()
         first.request_stop()
-        wait_for(lambda: second.maintenance is not None and second.maintenance.is_leader, timeout=8)
+        wait_for(lambda: is_leader(second), timeout=8)
         took_over_after = time.monotonic() - stopped_at
         after = lease_row(conn, schema)
         assert after is not None and after[0] == second.worker_id and after[1] == before[1] + 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import logging
 import os
@@ -26,7 +25,7 @@ from pgtasks.connections import make_async_pool, make_pool, went_stale
 from pgtasks.poolmode import PoolMode, detect_pool_mode
 from pgtasks.worker.listening import ListenPlan, plan_listening
 from tests.conftest import ROOT
-from tests.helpers import drain, jobs, wait_for, worker_thread
+from tests.helpers import drain, is_leader, jobs, leader_and_follower, wait_for, worker_thread
 from tests.pgbouncer_fixtures import PgBouncerLab, Target
 from tests.tcp_proxy import freezable_proxy
 
@@ -597,15 +596,12 @@ def test_leader_election_and_periodic_ticks_through_each_target(
 
     options: dict[str, Any] = {"leader_ttl": 2.0, "heartbeat_interval": 0.2, "rescue_after": 5.0,
                                "poll_interval": 0.2}
-    with contextlib.ExitStack() as stack:
-        first = stack.enter_context(worker_thread(target_app, **options))
-        wait_for(lambda: first.maintenance is not None and first.maintenance.is_leader, timeout=10)
-        second = stack.enter_context(worker_thread(target_app, **options))
+    with leader_and_follower(target_app, **options) as (first, second):
         assert first.maintenance is not None and second.maintenance is not None
         wait_for(lambda: len(enqueued_ticks()) >= 2, timeout=15)
         assert not second.maintenance.is_leader
         first.request_stop()
-        wait_for(lambda: second.maintenance is not None and second.maintenance.is_leader, timeout=10)
+        wait_for(lambda: is_leader(second), timeout=10)
         after_takeover = len(enqueued_ticks())
         wait_for(lambda: len(enqueued_ticks()) >= after_takeover + 2, timeout=15)
     ticks = enqueued_ticks()
