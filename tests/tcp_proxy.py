@@ -44,8 +44,20 @@ class _Link:
                 sock.close()
 
 
+def connect_upstream(host: str, port: int) -> socket.socket:
+    """A TCP connection to host:port, or to PostgreSQL's Unix socket when `host` is a directory."""
+    if host.startswith("/"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(f"{host}/.s.PGSQL.{port}")
+        return sock
+    return socket.create_connection((host, port))
+
+
 class FreezableProxy:
-    """Forwards 127.0.0.1:<port> to `target`. freeze() silences every link open now; new links work."""
+    """Forwards 127.0.0.1:<port> to `target` (TCP, or a Unix socket directory as libpq names one).
+
+    freeze() silences every link open now; new links work.
+    """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -65,7 +77,7 @@ class FreezableProxy:
                 continue
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
+            upstream = connect_upstream(*self.target)
             link = _Link(client, upstream)
             with self._lock:
                 self._links.append(link)
