@@ -7,7 +7,7 @@ import os
 import statistics
 from collections.abc import Callable
 
-from pgtasks.bench import Result
+from pgtasks.ops.bench import Result
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 LATENCY_KEYS = ("p50_ms", "p95_ms", "p99_ms", "max_ms")

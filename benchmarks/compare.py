@@ -29,7 +29,7 @@ import psycopg
 from bench_common import base_parser
 
 import pgtasks
-from pgtasks import bench
+from pgtasks.ops import bench
 
 HERE = Path(__file__).resolve().parent
 

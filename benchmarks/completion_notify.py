@@ -16,9 +16,9 @@ from bench_common import base_parser
 from psycopg import AsyncConnection
 
 from pgtasks import App
-from pgtasks.bench import drop_schema
-from pgtasks.connections import connection_kwargs
-from pgtasks.models import JobState, Outcome
+from pgtasks.core.models import JobState, Outcome
+from pgtasks.ops.bench import drop_schema
+from pgtasks.storage.connections import connection_kwargs
 
 
 async def round_once(app: App, jobs: int, batch: int, enabled: bool) -> float:

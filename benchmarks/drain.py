@@ -11,7 +11,7 @@ import shlex
 
 from bench_common import base_parser, emit, repeated
 
-from pgtasks import bench
+from pgtasks.ops import bench
 
 
 def main(argv: list[str] | None = None) -> None:

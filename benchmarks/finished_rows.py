@@ -21,7 +21,7 @@ import psycopg
 from bench_common import base_parser
 from pgbench_ceiling import CLAIM, find_pgbench, run_pgbench
 
-from pgtasks import bench
+from pgtasks.ops import bench
 
 FINISH = {
     "update": "UPDATE {jobs} SET state = 'completed', finalized_at = now() "

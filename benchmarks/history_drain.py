@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 from bench_common import base_parser, emit, repeated
 
-from pgtasks import App, bench
+from pgtasks import App
+from pgtasks.ops import bench
 
 HISTORY_TASK = "pgtasks.bench.history"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench_common import base_parser, emit, repeated
 
-from pgtasks import bench
+from pgtasks.ops import bench
 
 
 def main(argv: list[str] | None = None) -> None:

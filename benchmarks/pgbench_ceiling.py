@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from bench_common import base_parser
 
-from pgtasks import bench
+from pgtasks.ops import bench
 
 _TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 

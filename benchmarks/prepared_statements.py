@@ -25,8 +25,8 @@ from bench_common import base_parser
 from psycopg import AsyncConnection
 
 from pgtasks import App
-from pgtasks.models import EnqueueRow, JobState, Outcome
-from pgtasks.options import EnqueueOptions
+from pgtasks.core.models import EnqueueRow, JobState, Outcome
+from pgtasks.core.options import EnqueueOptions
 
 
 def _connect_kwargs(prepared: bool) -> dict[str, Any]:

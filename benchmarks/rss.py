@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench_common import base_parser
 
-from pgtasks import bench
+from pgtasks.ops import bench
 
 
 def read_status(pid: int) -> dict[str, float]:

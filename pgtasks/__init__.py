@@ -1,9 +1,9 @@
 """pgtasks: Celery-style background tasks on PostgreSQL, enqueued inside your own transaction."""
 
 from pgtasks.app import App
-from pgtasks.cleaner import Retention
-from pgtasks.context import JobContext, current_job
-from pgtasks.errors import (
+from pgtasks.client.task import Call, ConfiguredTask, JobRef, Task
+from pgtasks.core.context import JobContext, current_job
+from pgtasks.core.errors import (
     Cancel,
     ConfigurationError,
     ConnectionLostError,
@@ -25,11 +25,11 @@ from pgtasks.errors import (
     UnknownTaskError,
     WaitTimeoutError,
 )
-from pgtasks.hooks import JobEvent
-from pgtasks.models import JobState
-from pgtasks.retry import Backoff, Fixed, RetryPolicy
-from pgtasks.task import Call, ConfiguredTask, JobRef, Task
-from pgtasks.unique import Unique
+from pgtasks.core.hooks import JobEvent
+from pgtasks.core.models import JobState
+from pgtasks.core.retry import Backoff, Fixed, RetryPolicy
+from pgtasks.core.unique import Unique
+from pgtasks.leadership.cleaner import Retention
 from pgtasks.worker import Worker
 
 __version__ = "0.1.0.dev0"

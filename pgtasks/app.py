@@ -17,9 +17,16 @@ import psycopg
 from psycopg import AsyncConnection, Connection
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from pgtasks import migrations
-from pgtasks.aio import cancel_and_wait
-from pgtasks.connections import (
+from pgtasks.client.task import Call, JobRef, Task, TaskConfig
+from pgtasks.core.aio import cancel_and_wait
+from pgtasks.core.errors import ConfigurationError, DuplicateTaskError, SchemaNotMigratedError
+from pgtasks.core.hooks import Hook, Hooks  # issue 6
+from pgtasks.core.models import EnqueueRow
+from pgtasks.core.options import validate_max_attempts, validate_priority, validate_queue
+from pgtasks.core.retry import Backoff, RetryPolicy
+from pgtasks.core.unique import Unique, as_unique  # issue 6
+from pgtasks.storage import migrations
+from pgtasks.storage.connections import (
     check_dsn,
     close_with_loop,
     connection_kwargs,
@@ -27,20 +34,13 @@ from pgtasks.connections import (
     make_pool,
     refusing_statement_pooling,
 )
-from pgtasks.errors import ConfigurationError, DuplicateTaskError, SchemaNotMigratedError
-from pgtasks.hooks import Hook, Hooks  # issue 6
-from pgtasks.models import EnqueueRow
-from pgtasks.options import validate_max_attempts, validate_priority, validate_queue
-from pgtasks.queries import validate_schema_name
-from pgtasks.retry import Backoff, RetryPolicy
-from pgtasks.store import Store
-from pgtasks.task import Call, JobRef, Task, TaskConfig
-from pgtasks.unique import Unique, as_unique  # issue 6
+from pgtasks.storage.queries import validate_schema_name
+from pgtasks.storage.store import Store
 
 if TYPE_CHECKING:
     from datetime import timedelta, tzinfo
 
-    from pgtasks.periodic import PeriodicSchedule
+    from pgtasks.core.schedules import PeriodicSchedule
     from pgtasks.worker import Worker
 
 P = ParamSpec("P")
@@ -146,7 +146,7 @@ class App:
         env = os.environ.get(DATABASE_URL_ENV)
         if env:
             return check_dsn(env, name=DATABASE_URL_ENV)
-        from pgtasks.embedded import embedded_dsn  # noqa: PLC0415 - optional, heavy
+        from pgtasks.storage.embedded import embedded_dsn  # noqa: PLC0415 - optional, heavy
 
         dsn = embedded_dsn(self.embedded_dir)
         self._is_embedded = True
@@ -178,7 +178,7 @@ class App:
 
         `store_result=False` keeps the return value out of jobs.result. `unique=True` (or a
         pgtasks.Unique) gives every job a unique_key from its arguments, so enqueueing a duplicate
-        while one is pending or running returns the existing job (see pgtasks.unique).
+        while one is pending or running returns the existing job (see pgtasks.core.unique).
         """
         unique_spec = as_unique(unique)
         validate_queue(queue)
@@ -209,7 +209,7 @@ class App:
 
         return register(func) if func is not None else register
 
-    # -- middleware hooks (issue 6; logic in pgtasks.hooks) ------------------------------------------
+    # -- middleware hooks (issue 6; logic in pgtasks.core.hooks) ------------------------------------------
 
     def before_job(self, hook: Hook) -> Hook:
         """Register `hook(event: pgtasks.JobEvent)` to run before each job attempt (a decorator)."""
@@ -226,7 +226,7 @@ class App:
         self.hooks.error.append(hook)
         return hook
 
-    # -- periodic tasks (issue 3; logic in pgtasks.periodic) -----------------------------------------
+    # -- periodic tasks (issue 3; logic in pgtasks.core.schedules) -----------------------------------------
 
     def periodic(
         self, *, cron: str | None = None, every: timedelta | float | None = None, args: Sequence[Any] = (),
@@ -242,7 +242,7 @@ class App:
         each missed tick, the newest `catch_up_limit` of them. `overlap=False` skips a tick
         while the job of the previous tick is still queued or running. See docs/periodic.md.
         """
-        from pgtasks.periodic import periodic_decorator  # noqa: PLC0415 - keeps croniter off the import path
+        from pgtasks.core.schedules import periodic_decorator  # noqa: PLC0415 - keeps croniter off the import path
 
         return periodic_decorator(self, cron=cron, every=every, args=args, kwargs=kwargs, timezone=timezone,
                                   catch_up=catch_up, catch_up_limit=catch_up_limit, name=name, overlap=overlap)

@@ -24,7 +24,7 @@ def database_url() -> str:
     url = os.environ.get("PGTASKS_TEST_DATABASE_URL")
     if url:
         return url
-    from pgtasks.embedded import embedded_dsn
+    from pgtasks.storage.embedded import embedded_dsn
 
     return embedded_dsn(ROOT / ".pgtasks" / "test-postgres")
 

@@ -12,7 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgtasks import App, Worker
-from pgtasks.connections import make_async_pool
+from pgtasks.storage.connections import make_async_pool
 from pgtasks.testing import worker_thread
 
 __all__ = ["drain", "jobs", "run_with_pool", "wait_for", "worker_thread"]

@@ -28,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from pgtasks import App
-from pgtasks.poolmode import PoolMode
+from pgtasks.storage.poolmode import PoolMode
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts" / "pgbouncer"

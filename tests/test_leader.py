@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from pgtasks import App, ConfigurationError
 from pgtasks.cli import main
-from pgtasks.connections import make_async_pool
-from pgtasks.leader import Elector
-from pgtasks.maintenance import MaintenanceConfig
+from pgtasks.leadership.elector import Elector
+from pgtasks.leadership.maintenance import MaintenanceConfig
+from pgtasks.storage.connections import make_async_pool
 from tests.helpers import is_leader, leader_and_follower, run_with_pool, wait_for, worker_thread
 
 T = TypeVar("T")

@@ -7,7 +7,8 @@ import threading
 import psycopg
 import pytest
 
-from pgtasks import App, SchemaNotMigratedError, migrations
+from pgtasks import App, SchemaNotMigratedError
+from pgtasks.storage import migrations
 from tests.helpers import drain
 
 

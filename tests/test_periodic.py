@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from pgtasks import App, ConfigurationError
-from pgtasks.scheduler import Fire, PeriodicScheduler
+from pgtasks.leadership.scheduler import Fire, PeriodicScheduler
 from tests.conftest import ROOT
 from tests.helpers import run_with_pool
 

@@ -21,8 +21,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 import pgtasks
 from pgtasks import App, ConfigurationError, ConnectionLostError, StatementPoolingError
-from pgtasks.connections import make_async_pool, make_pool, went_stale
-from pgtasks.poolmode import PoolMode, detect_pool_mode
+from pgtasks.storage.connections import make_async_pool, make_pool, went_stale
+from pgtasks.storage.poolmode import PoolMode, detect_pool_mode
 from pgtasks.worker.listening import ListenPlan, plan_listening
 from tests.conftest import ROOT
 from tests.helpers import drain, is_leader, jobs, leader_and_follower, wait_for, worker_thread

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 import psycopg
 
 from pgtasks import App
-from pgtasks.heartbeat import Heartbeat
-from pgtasks.models import ClaimedJob, ErrorEntry, JobState, Outcome
-from pgtasks.rescuer import Rescuer
+from pgtasks.core.models import ClaimedJob, ErrorEntry, JobState, Outcome
+from pgtasks.leadership.heartbeat import Heartbeat
+from pgtasks.leadership.rescuer import Rescuer
 from pgtasks.worker.completer import Completer
 from tests.helpers import jobs, run_with_pool
 

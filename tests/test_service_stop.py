@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from pgtasks import aio
-from pgtasks.connections import make_async_pool
-from pgtasks.service import IntervalService
+from pgtasks.core import aio
+from pgtasks.core.service import IntervalService
+from pgtasks.storage.connections import make_async_pool
 
 
 class _PoolUser(IntervalService):

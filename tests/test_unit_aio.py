@@ -12,8 +12,8 @@ import contextlib
 
 import pytest
 
-from pgtasks.aio import cancel_and_wait, wait_event
-from pgtasks.service import IntervalService
+from pgtasks.core.aio import cancel_and_wait, wait_event
+from pgtasks.core.service import IntervalService
 
 
 def test_wait_event_reports_set_and_timeout() -> None:

@@ -10,8 +10,8 @@ from decimal import Decimal
 import msgspec
 import pytest
 
-from pgtasks.arguments import ArgumentCodec
-from pgtasks.errors import TaskArgumentError
+from pgtasks.core.arguments import ArgumentCodec
+from pgtasks.core.errors import TaskArgumentError
 
 
 class Address(msgspec.Struct):

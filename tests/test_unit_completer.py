@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from pgtasks.errors import ConnectionLostError
-from pgtasks.models import JobState, Outcome
+from pgtasks.core.errors import ConnectionLostError
+from pgtasks.core.models import JobState, Outcome
 from pgtasks.worker import completer as completer_module
 from pgtasks.worker.completer import Completer
 

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pgtasks.errors import ConfigurationError
-from pgtasks.options import EnqueueOptions, build_row
-from pgtasks.queries import parse_named_queries, queries_for, validate_schema_name
-from pgtasks.retry import Backoff, Fixed
+from pgtasks.core.errors import ConfigurationError
+from pgtasks.core.options import EnqueueOptions, build_row
+from pgtasks.core.retry import Backoff, Fixed
+from pgtasks.storage.queries import parse_named_queries, queries_for, validate_schema_name
 
 DEFAULTS = EnqueueOptions(queue="default", priority=0, max_attempts=20)
 

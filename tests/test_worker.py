@@ -14,7 +14,7 @@ import pytest
 
 import pgtasks
 from pgtasks import App
-from pgtasks.models import JobState, Outcome
+from pgtasks.core.models import JobState, Outcome
 from pgtasks.worker import worker as worker_module
 from tests.helpers import drain, jobs, wait_for, worker_thread
 

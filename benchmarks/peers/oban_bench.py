@@ -1,7 +1,7 @@
 """oban (oban-py) on the pgtasks benchmark workloads (see benchmarks/compare.py).
 
 oban needs Python 3.12+, so compare.py runs this script in a venv of its own
-(`<peers venv>-py3.12`). Measured like pgtasks.bench, from oban_jobs' own timestamps:
+(`<peers venv>-py3.12`). Measured like pgtasks.ops.bench, from oban_jobs' own timestamps:
 - enqueue: oban.enqueue() N times, each its own transaction, timed on the client. oban's client is
   asyncio only, so the loop runs in asyncio.run (pgtasks' .delay() is sync).
 - bulk: oban.enqueue_many(), one call (one transaction) per chunk. In the open-source package that

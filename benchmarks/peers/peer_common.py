@@ -1,6 +1,6 @@
 """Plumbing shared by the peer benchmarks (run in the peers venv, so stdlib + psycopg only).
 
-Each peer script runs the same workloads as pgtasks.bench, measured the same way: single and
+Each peer script runs the same workloads as pgtasks.ops.bench, measured the same way: single and
 bulk enqueue timed on the client; drain rate and start latency from the peer's own database
 timestamps (first claim to last completion; claim minus enqueue), completions counted in the
 database; workers run as subprocesses with INFO logging to a temp file.
@@ -49,7 +49,7 @@ def throwaway_schema(dsn: str, prefix: str) -> Iterator[str]:
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
-    """p50 / p95 / p99 / max, interpolated like pgtasks.bench.percentiles."""
+    """p50 / p95 / p99 / max, interpolated like pgtasks.ops.bench.percentiles."""
     if not values:
         raise RuntimeError("no latencies were recorded")
     cuts = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else [values[0]] * 99
@@ -58,7 +58,7 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
 
 
 def emit(library: str, workload: str, jobs: int, seconds: float, **details: Any) -> None:
-    """Print one JSON result line, shaped like pgtasks.bench.Result.as_dict()."""
+    """Print one JSON result line, shaped like pgtasks.ops.bench.Result.as_dict()."""
     rate = jobs / seconds if seconds > 0 else 0.0
     print(json.dumps({"library": library, "workload": workload, "jobs": jobs, "seconds": round(seconds, 4),
                       "rate": round(rate, 1), **details}), flush=True)

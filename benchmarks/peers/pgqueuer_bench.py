@@ -1,6 +1,6 @@
 """pgqueuer on the pgtasks benchmark workloads (run with the peers venv's python; see benchmarks/compare.py).
 
-Same measurements as pgtasks.bench: enqueue timed on the client with pgqueuer's sync driver (like
+Same measurements as pgtasks.ops.bench: enqueue timed on the client with pgqueuer's sync driver (like
 pgtasks' sync .delay()); drain and start latency from pgqueuer_log timestamps ('picked' and
 'successful' rows are written with now() of their transactions), completions counted there.
 """

@@ -1,6 +1,6 @@
 """procrastinate on the pgtasks benchmark workloads (run with the peers venv's python; see benchmarks/compare.py).
 
-Same measurements as pgtasks.bench: enqueue timed on the client through procrastinate's sync
+Same measurements as pgtasks.ops.bench: enqueue timed on the client through procrastinate's sync
 connector (like pgtasks' sync .delay()); drain and start latency from procrastinate_events
 ('deferred', 'started' and 'succeeded' rows, stamped with now() of their transactions).
 """

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from pgtasks.app import DATABASE_URL_ENV, App
-from pgtasks.errors import PgtasksError
+from pgtasks.core.errors import PgtasksError
 
 APP_ENV = "PGTASKS_APP"
 

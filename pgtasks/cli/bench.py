@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from pgtasks import bench
 from pgtasks.cli.base import CliState
-from pgtasks.connections import redact
+from pgtasks.ops import bench
+from pgtasks.storage.connections import redact
 
 
 @click.command("bench")

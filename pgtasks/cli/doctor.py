@@ -1,4 +1,4 @@
-"""`pgtasks doctor`: run the health checks of pgtasks.doctor; exit 1 when one fails (for health checks)."""
+"""`pgtasks doctor`: run the health checks of pgtasks.ops.doctor; exit 1 when one fails (for health checks)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import click
 
 from pgtasks.cli.base import CliState
 from pgtasks.cli.output import EXIT_NOT_FOUND, emit_json, json_option
-from pgtasks.doctor import FAIL, WARN, DoctorOptions, run_checks
+from pgtasks.ops.doctor import FAIL, WARN, DoctorOptions, run_checks
 
 _MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
 

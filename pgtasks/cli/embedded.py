@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pgtasks.embedded import default_data_dir, stop_embedded
+from pgtasks.storage.embedded import default_data_dir, stop_embedded
 
 
 @click.group()

@@ -9,7 +9,6 @@ from typing import Any
 import click
 import msgspec
 
-from pgtasks.channels import control_channel
 from pgtasks.cli.base import CliState
 from pgtasks.cli.output import (
     EXIT_NOT_FOUND,
@@ -20,8 +19,9 @@ from pgtasks.cli.output import (
     split_csv,
     table,
 )
-from pgtasks.models import FINAL_STATES, JobState
-from pgtasks.queries import notify_channel
+from pgtasks.core.channels import control_channel
+from pgtasks.core.models import FINAL_STATES, JobState
+from pgtasks.storage.queries import notify_channel
 
 ALL_STATES = [s.value for s in JobState]
 FINAL = sorted(s.value for s in FINAL_STATES)

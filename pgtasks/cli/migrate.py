@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from pgtasks import migrations
 from pgtasks.cli.base import CliState
+from pgtasks.storage import migrations
 
 
 @click.group(invoke_without_command=True)

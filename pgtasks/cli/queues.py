@@ -8,8 +8,8 @@ import click
 
 from pgtasks.cli.base import CliState
 from pgtasks.cli.output import emit_json, human_duration, json_option, table
-from pgtasks.options import validate_queue
-from pgtasks.queries import notify_channel
+from pgtasks.core.options import validate_queue
+from pgtasks.storage.queries import notify_channel
 
 
 def _app(ctx: click.Context) -> Any:

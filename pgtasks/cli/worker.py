@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pgtasks.cli.base import CliState
-from pgtasks.logs import configure_logging
+from pgtasks.core.logs import configure_logging
 
 
 @click.command()

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from psycopg import Connection
 
-from pgtasks.task import Task
+from pgtasks.client.task import Task
 
 PENDING = ("available", "scheduled", "retryable")
 _ENCODER = msgspec.json.Encoder()

@@ -9,8 +9,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pgtasks.errors import ConfigurationError, PgtasksError
-from pgtasks.hooks import JobEvent
+from pgtasks.core.errors import ConfigurationError, PgtasksError
+from pgtasks.core.hooks import JobEvent
 
 if TYPE_CHECKING:
     from pgtasks.app import App

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from pgtasks.context import JobContext, _current, set_current_job
-from pgtasks.errors import Cancel, ConfigurationError, JobCancelledError, JobDiscardedError, Retry, Snooze
-from pgtasks.models import EnqueueRow
-from pgtasks.task import JobRef
+from pgtasks.client.task import JobRef
+from pgtasks.core.context import JobContext, _current, set_current_job
+from pgtasks.core.errors import Cancel, ConfigurationError, JobCancelledError, JobDiscardedError, Retry, Snooze
+from pgtasks.core.models import EnqueueRow
 
 if TYPE_CHECKING:
     from pgtasks.app import App
-    from pgtasks.task import Task
+    from pgtasks.client.task import Task
 
 _ids = itertools.count(-1, -1)  # eager jobs never touch the database: negative ids cannot collide
 _ENCODER = msgspec.json.Encoder()
@@ -108,7 +108,7 @@ class EagerRunner:
         else:
             result = None
             if task.config.store_result and value is not None:
-                from pgtasks.results import decode_result  # noqa: PLC0415 - avoid an import cycle
+                from pgtasks.client.results import decode_result  # noqa: PLC0415 - avoid an import cycle
 
                 result = decode_result(task.app, task.name, job_id, _ENCODER.encode(value).decode())
             ref = EagerJobRef(job_id, task.name, task.app, result=result, **common)

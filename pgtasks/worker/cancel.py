@@ -10,10 +10,10 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from pgtasks.context import JobContext
-from pgtasks.logs import log_event
-from pgtasks.service import IntervalService
-from pgtasks.store import Store
+from pgtasks.core.context import JobContext
+from pgtasks.core.logs import log_event
+from pgtasks.core.service import IntervalService
+from pgtasks.storage.store import Store
 
 logger = logging.getLogger("pgtasks.worker")
 

@@ -8,12 +8,12 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from pgtasks.aio import cancel_and_wait, wait_event
-from pgtasks.errors import DatabaseError
-from pgtasks.logs import log_event
-from pgtasks.models import Outcome
-from pgtasks.service import backoff_delay
-from pgtasks.store import Store
+from pgtasks.core.aio import cancel_and_wait, wait_event
+from pgtasks.core.errors import DatabaseError
+from pgtasks.core.logs import log_event
+from pgtasks.core.models import Outcome
+from pgtasks.core.service import backoff_delay
+from pgtasks.storage.store import Store
 
 logger = logging.getLogger("pgtasks.worker")
 

@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from pgtasks.context import JobContext, set_current_job
-from pgtasks.errors import Cancel, JobTimeoutError, Retry, Snooze, UnknownTaskError
-from pgtasks.hooks import JobEvent
-from pgtasks.logs import log_event
-from pgtasks.models import ClaimedJob, ErrorEntry, JobState, Outcome
-from pgtasks.retry import Backoff, RetryPolicy
+from pgtasks.core.context import JobContext, set_current_job
+from pgtasks.core.errors import Cancel, JobTimeoutError, Retry, Snooze, UnknownTaskError
+from pgtasks.core.hooks import JobEvent
+from pgtasks.core.logs import log_event
+from pgtasks.core.models import ClaimedJob, ErrorEntry, JobState, Outcome
+from pgtasks.core.retry import Backoff, RetryPolicy
 from pgtasks.worker.threads import ElasticThreadPool
 
 if TYPE_CHECKING:
     from pgtasks.app import App
-    from pgtasks.task import Task
+    from pgtasks.client.task import Task
     from pgtasks.worker.cancel import CancelRegistry
 
 logger = logging.getLogger("pgtasks.worker")

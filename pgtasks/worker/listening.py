@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pgtasks.connections import redact
-from pgtasks.errors import ConfigurationError
-from pgtasks.logs import log_event
-from pgtasks.poolmode import DEFAULT_TIMEOUT, Detection, PoolMode, adetect_pool_mode
-from pgtasks.store import Store
+from pgtasks.core.errors import ConfigurationError
+from pgtasks.core.logs import log_event
+from pgtasks.storage.connections import redact
+from pgtasks.storage.poolmode import DEFAULT_TIMEOUT, Detection, PoolMode, adetect_pool_mode
+from pgtasks.storage.store import Store
 
 logger = logging.getLogger("pgtasks.worker")
 

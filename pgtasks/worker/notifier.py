@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 
 from psycopg import AsyncConnection
 
-from pgtasks.aio import cancel_and_wait, wait_event
-from pgtasks.connections import connection_kwargs
-from pgtasks.logs import log_event
-from pgtasks.service import backoff_delay
-from pgtasks.store import Store
+from pgtasks.core.aio import cancel_and_wait, wait_event
+from pgtasks.core.logs import log_event
+from pgtasks.core.service import backoff_delay
+from pgtasks.storage.connections import connection_kwargs
+from pgtasks.storage.store import Store
 
 logger = logging.getLogger("pgtasks.worker")
 

@@ -9,7 +9,7 @@ from pgtasks.worker.cancel import CancelRegistry, CancelWatcher
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
-    from pgtasks.metrics import WorkerMetrics
+    from pgtasks.worker.metrics import WorkerMetrics
     from pgtasks.worker.worker import Worker
 
 
@@ -27,14 +27,14 @@ class WorkerOps:
         self.watcher = CancelWatcher(pool, self.worker.app.store, self.cancels, self.worker.poll_interval)
         await self.watcher.start()
         if self.metrics_port is not None:
-            from pgtasks.metrics import WorkerMetrics  # noqa: PLC0415 - prometheus-client is optional
+            from pgtasks.worker.metrics import WorkerMetrics  # noqa: PLC0415 - prometheus-client is optional
 
             metrics = WorkerMetrics(self.worker, self.metrics_port)
             metrics.start()
             self.metrics = metrics  # published once serving, with the real port
 
     def on_control(self, payload: str) -> None:
-        """A notification on the control channel (see pgtasks.channels)."""
+        """A notification on the control channel (see pgtasks.core.channels)."""
         if self.watcher is not None:
             self.watcher.on_control(payload)
 

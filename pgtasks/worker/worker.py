@@ -14,18 +14,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pgtasks import migrations
-from pgtasks.aio import cancel_and_wait, wait_event
-from pgtasks.channels import control_channel
-from pgtasks.cleaner import Retention
-from pgtasks.connections import check_dsn, make_async_pool, redact
-from pgtasks.errors import ConfigurationError, ConnectionLostError, DatabaseError, SchemaNotMigratedError
-from pgtasks.logs import log_event
-from pgtasks.maintenance import Maintenance, MaintenanceConfig
-from pgtasks.models import ClaimedJob, ErrorEntry, JobState, Outcome
-from pgtasks.options import validate_queue
-from pgtasks.queries import notify_channel
-from pgtasks.service import backoff_delay
+from pgtasks.core.aio import cancel_and_wait, wait_event
+from pgtasks.core.channels import control_channel
+from pgtasks.core.errors import ConfigurationError, ConnectionLostError, DatabaseError, SchemaNotMigratedError
+from pgtasks.core.logs import log_event
+from pgtasks.core.models import ClaimedJob, ErrorEntry, JobState, Outcome
+from pgtasks.core.options import validate_queue
+from pgtasks.core.service import backoff_delay
+from pgtasks.leadership.cleaner import Retention
+from pgtasks.leadership.maintenance import Maintenance, MaintenanceConfig
+from pgtasks.storage import migrations
+from pgtasks.storage.connections import check_dsn, make_async_pool, redact
+from pgtasks.storage.queries import notify_channel
 from pgtasks.worker.completer import Completer
 from pgtasks.worker.executor import Executor
 from pgtasks.worker.listening import ListenPlan, plan_listening

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from pgtasks.connections import make_async_pool
-from pgtasks.scheduler import PeriodicScheduler
+from pgtasks.leadership.scheduler import PeriodicScheduler
+from pgtasks.storage.connections import make_async_pool
 from tests.apps.periodic_app import app
 
 

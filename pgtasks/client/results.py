@@ -12,9 +12,8 @@ import msgspec
 import psycopg
 from psycopg import AsyncConnection, Connection
 
-from pgtasks.channels import done_channel
-from pgtasks.connections import connection_kwargs
-from pgtasks.errors import (
+from pgtasks.core.channels import done_channel
+from pgtasks.core.errors import (
     DatabaseError,
     JobCancelledError,
     JobDiscardedError,
@@ -22,6 +21,7 @@ from pgtasks.errors import (
     ResultDecodeError,
     WaitTimeoutError,
 )
+from pgtasks.storage.connections import connection_kwargs
 
 if TYPE_CHECKING:
     from collections.abc import Callable

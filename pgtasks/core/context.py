@@ -6,7 +6,7 @@ import contextvars
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pgtasks.errors import PgtasksError
+from pgtasks.core.errors import PgtasksError
 
 
 @dataclass(slots=True)

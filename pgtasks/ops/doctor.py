@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import Connection
 
-from pgtasks import migrations
-from pgtasks.errors import PgtasksError
-from pgtasks.poolmode import PoolMode, adetect_pool_mode
+from pgtasks.core.errors import PgtasksError
+from pgtasks.storage import migrations
+from pgtasks.storage.poolmode import PoolMode, adetect_pool_mode
 
 if TYPE_CHECKING:
     from pgtasks.app import App

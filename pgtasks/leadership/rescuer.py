@@ -8,10 +8,10 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from pgtasks.leader import Elector, LeaderService
-from pgtasks.logs import log_event
-from pgtasks.models import RescuedJob
-from pgtasks.store import Store
+from pgtasks.core.logs import log_event
+from pgtasks.core.models import RescuedJob
+from pgtasks.leadership.elector import Elector, LeaderService
+from pgtasks.storage.store import Store
 
 logger = logging.getLogger("pgtasks.rescuer")
 

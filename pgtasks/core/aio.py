@@ -15,7 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
-from pgtasks.logs import log_event
+from pgtasks.core.logs import log_event
 
 logger = logging.getLogger("pgtasks.aio")
 

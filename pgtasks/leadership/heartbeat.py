@@ -12,10 +12,10 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from pgtasks.errors import ConnectionLostError, DatabaseError
-from pgtasks.logs import log_event
-from pgtasks.service import IntervalService
-from pgtasks.store import Store
+from pgtasks.core.errors import ConnectionLostError, DatabaseError
+from pgtasks.core.logs import log_event
+from pgtasks.core.service import IntervalService
+from pgtasks.storage.store import Store
 
 logger = logging.getLogger("pgtasks.heartbeat")
 

@@ -27,8 +27,8 @@ from typing import IO, Any
 import msgspec
 
 from pgtasks.app import App
-from pgtasks.errors import BenchmarkError
-from pgtasks.task import Task
+from pgtasks.client.task import Task
+from pgtasks.core.errors import BenchmarkError
 
 SCHEMA_PREFIX = "pgtasks_bench_"
 NOOP_TASK = "pgtasks.bench.noop"
@@ -41,7 +41,7 @@ _ENCODER = msgspec.json.Encoder()
 def bench_app(database_url: str | None = None, *, schema: str | None = None) -> App:
     """An App holding the one task the benchmarks run: a no-op.
 
-    The worker subprocess loads it with `--app pgtasks.bench:bench_app`, taking the database and the
+    The worker subprocess loads it with `--app pgtasks.ops.bench:bench_app`, taking the database and the
     schema from PGTASKS_DATABASE_URL and PGTASKS_SCHEMA.
     """
     app = App(database_url, schema=schema, application_name="pgtasks-bench")
@@ -143,7 +143,7 @@ class WorkerProcess:
         if poll_interval is not None:
             args += ["--poll-interval", str(poll_interval)]
         args += list(extra_args)
-        self.command = [*prefix, sys.executable, *_CLI, "--app", "pgtasks.bench:bench_app", *args]
+        self.command = [*prefix, sys.executable, *_CLI, "--app", "pgtasks.ops.bench:bench_app", *args]
         self.env = {**os.environ, "PGTASKS_DATABASE_URL": app.dsn, "PGTASKS_SCHEMA": app.schema}
         self.env.pop("PGTASKS_APP", None)
         self.proc: subprocess.Popen[bytes] | None = None

@@ -13,10 +13,10 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from pgtasks.errors import ConfigurationError
-from pgtasks.leader import Elector, LeaderService
-from pgtasks.logs import log_event
-from pgtasks.store import Store
+from pgtasks.core.errors import ConfigurationError
+from pgtasks.core.logs import log_event
+from pgtasks.leadership.elector import Elector, LeaderService
+from pgtasks.storage.store import Store
 
 logger = logging.getLogger("pgtasks.cleaner")
 

@@ -8,9 +8,9 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from pgtasks.errors import ConfigurationError, PgtasksError
-from pgtasks.hooks import JobEvent
-from pgtasks.logs import log_event
+from pgtasks.core.errors import ConfigurationError, PgtasksError
+from pgtasks.core.hooks import JobEvent
+from pgtasks.core.logs import log_event
 
 if TYPE_CHECKING:
     from pgtasks.worker import Worker

@@ -15,8 +15,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from pgtasks.errors import ConfigurationError, ConnectionLostError, StatementPoolingError
-from pgtasks.logs import log_event
+from pgtasks.core.errors import ConfigurationError, ConnectionLostError, StatementPoolingError
+from pgtasks.core.logs import log_event
 
 logger = logging.getLogger("pgtasks.connections")
 

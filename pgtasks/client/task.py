@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 import msgspec
 from psycopg import AsyncConnection, Connection
 
-from pgtasks.arguments import ArgumentCodec
-from pgtasks.models import EnqueueRow
-from pgtasks.options import EnqueueOptions, build_row
-from pgtasks.retry import Backoff, RetryPolicy
-from pgtasks.unique import Unique
+from pgtasks.core.arguments import ArgumentCodec
+from pgtasks.core.models import EnqueueRow
+from pgtasks.core.options import EnqueueOptions, build_row
+from pgtasks.core.retry import Backoff, RetryPolicy
+from pgtasks.core.unique import Unique
 
 if TYPE_CHECKING:
     from pgtasks.app import App
@@ -45,7 +45,7 @@ class JobRef:
         message) if it ended without a result, and pgtasks.WaitTimeoutError after `timeout`
         seconds. Wakes on the completion NOTIFY (listen=True) and polls every `poll_interval`.
         """
-        from pgtasks import results  # noqa: PLC0415 - results imports the app module
+        from pgtasks.client import results  # noqa: PLC0415 - results imports the app module
 
         return results.wait(self.app, self.task, self.id, timeout=timeout, poll_interval=poll_interval,
                             listen=listen)
@@ -53,7 +53,7 @@ class JobRef:
     async def await_result(self, timeout: float | None = None, *, poll_interval: float = 1.0,
                            listen: bool = True) -> Any:
         """Async twin of wait()."""
-        from pgtasks import results  # noqa: PLC0415
+        from pgtasks.client import results  # noqa: PLC0415
 
         return await results.await_result(self.app, self.task, self.id, timeout=timeout,
                                           poll_interval=poll_interval, listen=listen)
@@ -80,7 +80,7 @@ class TaskConfig:
     retry: RetryPolicy
     timeout: float | None
     store_result: bool = True  # False: the return value is not written to jobs.result
-    unique: Unique | None = None  # derive unique_key from the arguments (pgtasks.unique)
+    unique: Unique | None = None  # derive unique_key from the arguments (pgtasks.core.unique)
 
     def defaults(self) -> EnqueueOptions:
         return EnqueueOptions(queue=self.queue, priority=self.priority, max_attempts=self.max_attempts)

@@ -11,8 +11,8 @@ import msgspec
 import psycopg
 from psycopg import AsyncConnection, Connection, errors, sql
 
-from pgtasks.errors import ConnectionLostError, DatabaseError, PoolExhaustedError, SchemaNotMigratedError
-from pgtasks.models import (
+from pgtasks.core.errors import ConnectionLostError, DatabaseError, PoolExhaustedError, SchemaNotMigratedError
+from pgtasks.core.models import (
     ClaimedJob,
     EnqueueRow,
     FireResult,
@@ -22,8 +22,8 @@ from pgtasks.models import (
     RescuedJob,
     WorkerInfo,
 )
-from pgtasks.queries import queries_for
-from pgtasks.store_ops import OpsStoreMixin
+from pgtasks.storage.operations import OpsStoreMixin
+from pgtasks.storage.queries import queries_for
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -420,7 +420,7 @@ class Store(OpsStoreMixin):
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    # -- connection probes and LISTEN/NOTIFY (pgtasks.poolmode, the notifier; issue 4) ------------
+    # -- connection probes and LISTEN/NOTIFY (pgtasks.storage.poolmode, the notifier; issue 4) ------------
 
     async def abackend_pid(self, conn: AsyncConnection[Any]) -> int:
         """pg_backend_pid() of the server process running this statement."""
@@ -451,7 +451,7 @@ class Store(OpsStoreMixin):
                                      {"worker_id": worker_id, "known_ids": list(known_ids)})
             return [int(row[0]) for row in await cur.fetchall()]
 
-    # -- benchmarks (pgtasks.bench; issue 5) -----------------------------------------------------
+    # -- benchmarks (pgtasks.ops.bench; issue 5) -----------------------------------------------------
 
     def bench_drain_window(self, conn: Connection[Any], task: str) -> dict[str, Any]:
         """completed, total, first_claim, last_outcome, fetches, outcome_writes of one task's jobs."""
@@ -477,6 +477,6 @@ class Store(OpsStoreMixin):
         return int(row[0]) if row else 0
 
     def bench_schema_drop(self, conn: Connection[Any]) -> None:
-        """Drop this store's schema; only pgtasks.bench.drop_schema() calls it, for its throwaway schemas."""
+        """Drop this store's schema; only pgtasks.ops.bench.drop_schema() calls it, for its throwaway schemas."""
         with self.errors():
             conn.execute(self.q["bench_schema_drop"])

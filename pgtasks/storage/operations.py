@@ -1,6 +1,6 @@
 """Store methods for operations: job admin (list/retry/cancel/purge), queues, stats, results, doctor.
 
-Mixed into pgtasks.store.Store, so they are called as `app.store.queue_pause(...)` like the rest.
+Mixed into pgtasks.storage.store.Store, so they are called as `app.store.queue_pause(...)` like the rest.
 """
 
 from __future__ import annotations

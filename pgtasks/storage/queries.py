@@ -7,7 +7,7 @@ from functools import cache
 from importlib import resources
 from typing import LiteralString, cast
 
-from pgtasks.errors import ConfigurationError
+from pgtasks.core.errors import ConfigurationError
 
 _NAME_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 # Schema names are interpolated into SQL text, so they are restricted to plain identifiers.

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
-from pgtasks.errors import ConfigurationError
+from pgtasks.core.errors import ConfigurationError
 
 
 class RetryPolicy(Protocol):

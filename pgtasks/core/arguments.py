@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from pgtasks.errors import TaskArgumentError
+from pgtasks.core.errors import TaskArgumentError
 
 _ENCODER = msgspec.json.Encoder()
 

@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 from psycopg import Connection
 
-from pgtasks.queries import render
-from pgtasks.store import Store
+from pgtasks.storage.queries import render
+from pgtasks.storage.store import Store
 
 _FILE_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 

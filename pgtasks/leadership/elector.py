@@ -1,4 +1,4 @@
-"""Leader election over the pgtasks.leader lease row, with a trust window that ends before the lease can."""
+"""Leader election over the pgtasks.leadership.elector lease row, with a trust window that ends before the lease can."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from pgtasks.errors import ConfigurationError, ConnectionLostError, DatabaseError
-from pgtasks.logs import log_event
-from pgtasks.models import LeaderLease
-from pgtasks.service import IntervalService
-from pgtasks.store import Store
+from pgtasks.core.errors import ConfigurationError, ConnectionLostError, DatabaseError
+from pgtasks.core.logs import log_event
+from pgtasks.core.models import LeaderLease
+from pgtasks.core.service import IntervalService
+from pgtasks.storage.store import Store
 
 logger = logging.getLogger("pgtasks.leader")
 

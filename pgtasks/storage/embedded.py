@@ -9,8 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pgtasks.errors import ConfigurationError
-from pgtasks.logs import log_event
+from pgtasks.core.errors import ConfigurationError
+from pgtasks.core.logs import log_event
 
 logger = logging.getLogger("pgtasks.embedded")
 

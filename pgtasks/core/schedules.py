@@ -11,13 +11,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
-from pgtasks.errors import ConfigurationError, PgtasksError
-from pgtasks.models import EnqueueRow
-from pgtasks.options import EnqueueOptions
+from pgtasks.core.definition import TaskDefinition
+from pgtasks.core.errors import ConfigurationError, PgtasksError
+from pgtasks.core.models import EnqueueRow
+from pgtasks.core.options import EnqueueOptions
 
 if TYPE_CHECKING:
-    from pgtasks.app import App
-    from pgtasks.task import Task
+    from pgtasks.core.registry import Registry
 
 CatchUp = Literal["latest", "skip", "all"]
 CATCH_UP_POLICIES: tuple[CatchUp, ...] = ("latest", "skip", "all")
@@ -25,7 +25,7 @@ DEFAULT_CATCH_UP_LIMIT = 100
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 
-T = TypeVar("T", bound="Task[Any, Any]")
+T = TypeVar("T", bound="TaskDefinition[Any, Any]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class PeriodicSchedule:
     """
 
     name: str
-    task: Task[Any, Any]
+    task: TaskDefinition[Any, Any]
     row: EnqueueRow
     cron: str | None
     every: timedelta | None
@@ -161,18 +161,16 @@ def validate_every(every: timedelta | float | int) -> timedelta:
 
 
 def make_schedule(
-    app: App, task: Task[Any, Any], *, cron: str | None, every: timedelta | float | None,
+    registry: Registry, task: TaskDefinition[Any, Any], *, cron: str | None, every: timedelta | float | None,
     args: Sequence[Any], kwargs: Mapping[str, Any] | None, timezone: str | tzinfo | None,
     catch_up: str, catch_up_limit: int, name: str | None, overlap: bool = True,
 ) -> PeriodicSchedule:
     """Validate everything `@app.periodic` was given; every mistake fails here, at decoration time."""
-    from pgtasks.task import Task  # noqa: PLC0415 - task imports options, which this module also needs
-
-    if not isinstance(task, Task):
+    if not isinstance(task, TaskDefinition):
         raise ConfigurationError(
             f"@app.periodic must decorate a task, got {task!r}: put @app.periodic above @app.task"
         )
-    if task.app is not app:
+    if not registry.owns(task):
         raise ConfigurationError(f"{task.name} belongs to another App; use that App's periodic()")
     if (cron is None) == (every is None):
         raise ConfigurationError(
@@ -193,14 +191,9 @@ def make_schedule(
     schedule_name = name if name is not None else task.name
     if not isinstance(schedule_name, str) or not schedule_name.strip():
         raise ConfigurationError(f"name={name!r}: expected a non-empty schedule name")
-    if schedule_name in app.schedules:
-        raise ConfigurationError(
-            f"a periodic schedule named {schedule_name!r} already exists; pass name='...' to tell "
-            "two schedules of the same task apart"
-        )
     try:
         # Encoded once, now: a bad argument fails at decoration, not at every tick in the leader.
-        row: EnqueueRow = task._row(tuple(args), dict(kwargs or {}), EnqueueOptions())
+        row = task.build_row(tuple(args), dict(kwargs or {}), EnqueueOptions())
     except PgtasksError as exc:
         raise ConfigurationError(f"@app.periodic on {task.name}: args/kwargs do not fit the task: {exc}") from exc
     return PeriodicSchedule(
@@ -217,16 +210,16 @@ def make_schedule(
 
 
 def periodic_decorator(
-    app: App, *, cron: str | None, every: timedelta | float | None, args: Sequence[Any],
+    registry: Registry, *, cron: str | None, every: timedelta | float | None, args: Sequence[Any],
     kwargs: Mapping[str, Any] | None, timezone: str | tzinfo | None, catch_up: str, catch_up_limit: int,
     name: str | None, overlap: bool = True,
 ) -> Callable[[T], T]:
     """The decorator `@app.periodic(...)` returns: registers the schedule, returns the task unchanged."""
 
     def register(task: T) -> T:
-        schedule = make_schedule(app, task, cron=cron, every=every, args=args, kwargs=kwargs, timezone=timezone,
+        schedule = make_schedule(registry, task, cron=cron, every=every, args=args, kwargs=kwargs, timezone=timezone,
                                  catch_up=catch_up, catch_up_limit=catch_up_limit, name=name, overlap=overlap)
-        app.schedules[schedule.name] = schedule
+        registry.add_schedule(schedule)
         return task
 
     return register

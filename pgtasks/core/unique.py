@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from pgtasks.errors import ConfigurationError
+from pgtasks.core.errors import ConfigurationError
 
 _SORTED = msgspec.json.Encoder(order="sorted")
 

@@ -15,9 +15,9 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
-from pgtasks.connections import connection_kwargs, refused_transaction_block
-from pgtasks.errors import DatabaseError
-from pgtasks.store import Store
+from pgtasks.core.errors import DatabaseError
+from pgtasks.storage.connections import connection_kwargs, refused_transaction_block
+from pgtasks.storage.store import Store
 
 # Seconds the whole detection may take. It needs two server connections at once, so behind an
 # exhausted pool it would wait for PgBouncer's query_wait_timeout (2 minutes by default).

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from pgtasks.leader import Elector, LeaderService
-from pgtasks.logs import log_event
-from pgtasks.periodic import PeriodicSchedule
+from pgtasks.core.logs import log_event
+from pgtasks.core.schedules import PeriodicSchedule
+from pgtasks.leadership.elector import Elector, LeaderService
 
 if TYPE_CHECKING:
     from pgtasks.app import App

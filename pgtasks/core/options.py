@@ -6,10 +6,11 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from pgtasks.errors import ConfigurationError
-from pgtasks.models import EnqueueRow
+from pgtasks.core.errors import ConfigurationError
+from pgtasks.core.models import EnqueueRow
 
 PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
+DEFAULT_MAX_ATTEMPTS = 20
 
 
 class EnqueueOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,7 +90,7 @@ def build_row(task: str, args_json: str, options: EnqueueOptions, defaults: Enqu
         queue=validate_queue(opts.queue if opts.queue is not None else "default"),
         args=args_json,
         priority=validate_priority(opts.priority if opts.priority is not None else 0),
-        max_attempts=validate_max_attempts(opts.max_attempts if opts.max_attempts is not None else 20),
+        max_attempts=validate_max_attempts(opts.max_attempts if opts.max_attempts is not None else DEFAULT_MAX_ATTEMPTS),
         run_at=run_at,
         delay=delay,
         expires_at=expires_at,

@@ -7,9 +7,9 @@ import logging
 import random
 from datetime import datetime
 
-from pgtasks.aio import cancel_and_wait, wait_event
-from pgtasks.errors import DatabaseError
-from pgtasks.logs import log_event
+from pgtasks.core.aio import cancel_and_wait, wait_event
+from pgtasks.core.errors import DatabaseError
+from pgtasks.core.logs import log_event
 
 logger = logging.getLogger("pgtasks.service")
 

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from pgtasks.cleaner import Cleaner, Retention
-from pgtasks.errors import ConfigurationError, DatabaseError
-from pgtasks.heartbeat import Heartbeat
-from pgtasks.leader import Elector, LeaderService, leader_channel
-from pgtasks.logs import log_event
-from pgtasks.rescuer import Rescuer
-from pgtasks.scheduler import DEFAULT_GRACE, PeriodicScheduler
+from pgtasks.core.errors import ConfigurationError, DatabaseError
+from pgtasks.core.logs import log_event
+from pgtasks.leadership.cleaner import Cleaner, Retention
+from pgtasks.leadership.elector import Elector, LeaderService, leader_channel
+from pgtasks.leadership.heartbeat import Heartbeat
+from pgtasks.leadership.rescuer import Rescuer
+from pgtasks.leadership.scheduler import DEFAULT_GRACE, PeriodicScheduler
 
 if TYPE_CHECKING:
     from pgtasks.app import App
