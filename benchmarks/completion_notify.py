@@ -18,22 +18,23 @@ from psycopg import AsyncConnection
 from pgtasks import App
 from pgtasks.core.models import JobState, Outcome
 from pgtasks.ops.bench import drop_schema
+from pgtasks.storage.bench import BenchStore
 from pgtasks.storage.connections import connection_kwargs
 
 
 async def round_once(app: App, jobs: int, batch: int, enabled: bool) -> float:
     """Seconds per job to write `jobs` completions in batches of `batch`."""
     with app.connect() as conn:
-        app.store.bench_notify_final(conn, enabled=enabled)
+        BenchStore(app.schema).notify_final(conn, enabled=enabled)
     task = app.tasks["bench.noop"]
     app.enqueue_many([task.s() for _ in range(jobs)])
     aconn = await AsyncConnection.connect(app.dsn, **connection_kwargs("bench-notify"))
     async with aconn:
-        claimed = await app.store.job_fetch_available(aconn, queues=["default"], limit=jobs, worker_id="bench")
+        claimed = await app.store.ajob_fetch_available(aconn, queues=["default"], limit=jobs, worker_id="bench")
         outcomes = [Outcome(j.id, j.claims, JobState.COMPLETED, result=b"1") for j in claimed]
         started = time.perf_counter()
         for i in range(0, len(outcomes), batch):
-            written = await app.store.job_set_outcome_many(aconn, outcomes[i:i + batch])
+            written = await app.store.ajob_set_outcome_many(aconn, outcomes[i:i + batch])
             assert len(written) == len(outcomes[i:i + batch])
         elapsed = time.perf_counter() - started
     return elapsed / len(outcomes)

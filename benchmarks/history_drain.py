@@ -36,7 +36,7 @@ def add_history(app: App, rows: int) -> None:
 
 def explain_fetch(app: App, limit: int) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of the worker's fetch query, rolled back so no job is claimed."""
-    query = app.store.q["job_fetch_available"]
+    query = app.store.queries["job_fetch_available"]
     params: dict[str, Any] = {"queues": ["default"], "limit": limit, "worker_id": "explain", "now": None}
     with psycopg.connect(app.dsn, autocommit=True) as conn, conn.transaction(force_rollback=True):
         rows = conn.execute(b"EXPLAIN (ANALYZE, BUFFERS) " + query.encode(), params).fetchall()

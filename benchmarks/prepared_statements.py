@@ -27,6 +27,7 @@ from psycopg import AsyncConnection
 from pgtasks import App
 from pgtasks.core.models import EnqueueRow, JobState, Outcome
 from pgtasks.core.options import EnqueueOptions
+from pgtasks.storage.bench import BenchStore
 
 
 def _connect_kwargs(prepared: bool) -> dict[str, Any]:
@@ -52,11 +53,11 @@ async def claim_complete_rate(app: App, row: EnqueueRow, prepared: bool, jobs: i
     async with await AsyncConnection.connect(app.dsn, **_connect_kwargs(prepared)) as conn:
         started = time.perf_counter()
         while True:
-            claimed = await app.store.job_fetch_available(conn, queues=["bench"], limit=10, worker_id=worker_id)
+            claimed = await app.store.ajob_fetch_available(conn, queues=["bench"], limit=10, worker_id=worker_id)
             if not claimed:
                 break
             outcomes = [Outcome(job.id, job.claims, JobState.COMPLETED) for job in claimed]
-            done += len(await app.store.job_set_outcome_many(conn, outcomes))
+            done += len(await app.store.ajob_set_outcome_many(conn, outcomes))
         elapsed = time.perf_counter() - started
     if done != jobs:
         raise RuntimeError(f"claimed and completed {done} of {jobs} jobs")
@@ -76,8 +77,8 @@ async def main() -> None:
     def noop(i: int) -> None: ...
 
     # Inserted rows go to a queue nobody claims, so the claim measurement sees only its own jobs.
-    insert_row: EnqueueRow = noop._row((1,), {}, EnqueueOptions(queue="bench_inserted"))
-    row: EnqueueRow = noop._row((1,), {}, EnqueueOptions())
+    insert_row: EnqueueRow = noop.build_row((1,), {}, EnqueueOptions(queue="bench_inserted"))
+    row: EnqueueRow = noop.build_row((1,), {}, EnqueueOptions())
     rates: dict[str, list[float]] = {k: [] for k in ("insert_unprepared", "insert_prepared",
                                                       "claim_unprepared", "claim_prepared")}
     try:
@@ -89,7 +90,7 @@ async def main() -> None:
                 rates[f"claim_{suffix}"].append(await claim_complete_rate(app, row, prepared, args.jobs))
     finally:
         with psycopg.connect(args.database_url, **_connect_kwargs(False)) as conn:
-            app.store.bench_schema_drop(conn)
+            BenchStore(app.schema).schema_drop(conn)
         app.close()
     medians = {k: round(statistics.median(v), 1) for k, v in rates.items()}
     print(json.dumps({

@@ -58,14 +58,15 @@ def test_a_pool_closed_by_a_cancel_all_is_replaced_on_the_same_loop(app: App) ->
 
     async def scenario() -> tuple[bool, int]:
         await noop.adelay()
-        first = app._async_pools[asyncio.get_running_loop()]
+        first = app.database.async_pool_of(asyncio.get_running_loop())
+        assert first is not None
         # What a test framework's cleanup may do between tests that share one loop.
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         ref = await noop.adelay()  # a new pool, not "the pool is closed"
-        replaced = app._async_pools[asyncio.get_running_loop()] is not first
+        replaced = app.database.async_pool_of(asyncio.get_running_loop()) is not first
         await app.aclose()
         return replaced and first.closed, ref.id
 

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from pgtasks import App, DatabaseError
-from pgtasks.storage.store import COPY_MIN_ROWS, Store
+from pgtasks.storage import jobs as jobs_module
+from pgtasks.storage.store import COPY_MIN_ROWS
 from tests.helpers import jobs, worker_thread
 from tests.pgbouncer_fixtures import PgBouncerLab, Target
 
@@ -28,18 +29,13 @@ AWKWARD = 'tab\t nl\n cr\r back\\slash "quote" \\N é 🙂'
 def copies(app: App, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """Counts the rows each COPY took, so a test knows which path ran."""
     seen: list[int] = []
-    sync, asynchronous = Store.job_copy_now, Store.ajob_copy_now
+    copy_now = jobs_module.copy_now  # one operation, run by the sync and the async driver alike
 
-    def spy(self: Store, conn: Any, rows: Any) -> list[int]:
+    def spy(q: Any, rows: Any) -> Any:
         seen.append(len(rows))
-        return sync(self, conn, rows)
+        return copy_now(q, rows)
 
-    async def aspy(self: Store, conn: Any, rows: Any) -> list[int]:
-        seen.append(len(rows))
-        return await asynchronous(self, conn, rows)
-
-    monkeypatch.setattr(Store, "job_copy_now", spy)
-    monkeypatch.setattr(Store, "ajob_copy_now", aspy)
+    monkeypatch.setattr(jobs_module, "copy_now", spy)
     yield seen
 
 

@@ -61,11 +61,11 @@ def test_metrics_endpoint_scraped_during_a_drain(app: App) -> None:
 
     def scraper() -> None:
         deadline = time.monotonic() + 15
-        while "worker" not in worker_box or worker_box["worker"].ops.metrics is None:
+        while "worker" not in worker_box or worker_box["worker"].metrics is None:
             if time.monotonic() > deadline:
                 return
             time.sleep(0.01)
-        metrics = worker_box["worker"].ops.metrics
+        metrics = worker_box["worker"].metrics
         while time.monotonic() < deadline:  # scrape until the fast jobs are counted, while slow still runs
             text = scrape(metrics.port)
             if sample(text, "pgtasks_jobs_total", task="fast", outcome="completed") == 5.0:
@@ -158,7 +158,7 @@ def test_hooks_see_each_attempt_and_share_extra(app: App, caplog: pytest.LogCapt
 def test_metrics_show_leadership_of_a_long_running_worker(app: App) -> None:
     pytest.importorskip("prometheus_client")
     with worker_thread(app, poll_interval=0.1, metrics_port=0, leader_ttl=2.0) as worker:
-        metrics = worker.ops.metrics
+        metrics = worker.metrics
         assert metrics is not None
         wait_for(lambda: sample(scrape(metrics.port), "pgtasks_leader") == 1.0, timeout=15)
         text = scrape(metrics.port)

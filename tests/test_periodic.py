@@ -141,7 +141,7 @@ def test_first_pass_registers_then_enqueues_each_due_tick_once(app: App, conn: p
     def job() -> None: ...
 
     async def body(pool: Any) -> list[list[Fire]]:
-        scheduler = PeriodicScheduler(app, pool, grace=timedelta(seconds=10))
+        scheduler = PeriodicScheduler(app.registry, app.store, pool, grace=timedelta(seconds=10))
         return [await scheduler.tick(now=T0 + timedelta(seconds=30)),  # first sighting: nothing due yet
                 await scheduler.tick(now=T0 + timedelta(seconds=61)),  # the 10:01 tick
                 await scheduler.tick(now=T0 + timedelta(seconds=62)),  # same tick again: nothing
@@ -174,7 +174,7 @@ def test_overlap_false_skips_ticks_while_the_previous_run_is_unfinished(
         conn.execute(f'UPDATE "{schema}".jobs SET state = %s WHERE id = %s', (state, job_id))
 
     async def body(pool: Any) -> list[dict[str, Fire]]:
-        scheduler = PeriodicScheduler(app, pool, grace=timedelta(seconds=10))
+        scheduler = PeriodicScheduler(app.registry, app.store, pool, grace=timedelta(seconds=10))
         passes = []
         for seconds, before in [(30, None), (61, None), (121, None), (181, "running"), (241, "completed")]:
             if before is not None:
@@ -217,13 +217,13 @@ def test_restart_after_downtime_follows_the_catch_up_policy(
     def job() -> None: ...
 
     async def before_downtime(pool: Any) -> None:
-        scheduler = PeriodicScheduler(app, pool, grace=timedelta(seconds=10))
+        scheduler = PeriodicScheduler(app.registry, app.store, pool, grace=timedelta(seconds=10))
         await scheduler.tick(now=T0 + timedelta(seconds=30))  # registered at 10:00:30
         await scheduler.tick(now=T0 + timedelta(seconds=61))  # 10:01 enqueued on time
 
     async def after_restart(pool: Any) -> tuple[list[Fire], list[Fire], list[Fire]]:
         # A new process: it knows nothing but the durable fire records.
-        scheduler = PeriodicScheduler(app, pool, grace=timedelta(seconds=10))
+        scheduler = PeriodicScheduler(app.registry, app.store, pool, grace=timedelta(seconds=10))
         restart = await scheduler.tick(now=T0 + timedelta(minutes=10, seconds=30))
         again = await scheduler.tick(now=T0 + timedelta(minutes=10, seconds=31))  # replays nothing
         next_tick = await scheduler.tick(now=T0 + timedelta(minutes=11, seconds=1))
@@ -251,7 +251,7 @@ def test_latest_prefers_an_on_time_tick_over_a_missed_one(app: App, conn: psycop
     def job() -> None: ...
 
     async def body(pool: Any) -> list[Fire]:
-        scheduler = PeriodicScheduler(app, pool, grace=timedelta(seconds=10))
+        scheduler = PeriodicScheduler(app.registry, app.store, pool, grace=timedelta(seconds=10))
         await scheduler.tick(now=T0 + timedelta(seconds=1))
         # Back at 10:30:05: 10:05..10:25 were missed, 10:30 is on time and stands for them.
         return await scheduler.tick(now=T0 + timedelta(minutes=30, seconds=5))
@@ -271,7 +271,7 @@ def test_ticks_within_the_grace_are_all_enqueued_after_a_short_gap(app: App, con
     def job() -> None: ...
 
     async def body(pool: Any) -> list[Fire]:
-        scheduler = PeriodicScheduler(app, pool, grace=timedelta(seconds=15))
+        scheduler = PeriodicScheduler(app.registry, app.store, pool, grace=timedelta(seconds=15))
         await scheduler.tick(now=T0 + timedelta(milliseconds=500))
         return await scheduler.tick(now=T0 + timedelta(seconds=6, milliseconds=500))
 
@@ -287,8 +287,8 @@ def test_two_schedulers_racing_in_one_process_enqueue_each_tick_once(app: App, c
     def job() -> None: ...
 
     async def body(pool: Any) -> tuple[int, int]:
-        one = PeriodicScheduler(app, pool)
-        two = PeriodicScheduler(app, pool)
+        one = PeriodicScheduler(app.registry, app.store, pool)
+        two = PeriodicScheduler(app.registry, app.store, pool)
         counts = [0, 0]
         for i in range(30):
             now = T0 + timedelta(seconds=i, milliseconds=100)

@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 async def claim(app: App, pool: Any, worker_id: str, now: datetime | None = None) -> ClaimedJob:
     async with pool.connection() as conn:
-        claimed = await app.store.job_fetch_available(conn, queues=["default"], limit=1, worker_id=worker_id, now=now)
+        claimed = await app.store.ajob_fetch_available(conn, queues=["default"], limit=1, worker_id=worker_id, now=now)
     assert len(claimed) == 1
     return claimed[0]
 
@@ -121,7 +121,7 @@ def test_a_lost_claim_an_operator_asked_to_cancel_ends_cancelled(
         await claim(app, pool, "w1")
         conn.execute(f'UPDATE "{schema}".jobs SET cancel_requested_at = now() WHERE id = %s', [lost.id])
         async with pool.connection() as aconn:
-            released = await app.store.job_release_unknown_claims(aconn, worker_id="w1", known_ids=[kept.id])
+            released = await app.store.ajob_release_unknown_claims(aconn, worker_id="w1", known_ids=[kept.id])
         assert released == [lost.id]
 
     run_with_pool(app, body)

@@ -29,7 +29,7 @@ class ScriptedStore:
         self.written = written
         self.calls = 0
 
-    async def job_set_outcome_many(self, conn: object, outcomes: Sequence[Outcome]) -> set[int]:
+    async def ajob_set_outcome_many(self, conn: object, outcomes: Sequence[Outcome]) -> set[int]:
         self.calls += 1
         if self.calls <= self.failures:
             raise ConnectionLostError("server closed the connection unexpectedly")
@@ -51,7 +51,7 @@ def run(store: ScriptedStore, outcomes: list[Outcome]) -> Completer:
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(completer_module, "backoff_delay", lambda failures: 0.0)
+    monkeypatch.setattr(completer_module, "reconnect_delay", lambda failures: 0.0)
 
 
 def test_a_write_that_failed_is_retried_until_it_lands(caplog: pytest.LogCaptureFixture) -> None:

@@ -354,13 +354,13 @@ def test_stale_claim_cannot_overwrite_the_new_outcome(app: App, conn: psycopg.Co
 
     async def scenario() -> tuple[set[int], set[int]]:
         async with await app.aconnect() as aconn:
-            [first] = await app.store.job_fetch_available(aconn, queues=["default"], limit=1, worker_id="old")
+            [first] = await app.store.ajob_fetch_available(aconn, queues=["default"], limit=1, worker_id="old")
             # The first claimant goes silent; the job is put back and claimed again.
             await aconn.execute(f'UPDATE "{app.schema}".jobs SET state = \'available\' WHERE id = %s', [ref.id])
-            [second] = await app.store.job_fetch_available(aconn, queues=["default"], limit=1, worker_id="new")
+            [second] = await app.store.ajob_fetch_available(aconn, queues=["default"], limit=1, worker_id="new")
             assert (first.claims, second.claims) == (1, 2)
-            new = await app.store.job_set_outcome_many(aconn, [Outcome(ref.id, 2, JobState.COMPLETED)])
-            stale = await app.store.job_set_outcome_many(aconn, [Outcome(ref.id, 1, JobState.DISCARDED)])
+            new = await app.store.ajob_set_outcome_many(aconn, [Outcome(ref.id, 2, JobState.COMPLETED)])
+            stale = await app.store.ajob_set_outcome_many(aconn, [Outcome(ref.id, 1, JobState.DISCARDED)])
             return new, stale
 
     new, stale = asyncio.run(scenario())

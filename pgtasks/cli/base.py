@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from pgtasks.app import DATABASE_URL_ENV, App
+from pgtasks.app import App
+from pgtasks.storage.database import DATABASE_URL_ENV
 from pgtasks.core.errors import PgtasksError
 
 APP_ENV = "PGTASKS_APP"

@@ -19,9 +19,8 @@ from pgtasks.cli.output import (
     split_csv,
     table,
 )
-from pgtasks.core.channels import control_channel
+from pgtasks.core.channels import control_channel, jobs_channel
 from pgtasks.core.models import FINAL_STATES, JobState
-from pgtasks.storage.queries import notify_channel
 
 ALL_STATES = [s.value for s in JobState]
 FINAL = sorted(s.value for s in FINAL_STATES)
@@ -146,7 +145,7 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], states: tuple[str, ...],
     state_list, queue_list, task_list = _states(states), split_csv(queues), split_csv(tasks)
     if not job_ids and not (state_list or queue_list or task_list):
         raise click.UsageError("give job IDs, or a filter (--state / --queue / --task) for a bulk retry")
-    channel = notify_channel(app.schema)
+    channel = jobs_channel(app.schema)
     retried: list[int] = []
     with app.connect() as conn:
         if job_ids:

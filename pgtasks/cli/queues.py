@@ -8,8 +8,8 @@ import click
 
 from pgtasks.cli.base import CliState
 from pgtasks.cli.output import emit_json, human_duration, json_option, table
+from pgtasks.core.channels import jobs_channel
 from pgtasks.core.options import validate_queue
-from pgtasks.storage.queries import notify_channel
 
 
 def _app(ctx: click.Context) -> Any:
@@ -63,7 +63,7 @@ def resume(ctx: click.Context, name: str, as_json: bool) -> None:
     app = _app(ctx)
     validate_queue(name)
     with app.connect() as conn:
-        was_paused = app.store.queue_resume(conn, name, channel=notify_channel(app.schema))
+        was_paused = app.store.queue_resume(conn, name, channel=jobs_channel(app.schema))
     if as_json:
         emit_json({"queue": name, "paused": False, "was_paused": was_paused})
     else:

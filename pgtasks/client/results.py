@@ -1,18 +1,21 @@
-"""Waiting for a job's outcome: JobRef.wait() / await_result(), LISTEN on completions with a polling net."""
+"""Job handles and their results: JobRef, and waiting for an outcome (LISTEN on completions, polling as the net)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import typing
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 import psycopg
 from psycopg import AsyncConnection, Connection
 
 from pgtasks.core.channels import done_channel
+from pgtasks.core.definition import TaskDefinition
 from pgtasks.core.errors import (
     DatabaseError,
     JobCancelledError,
@@ -21,14 +24,58 @@ from pgtasks.core.errors import (
     ResultDecodeError,
     WaitTimeoutError,
 )
+from pgtasks.core.models import FINAL_STATES, JobState
 from pgtasks.storage.connections import connection_kwargs
+from pgtasks.storage.database import Database
+from pgtasks.storage.store import Store
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
-    from pgtasks.app import App
+class JobSource(Protocol):
+    """What a JobRef reads its job from: an App provides it."""
 
-FINAL = frozenset({"completed", "cancelled", "discarded"})
+    @property
+    def database(self) -> Database: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def tasks(self) -> Mapping[str, TaskDefinition[Any, Any]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """A handle on an enqueued job."""
+
+    id: int
+    task: str
+    app: JobSource = field(repr=False, compare=False)
+
+    def state(self) -> str | None:
+        """The job's current state, or None if it no longer exists (cleaned up)."""
+        job = read_job(self.app, self.id)
+        return None if job is None else str(job["state"])
+
+    def wait(self, timeout: float | None = None, *, poll_interval: float = 1.0, listen: bool = True) -> Any:
+        """Block until the job is final and return its result, decoded to the task's return annotation.
+
+        Raises pgtasks.JobDiscardedError / JobCancelledError (with the task's exception type and
+        message) if it ended without a result, and pgtasks.WaitTimeoutError after `timeout`
+        seconds. Wakes on the completion NOTIFY (listen=True) and polls every `poll_interval`.
+        """
+        return wait(self.app, self.task, self.id, timeout=timeout, poll_interval=poll_interval, listen=listen)
+
+    async def await_result(self, timeout: float | None = None, *, poll_interval: float = 1.0,
+                           listen: bool = True) -> Any:
+        """Async twin of wait()."""
+        return await await_result(self.app, self.task, self.id, timeout=timeout, poll_interval=poll_interval,
+                                  listen=listen)
+
+
+def read_job(source: JobSource, job_id: int) -> dict[str, Any] | None:
+    """The job's row as a dict (args, errors and result as JSON text), or None."""
+    with source.database.pool().connection() as conn:
+        return source.store.job_get(conn, job_id)
 
 
 @cache
@@ -40,11 +87,12 @@ def _return_type(func: Callable[..., Any]) -> Any:
     return hints.get("return", Any)
 
 
-def decode_result(app: App, task_name: str, job_id: int, raw: str | None) -> Any:
+def decode_result(tasks: Mapping[str, TaskDefinition[Any, Any]], task_name: str, job_id: int,
+                  raw: str | None) -> Any:
     """Decode a stored result to the task's return annotation (plain JSON if the task is unknown here)."""
     if raw is None:
         return None
-    task = app.tasks.get(task_name)
+    task = tasks.get(task_name)
     target = _return_type(task.func) if task is not None else Any
     try:
         return msgspec.json.decode(raw, type=target)
@@ -55,86 +103,122 @@ def decode_result(app: App, task_name: str, job_id: int, raw: str | None) -> Any
         ) from None
 
 
-def settle(app: App, task_name: str, job_id: int, found: tuple[str, str | None, Any] | None) -> tuple[bool, Any]:
+def settle(tasks: Mapping[str, TaskDefinition[Any, Any]], task_name: str, job_id: int,
+           found: tuple[str, str | None, Any] | None) -> tuple[bool, Any]:
     """(True, value) when the job is final (raising for discarded/cancelled), else (False, None)."""
     if found is None:
         raise JobNotFoundError(f"job {job_id} does not exist (never enqueued, or deleted by retention)")
     state, raw, last_error = found
-    if state not in FINAL:
+    if state not in FINAL_STATES:
         return False, None
-    if state == "completed":
-        return True, decode_result(app, task_name, job_id, raw)
+    if state == JobState.COMPLETED:
+        return True, decode_result(tasks, task_name, job_id, raw)
     error = last_error if isinstance(last_error, dict) else {}
-    cls = JobCancelledError if state == "cancelled" else JobDiscardedError
+    cls = JobCancelledError if state == JobState.CANCELLED else JobDiscardedError
     raise cls(job_id, state, error.get("type"), error.get("message"), error.get("traceback"))
 
 
-def _next_pause(deadline: float | None, poll_interval: float, job_id: int, timeout: float | None) -> float:
-    """How long to wait before looking again: the poll interval, cut to the time left; raises once it is up."""
-    if deadline is None:
-        return poll_interval
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise WaitTimeoutError(f"job {job_id} did not finish within {timeout}s; wait longer or check "
-                               f"`pgtasks jobs show {job_id}`")
-    return min(poll_interval, remaining)
+# -- the wait loop, written once (see pgtasks.storage.steps for the same idea) -----------------------
 
 
-def wait(app: App, task_name: str, job_id: int, *, timeout: float | None, poll_interval: float,
+@dataclass(frozen=True, slots=True)
+class ReadOutcome:
+    """Read the job's (state, result, last error); answered with it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait up to `seconds` (for the job's completion NOTIFY when listening); answered with None."""
+
+    seconds: float
+
+
+WaitStep = ReadOutcome | Pause
+
+
+def _wait_steps(tasks: Mapping[str, TaskDefinition[Any, Any]], task_name: str, job_id: int, *,
+                timeout: float | None, poll_interval: float) -> Generator[WaitStep, Any, Any]:
+    """Look, and until the job is final, pause: the poll interval, cut to the time left."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        done, value = settle(tasks, task_name, job_id, (yield ReadOutcome()))
+        if done:
+            return value
+        pause = poll_interval
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeoutError(f"job {job_id} did not finish within {timeout}s; wait longer or check "
+                                       f"`pgtasks jobs show {job_id}`")
+            pause = min(poll_interval, remaining)
+        yield Pause(pause)
+
+
+def _lost(job_id: int, exc: psycopg.OperationalError) -> DatabaseError:
+    return DatabaseError(f"lost the connection while waiting for job {job_id}: {exc}")
+
+
+def wait(source: JobSource, task_name: str, job_id: int, *, timeout: float | None, poll_interval: float,
          listen: bool) -> Any:
     """Block until the job is final. LISTENs on the completion channel when it can; polls every
     `poll_interval` seconds in any case, so a lost notification (or a transaction pooler that
     delivers none) costs latency, never correctness."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    channel = done_channel(app.schema)
-    dsn = app.listen_dsn if listen else app.dsn
-    with app.store.errors():
-        conn: Connection[Any] = psycopg.connect(dsn, **connection_kwargs(app.application_name + "-waiter"))
+    database, store = source.database, source.store
+    steps = _wait_steps(source.tasks, task_name, job_id, timeout=timeout, poll_interval=poll_interval)
+    with store.errors():
+        conn: Connection[Any] = psycopg.connect(database.listen_dsn if listen else database.dsn,
+                                                **connection_kwargs(database.application_name + "-waiter"))
     try:
-        if listen:
-            app.store.listen(conn, channel)  # before the first read, so no completion slips between
+        if listen:  # before the first read, so no completion slips between
+            store.channel_listen(conn, done_channel(store.schema))
+        step = next(steps)
         while True:
-            done, value = settle(app, task_name, job_id, app.store.job_get_outcome(conn, job_id))
-            if done:
-                return value
-            pause = _next_pause(deadline, poll_interval, job_id, timeout)
+            if isinstance(step, ReadOutcome):
+                step = steps.send(store.job_get_outcome(conn, job_id))
+                continue
             if listen:
                 try:
-                    for notify in conn.notifies(timeout=pause):
+                    for notify in conn.notifies(timeout=step.seconds):
                         if notify.payload == str(job_id):
                             break
                 except psycopg.OperationalError as exc:
-                    raise DatabaseError(f"lost the connection while waiting for job {job_id}: {exc}") from exc
+                    raise _lost(job_id, exc) from exc
             else:
-                time.sleep(pause)
+                time.sleep(step.seconds)
+            step = steps.send(None)
+    except StopIteration as done:
+        return done.value
     finally:
         conn.close()
 
 
-async def await_result(app: App, task_name: str, job_id: int, *, timeout: float | None, poll_interval: float,
-                       listen: bool) -> Any:
+async def await_result(source: JobSource, task_name: str, job_id: int, *, timeout: float | None,
+                       poll_interval: float, listen: bool) -> Any:
     """Async twin of wait()."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    channel = done_channel(app.schema)
-    dsn = await asyncio.to_thread(lambda: app.listen_dsn if listen else app.dsn)
-    with app.store.errors():
-        conn = await AsyncConnection.connect(dsn, **connection_kwargs(app.application_name + "-waiter"))
+    database, store = source.database, source.store
+    steps = _wait_steps(source.tasks, task_name, job_id, timeout=timeout, poll_interval=poll_interval)
+    dsn = await asyncio.to_thread(lambda: database.listen_dsn if listen else database.dsn)
+    with store.errors():
+        conn = await AsyncConnection.connect(dsn, **connection_kwargs(database.application_name + "-waiter"))
     try:
         if listen:
-            await app.store.alisten(conn, channel)
+            await store.achannel_listen(conn, done_channel(store.schema))
+        step = next(steps)
         while True:
-            done, value = settle(app, task_name, job_id, await app.store.ajob_get_outcome(conn, job_id))
-            if done:
-                return value
-            pause = _next_pause(deadline, poll_interval, job_id, timeout)
+            if isinstance(step, ReadOutcome):
+                step = steps.send(await store.ajob_get_outcome(conn, job_id))
+                continue
             if listen:
                 try:
-                    async for notify in conn.notifies(timeout=pause):
+                    async for notify in conn.notifies(timeout=step.seconds):
                         if notify.payload == str(job_id):
                             break
                 except psycopg.OperationalError as exc:
-                    raise DatabaseError(f"lost the connection while waiting for job {job_id}: {exc}") from exc
+                    raise _lost(job_id, exc) from exc
             else:
-                await asyncio.sleep(pause)
+                await asyncio.sleep(step.seconds)
+            step = steps.send(None)
+    except StopIteration as done:
+        return done.value
     finally:
         await conn.close()

@@ -1,1 +1,4 @@
-"""Layer 0: records, errors, options, arguments, retry, unique keys, the registry and the service shape. No database driver."""
+"""Layer 0: records, errors, options, arguments, retry, unique keys, the registry, the service shape.
+
+No database driver is imported here.
+"""

@@ -36,3 +36,8 @@ def current_job() -> JobContext:
 
 def set_current_job(job: JobContext | None) -> contextvars.Token[JobContext | None]:
     return _current.set(job)
+
+
+def reset_current_job(token: contextvars.Token[JobContext | None]) -> None:
+    """Undo the set_current_job() that returned `token`."""
+    _current.reset(token)

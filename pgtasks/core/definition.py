@@ -72,6 +72,9 @@ class TaskDefinition(Generic[P, R]):
     and options into the row a job is inserted as.
     """
 
+    name: str
+    config: TaskConfig
+
     def __init__(self, func: Callable[P, R], config: TaskConfig) -> None:
         if isinstance(func, TaskDefinition):
             raise ConfigurationError(f"{func.name} is already a task; apply @app.task once")

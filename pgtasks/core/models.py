@@ -20,7 +20,13 @@ class JobState(enum.StrEnum):
     DISCARDED = "discarded"
 
 
+# The one vocabulary of state groups; the CLI, results and testing use these, the SQL spells the same.
 FINAL_STATES = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
+# Waiting to run: what a worker may claim once run_at has come.
+PENDING_STATES = (JobState.AVAILABLE, JobState.SCHEDULED, JobState.RETRYABLE)
+# Not final: waiting, or running now. A unique key is held in these states.
+UNFINISHED_STATES = (*PENDING_STATES, JobState.RUNNING)
+ALL_STATES = tuple(JobState)
 
 
 class ClaimedJob(msgspec.Struct, frozen=True):
@@ -59,6 +65,33 @@ class Outcome(msgspec.Struct, frozen=True):
     attempt_delta: int = 0  # -1 gives the attempt back (Snooze, shutdown put-back)
     error: ErrorEntry | None = None
     result: bytes | None = None  # msgspec-encoded JSON of the return value
+
+    @classmethod
+    def completed(cls, job: ClaimedJob, result: bytes | None = None) -> Outcome:
+        return cls(job.id, job.claims, JobState.COMPLETED, result=result)
+
+    @classmethod
+    def retry(cls, job: ClaimedJob, delay: float, error: ErrorEntry) -> Outcome:
+        """Retryable after `delay` seconds, the attempt counted."""
+        return cls(job.id, job.claims, JobState.RETRYABLE, retry_in=max(float(delay), 0.0), error=error)
+
+    @classmethod
+    def discarded(cls, job: ClaimedJob, error: ErrorEntry) -> Outcome:
+        return cls(job.id, job.claims, JobState.DISCARDED, error=error)
+
+    @classmethod
+    def cancelled(cls, job: ClaimedJob, error: ErrorEntry | None = None) -> Outcome:
+        return cls(job.id, job.claims, JobState.CANCELLED, error=error)
+
+    @classmethod
+    def snoozed(cls, job: ClaimedJob, seconds: float) -> Outcome:
+        """Scheduled again after `seconds`, the attempt given back."""
+        return cls(job.id, job.claims, JobState.SCHEDULED, retry_in=seconds, attempt_delta=-1)
+
+    @classmethod
+    def put_back(cls, job: ClaimedJob, error: ErrorEntry | None = None) -> Outcome:
+        """Claimable again at once, the attempt given back (shutdown, or claimed ahead and never started)."""
+        return cls(job.id, job.claims, JobState.AVAILABLE, attempt_delta=-1, error=error)
 
 
 class EnqueueRow(msgspec.Struct, frozen=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 import msgspec
@@ -31,12 +32,18 @@ class EnqueueOptions(msgspec.Struct, frozen=True, kw_only=True):
         return EnqueueOptions(**values)
 
 
-def _seconds(name: str, value: float | timedelta) -> float:
+def to_seconds(name: str, value: float | timedelta, *, zero_ok: bool = False) -> float:
+    """`value` (a number of seconds or a timedelta) as float seconds: positive, or >= 0 with zero_ok.
+
+    The one rule for every duration pgtasks accepts; the error names the setting and the value.
+    """
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or math.isnan(seconds):
         raise ConfigurationError(f"{name}={value!r}: expected seconds (a number) or a timedelta")
     if seconds < 0:
         raise ConfigurationError(f"{name}={value!r}: must not be negative")
+    if seconds == 0 and not zero_ok:
+        raise ConfigurationError(f"{name}={value!r}: expected a positive number of seconds (or a timedelta)")
     return float(seconds)
 
 
@@ -75,13 +82,13 @@ def build_row(task: str, args_json: str, options: EnqueueOptions, defaults: Enqu
     if opts.countdown is not None and opts.eta is not None:
         raise ConfigurationError("pass either countdown= or eta=, not both")
     run_at = _aware("eta", opts.eta) if opts.eta is not None else None
-    delay = _seconds("countdown", opts.countdown) if opts.countdown is not None else None
+    delay = to_seconds("countdown", opts.countdown, zero_ok=True) if opts.countdown is not None else None
     expires_at: datetime | None = None
     expires_in: float | None = None
     if isinstance(opts.expires, datetime):
         expires_at = _aware("expires", opts.expires)
     elif opts.expires is not None:
-        expires_in = _seconds("expires", opts.expires)
+        expires_in = to_seconds("expires", opts.expires, zero_ok=True)
     unique_key = opts.unique_key
     if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
         raise ConfigurationError(f"unique_key={unique_key!r}: expected a non-empty string")
@@ -90,7 +97,7 @@ def build_row(task: str, args_json: str, options: EnqueueOptions, defaults: Enqu
         queue=validate_queue(opts.queue if opts.queue is not None else "default"),
         args=args_json,
         priority=validate_priority(opts.priority if opts.priority is not None else 0),
-        max_attempts=validate_max_attempts(opts.max_attempts if opts.max_attempts is not None else DEFAULT_MAX_ATTEMPTS),
+        max_attempts=validate_max_attempts(DEFAULT_MAX_ATTEMPTS if opts.max_attempts is None else opts.max_attempts),
         run_at=run_at,
         delay=delay,
         expires_at=expires_at,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pgtasks.core.definition import TaskDefinition
 from pgtasks.core.errors import ConfigurationError, DuplicateTaskError
@@ -11,8 +11,10 @@ from pgtasks.core.hooks import Hooks
 if TYPE_CHECKING:
     from pgtasks.core.schedules import PeriodicSchedule
 
+D = TypeVar("D", bound="TaskDefinition[Any, Any]")
 
-class Registry:
+
+class Registry(Generic[D]):
     """What the worker, the scheduler and results read; what `@app.task` / `@app.periodic` write.
 
     The parts that run jobs take a Registry rather than the App, so they depend on what is
@@ -20,11 +22,11 @@ class Registry:
     """
 
     def __init__(self) -> None:
-        self.tasks: dict[str, TaskDefinition[Any, Any]] = {}
+        self.tasks: dict[str, D] = {}
         self.schedules: dict[str, PeriodicSchedule] = {}
         self.hooks = Hooks()
 
-    def add_task(self, task: TaskDefinition[Any, Any]) -> None:
+    def add_task(self, task: D) -> None:
         if task.name in self.tasks:
             raise DuplicateTaskError(
                 f"a task named {task.name!r} is already registered; pass a distinct name=... to @app.task"

@@ -62,3 +62,12 @@ class Fixed:
 
     def delay(self, attempt: int) -> float:
         return self.seconds
+
+
+def reconnect_delay(failures: int, *, cap: float = 15.0) -> float:
+    """How long a background loop waits before it tries the database again after `failures` failures.
+
+    The same exponential backoff as job retries, from half a second, capped, and jittered by up to
+    half so that workers cut off together do not reconnect together.
+    """
+    return Backoff(base=0.5, max_delay=cap, jitter=0.5).delay(failures)

@@ -161,7 +161,7 @@ def validate_every(every: timedelta | float | int) -> timedelta:
 
 
 def make_schedule(
-    registry: Registry, task: TaskDefinition[Any, Any], *, cron: str | None, every: timedelta | float | None,
+    registry: Registry[Any], task: TaskDefinition[Any, Any], *, cron: str | None, every: timedelta | float | None,
     args: Sequence[Any], kwargs: Mapping[str, Any] | None, timezone: str | tzinfo | None,
     catch_up: str, catch_up_limit: int, name: str | None, overlap: bool = True,
 ) -> PeriodicSchedule:
@@ -210,7 +210,7 @@ def make_schedule(
 
 
 def periodic_decorator(
-    registry: Registry, *, cron: str | None, every: timedelta | float | None, args: Sequence[Any],
+    registry: Registry[Any], *, cron: str | None, every: timedelta | float | None, args: Sequence[Any],
     kwargs: Mapping[str, Any] | None, timezone: str | tzinfo | None, catch_up: str, catch_up_limit: int,
     name: str | None, overlap: bool = True,
 ) -> Callable[[T], T]:

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from datetime import datetime
 
 from pgtasks.core.aio import cancel_and_wait, wait_event
 from pgtasks.core.errors import DatabaseError
 from pgtasks.core.logs import log_event
+from pgtasks.core.retry import reconnect_delay
 
 logger = logging.getLogger("pgtasks.service")
-
-
-def backoff_delay(failures: int, *, base: float = 0.5, cap: float = 15.0) -> float:
-    """Reconnect delay after `failures` consecutive failures: exponential, capped, jittered."""
-    return min(cap, base * 2.0 ** min(failures - 1, 16)) * (0.5 + random.random() / 2)
 
 
 class IntervalService:
@@ -65,7 +60,7 @@ class IntervalService:
                 failures += 1
                 if failures == 1:
                     log_event(logger, logging.WARNING, f"{self.name}.failing", error=str(exc))
-                await self._sleep(backoff_delay(failures))
+                await self._sleep(reconnect_delay(failures))
                 continue
             if failures:
                 log_event(logger, logging.INFO, f"{self.name}.recovered", after_failures=failures)

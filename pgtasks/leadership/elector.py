@@ -11,6 +11,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from pgtasks.core.channels import leader_channel
 from pgtasks.core.errors import ConfigurationError, ConnectionLostError, DatabaseError
 from pgtasks.core.logs import log_event
 from pgtasks.core.models import LeaderLease
@@ -26,11 +27,6 @@ logger = logging.getLogger("pgtasks.leader")
 TRUST_MARGIN = 0.2
 # Renew this many times per TTL: two renewals can fail in a row before the trust window closes.
 RENEWALS_PER_TTL = 3
-
-
-def leader_channel(schema: str) -> str:
-    """The NOTIFY channel on which a resigning leader tells followers to elect at once."""
-    return f"{schema}.leader"
 
 
 class Elector(IntervalService):

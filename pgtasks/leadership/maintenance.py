@@ -7,29 +7,23 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from pgtasks.core.channels import leader_channel
 from pgtasks.core.errors import ConfigurationError, DatabaseError
 from pgtasks.core.logs import log_event
+from pgtasks.core.options import to_seconds
+from pgtasks.core.registry import Registry
 from pgtasks.leadership.cleaner import Cleaner, Retention
-from pgtasks.leadership.elector import Elector, LeaderService, leader_channel
+from pgtasks.leadership.elector import Elector, LeaderService
 from pgtasks.leadership.heartbeat import Heartbeat
 from pgtasks.leadership.rescuer import Rescuer
 from pgtasks.leadership.scheduler import DEFAULT_GRACE, PeriodicScheduler
-
-if TYPE_CHECKING:
-    from pgtasks.app import App
+from pgtasks.storage.store import Store
 
 logger = logging.getLogger("pgtasks.maintenance")
-
-
-def _seconds(name: str, value: float | timedelta) -> float:
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
-        raise ConfigurationError(f"{name}={value!r}: expected a positive number of seconds (or a timedelta)")
-    return float(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +53,10 @@ class MaintenanceConfig:
 
     def __post_init__(self) -> None:
         for name in ("leader_ttl", "heartbeat_interval", "rescue_after", "cleaner_interval"):
-            object.__setattr__(self, name, _seconds(name, getattr(self, name)))
+            object.__setattr__(self, name, to_seconds(name, getattr(self, name)))
         for name in ("rescue_interval", "periodic_grace"):
             if getattr(self, name) is not None:
-                object.__setattr__(self, name, _seconds(name, getattr(self, name)))
+                object.__setattr__(self, name, to_seconds(name, getattr(self, name)))
         if self.rescue_after < 3 * self.heartbeat_interval:
             raise ConfigurationError(
                 f"rescue_after={self.rescue_after!r} must be at least 3x heartbeat_interval="
@@ -95,7 +89,8 @@ class Maintenance:
 
     def __init__(
         self,
-        app: App,
+        registry: Registry[Any],
+        store: Store,
         pool: AsyncConnectionPool[Any],
         *,
         worker_id: str,
@@ -104,19 +99,19 @@ class Maintenance:
         held_jobs: Callable[[], Iterable[int]],
         config: MaintenanceConfig,
     ) -> None:
-        self.app = app
+        self.registry = registry
         self.config = config
-        self.heartbeat = Heartbeat(pool, app.store, worker_id=worker_id, queues=queues, concurrency=concurrency,
+        self.heartbeat = Heartbeat(pool, store, worker_id=worker_id, queues=queues, concurrency=concurrency,
                                    held_jobs=held_jobs, interval=config.heartbeat_interval)
-        self.elector = Elector(pool, app.store, worker_id, ttl=config.leader_ttl, on_change=self._on_leadership)
-        self.scheduler = PeriodicScheduler(app, pool, elector=self.elector,
+        self.elector = Elector(pool, store, worker_id, ttl=config.leader_ttl, on_change=self._on_leadership)
+        self.scheduler = PeriodicScheduler(registry, store, pool, elector=self.elector,
                                            grace=config.effective_periodic_grace)
-        self.rescuer = Rescuer(pool, app.store, rescue_after=config.rescue_after,
+        self.rescuer = Rescuer(pool, store, rescue_after=config.rescue_after,
                                interval=config.effective_rescue_interval, elector=self.elector)
-        self.cleaner = Cleaner(pool, app.store, retention=config.retention, interval=config.cleaner_interval,
+        self.cleaner = Cleaner(pool, store, retention=config.retention, interval=config.cleaner_interval,
                                elector=self.elector)
         self.leader_services: list[LeaderService] = [self.scheduler, self.rescuer, self.cleaner]
-        self.channel = leader_channel(app.schema)
+        self.channel = leader_channel(store.schema)
 
     @property
     def is_leader(self) -> bool:
@@ -148,7 +143,7 @@ class Maintenance:
     async def _on_leadership(self, leading: bool) -> None:
         if leading:
             log_event(logger, logging.INFO, "leader.services_starting", term=self.elector.term,
-                      schedules=len(self.app.schedules))
+                      schedules=len(self.registry.schedules))
             for service in self.leader_services:
                 await service.start()
         else:

@@ -7,17 +7,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from pgtasks.core.logs import log_event
+from pgtasks.core.registry import Registry
 from pgtasks.core.schedules import PeriodicSchedule
 from pgtasks.leadership.elector import Elector, LeaderService
-
-if TYPE_CHECKING:
-    from pgtasks.app import App
+from pgtasks.storage.store import Store
 
 logger = logging.getLogger("pgtasks.periodic")
 
@@ -30,6 +29,43 @@ MAX_SLEEP = 5.0
 # How far missed ticks are counted for the record; the count is informational.
 MISSED_COUNT_CAP = 10_000
 _ONE_US = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedFire:
+    """One tick to record: enqueue its job, or record it as skipped; `missed` older ticks folded in."""
+
+    fire_time: datetime
+    enqueue: bool
+    missed: int = 0
+
+
+def plan_fires(schedule: PeriodicSchedule, last: datetime, now: datetime, grace: timedelta) -> list[PlannedFire]:
+    """The ticks to record after the cursor `last`, at `now`: pure arithmetic, no I/O.
+
+    Ticks no older than `grace` are on time and enqueued whatever the policy. Older ones were
+    missed while no leader ran: the schedule's catch-up policy decides (latest, skip, all up to
+    catch_up_limit), and the rest is counted into `missed` of the tick that records them.
+    """
+    horizon = now - grace
+    on_time = sorted(schedule.ticks_back(now, after=max(last, horizon - _ONE_US)))
+    latest_missed = next(schedule.ticks_back(horizon - _ONE_US, after=last), None)
+    plan: list[PlannedFire] = []
+    if latest_missed is not None:
+        missed = schedule.count_between(last, latest_missed, MISSED_COUNT_CAP)
+        if schedule.catch_up == "skip" or (schedule.catch_up == "latest" and on_time):
+            plan.append(PlannedFire(latest_missed, False, missed))
+        elif schedule.catch_up == "latest":
+            plan.append(PlannedFire(latest_missed, True, missed - 1))
+        else:  # "all", bounded by catch_up_limit: the newest ones run, older ones are dropped
+            taken = list(itertools.islice(schedule.ticks_back(latest_missed, after=last), schedule.catch_up_limit))
+            dropped = missed - len(taken)
+            if dropped > 0:
+                newest_dropped = next(schedule.ticks_back(taken[-1] - _ONE_US, after=last))
+                plan.append(PlannedFire(newest_dropped, False, dropped))
+            plan.extend(PlannedFire(tick, True) for tick in reversed(taken))
+    plan.extend(PlannedFire(tick, True) for tick in on_time)
+    return plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +93,8 @@ class PeriodicScheduler(LeaderService):
 
     def __init__(
         self,
-        app: App,
+        registry: Registry[Any],
+        store: Store,
         pool: AsyncConnectionPool[Any],
         *,
         elector: Elector | None = None,
@@ -66,9 +103,9 @@ class PeriodicScheduler(LeaderService):
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         super().__init__(max_sleep, elector)
-        self.app = app
+        self.registry = registry
         self._pool = pool
-        self._store = app.store
+        self._store = store
         self.grace = grace
         self.max_sleep = max_sleep
         self._clock = clock
@@ -79,7 +116,7 @@ class PeriodicScheduler(LeaderService):
 
     async def tick(self, now: datetime | None = None) -> list[Fire]:
         """One pass over every schedule at `now` (default: the clock); returns what it recorded."""
-        schedules = list(self.app.schedules.values())
+        schedules = list(self.registry.schedules.values())
         if not schedules or not self.may_act():
             self.interval = self.max_sleep
             return []
@@ -111,29 +148,10 @@ class PeriodicScheduler(LeaderService):
                           spec=schedule.spec, next_fire=schedule.next_after(now).isoformat())
                 return [Fire(schedule.name, now, "registered")]
             return []
-        horizon = now - self.grace
-        # Ticks in (last, now] no older than the grace: on time, enqueued whatever the policy.
-        on_time = sorted(schedule.ticks_back(now, after=max(last, horizon - _ONE_US)))
-        # The newest tick in (last, horizon): missed while no leader was running.
-        latest_missed = next(schedule.ticks_back(horizon - _ONE_US, after=last), None)
-        plan: list[tuple[datetime, bool, int]] = []  # (fire_time, enqueue?, missed folded in)
-        if latest_missed is not None:
-            missed = schedule.count_between(last, latest_missed, MISSED_COUNT_CAP)
-            if schedule.catch_up == "skip" or (schedule.catch_up == "latest" and on_time):
-                plan.append((latest_missed, False, missed))
-            elif schedule.catch_up == "latest":
-                plan.append((latest_missed, True, missed - 1))
-            else:  # "all", bounded by catch_up_limit: the newest ones run, older ones are dropped
-                taken = list(itertools.islice(schedule.ticks_back(latest_missed, after=last),
-                                              schedule.catch_up_limit))
-                dropped = missed - len(taken)
-                if dropped > 0:
-                    newest_dropped = next(schedule.ticks_back(taken[-1] - _ONE_US, after=last))
-                    plan.append((newest_dropped, False, dropped))
-                plan.extend((tick, True, 0) for tick in reversed(taken))
-        plan.extend((tick, True, 0) for tick in on_time)
+        plan = plan_fires(schedule, last, now, self.grace)
         fires: list[Fire] = []
-        for fire_time, enqueue, missed in plan:
+        for planned in plan:
+            fire_time, enqueue, missed = planned.fire_time, planned.enqueue, planned.missed
             result = await self._store.aperiodic_fire(
                 conn, schedule=schedule.name, fire_time=fire_time, row=schedule.row if enqueue else None,
                 missed=missed, leader_term=self.term, overlap=schedule.overlap)

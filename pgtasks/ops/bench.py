@@ -29,6 +29,7 @@ import msgspec
 from pgtasks.app import App
 from pgtasks.client.task import Task
 from pgtasks.core.errors import BenchmarkError
+from pgtasks.storage.bench import BenchStore
 
 SCHEMA_PREFIX = "pgtasks_bench_"
 NOOP_TASK = "pgtasks.bench.noop"
@@ -59,7 +60,9 @@ def bench_app(database_url: str | None = None, *, schema: str | None = None) -> 
 
 def noop_task(app: App, name: str = NOOP_TASK) -> Task[[], None]:
     """The bench app's no-op task (sync, run on a thread; or ASYNC_NOOP_TASK, run on the event loop)."""
-    task: Task[[], None] = app.tasks[name]
+    task = app.tasks[name]
+    if not isinstance(task, Task):
+        raise BenchmarkError(f"{name} is not a task of the bench app")
     return task
 
 
@@ -81,7 +84,7 @@ def drop_schema(app: App) -> None:
     if not app.schema.startswith(SCHEMA_PREFIX):
         raise BenchmarkError(f"refusing to drop schema {app.schema!r}: only throwaway {SCHEMA_PREFIX}* schemas are")
     with app.connect() as conn:
-        app.store.bench_schema_drop(conn)
+        BenchStore(app.schema).schema_drop(conn)
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,7 @@ class BackendCpu:
     def _run(self) -> None:
         with self.app.connect() as conn:
             while not self._stop.is_set():
-                for pid in self.app.store.bench_backend_pids(conn, self.app.application_name):
+                for pid in BenchStore(self.app.schema).backend_pids(conn, self.app.application_name):
                     try:
                         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                     except OSError:
@@ -270,7 +273,7 @@ def wait_until(condition: Callable[[], bool], *, timeout: float, worker: WorkerP
 def completed(app: App) -> int:
     """Completed no-op jobs in the app's schema."""
     with app.connect() as conn:
-        return app.store.bench_count_completed(conn, NOOP_TASK)
+        return BenchStore(app.schema).count_completed(conn, NOOP_TASK)
 
 
 # -- workloads -------------------------------------------------------------------------------------
@@ -338,7 +341,7 @@ def drain(
         finally:
             db_seconds = backends.stop() if backends is not None else None
     with app.connect() as conn:
-        window = app.store.bench_drain_window(conn, task_name)
+        window = BenchStore(app.schema).drain_window(conn, task_name)
     done, first, last = window["completed"], window["first_claim"], window["last_outcome"]
     if done != jobs or first is None or last is None:
         raise BenchmarkError(f"{workload}: {done} of {jobs} jobs completed ({window['total']} in the table)")
@@ -384,7 +387,7 @@ def idle_latency(
                    what=f"{jobs} jobs to complete")
         worker.stop()
     with app.connect() as conn:
-        latencies = app.store.bench_start_latencies(conn, NOOP_TASK)[1:]
+        latencies = BenchStore(app.schema).start_latencies(conn, NOOP_TASK)[1:]
     details: dict[str, Any] = {"listen": listen, "interval_ms": round(interval * 1000, 1), **percentiles(latencies)}
     if poll_interval is not None:
         details["poll_interval_s"] = poll_interval

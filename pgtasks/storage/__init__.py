@@ -1,1 +1,4 @@
-"""Layer 1: everything that talks to PostgreSQL: named queries, the Store, connections, pool-mode detection, migrations, the embedded server."""
+"""Layer 1: all that talks to PostgreSQL.
+
+Named queries, the Store, connections and pools, pool-mode detection, migrations, the embedded server.
+"""

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, LiteralString
 
-import psycopg
-from psycopg import Connection
+from psycopg import AsyncConnection, Connection
+from psycopg.pq import TransactionStatus
 
+from pgtasks.core.errors import SchemaNotMigratedError
+from pgtasks.storage.base import StoreBase
 from pgtasks.storage.queries import render
-from pgtasks.storage.store import Store
+from pgtasks.storage.steps import Operation, every, execute, one
 
 _FILE_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
+Queries = Mapping[str, LiteralString]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,45 +53,81 @@ def latest_version() -> int:
     return available_migrations()[-1].version
 
 
-def _applied(conn: Connection[Any], store: Store) -> dict[int, datetime]:
-    try:
-        with conn.transaction():
-            rows = conn.execute(store.q["migration_list_applied"]).fetchall()
-    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
-        return {}
+def require_latest(schema: str, version: int) -> None:
+    """Raise SchemaNotMigratedError unless `version` (the schema's) is at least this code's latest."""
+    expected = latest_version()
+    if version < expected:
+        raise SchemaNotMigratedError(
+            f"schema {schema!r} is at migration {version} but this pgtasks needs {expected}; run `pgtasks migrate`"
+        )
+
+
+# -- operations (see pgtasks.storage.steps) ----------------------------------------------------------
+
+
+def _current_version(q: Queries) -> Operation[int]:
+    row = yield one(q["migration_current_version"])
+    return int(row[0]) if row else 0
+
+
+def _applied(q: Queries) -> Operation[dict[int, datetime]]:
+    rows = yield every(q["migration_list_applied"])
     return {int(version): applied_at for version, _name, applied_at in rows}
+
+
+def _apply(q: Queries, schema: str, migrations: Sequence[Migration], upto: int | None) -> Operation[list[Migration]]:
+    yield execute(q["migration_lock"], {"schema": schema})
+    yield execute(q["migration_ensure_schema"])
+    yield execute(q["migration_ensure_table"])
+    done = yield from _applied(q)
+    applied: list[Migration] = []
+    for migration in migrations:
+        if migration.version in done or (upto is not None and migration.version > upto):
+            continue
+        yield execute(render(migration.sql, schema))
+        yield execute(q["migration_record"], {"version": migration.version, "name": migration.name})
+        applied.append(migration)
+    return applied
+
+
+class MigrationStore(StoreBase):
+    def migration_current_version(self, conn: Connection[Any]) -> int:
+        return self.run(conn, _current_version(self.queries))
+
+    async def amigration_current_version(self, conn: AsyncConnection[Any]) -> int:
+        return await self.arun(conn, _current_version(self.queries))
+
+    def migration_applied(self, conn: Connection[Any]) -> dict[int, datetime]:
+        """Applied versions with their times; empty when the schema was never migrated."""
+        try:
+            # In a transaction (a savepoint inside the caller's): a missing table must not abort it.
+            return self.run(conn, _applied(self.queries), transaction=True)
+        except SchemaNotMigratedError:
+            return {}
+
+    def migration_apply(self, conn: Connection[Any], upto: int | None = None) -> list[Migration]:
+        """Apply pending migrations (up to version `upto`) in one transaction, under the migration lock."""
+        return self.run(conn, _apply(self.queries, self.schema, available_migrations(), upto), transaction=True)
 
 
 def status(conn: Connection[Any], schema: str) -> list[MigrationStatus]:
     """Every known migration with the time it was applied, or None while pending."""
-    applied = _applied(conn, Store(schema))
+    applied = MigrationStore(schema).migration_applied(conn)
     return [MigrationStatus(m.version, m.name, applied.get(m.version)) for m in available_migrations()]
 
 
 def pending_sql(conn: Connection[Any], schema: str) -> list[tuple[Migration, str]]:
     """The migrations not yet applied, each with the exact SQL that would run (for --dry-run)."""
-    applied = _applied(conn, Store(schema))
+    applied = MigrationStore(schema).migration_applied(conn)
     return [(m, render(m.sql, schema)) for m in available_migrations() if m.version not in applied]
 
 
-def migrate(conn: Connection[Any], schema: str) -> list[Migration]:
+def migrate(conn: Connection[Any], schema: str, *, upto: int | None = None) -> list[Migration]:
     """Apply pending migrations in one transaction; concurrent callers wait, then find nothing to do.
 
     The lock is pg_advisory_xact_lock, released at commit, so it is safe behind a transaction pooler.
+    `upto` stops at that version (upgrade tests start from an older schema).
     """
-    store = Store(schema)
-    if conn.autocommit is False and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+    if conn.autocommit is False and conn.info.transaction_status != TransactionStatus.IDLE:
         raise RuntimeError("migrate() needs a connection that is not inside a transaction")
-    applied_now: list[Migration] = []
-    with store.errors(), conn.transaction():
-        conn.execute(store.q["migration_lock"], {"schema": schema})
-        conn.execute(store.q["migration_ensure_schema"])
-        conn.execute(store.q["migration_ensure_table"])
-        done = {int(row[0]) for row in conn.execute(store.q["migration_list_applied"]).fetchall()}
-        for migration in available_migrations():
-            if migration.version in done:
-                continue
-            conn.execute(render(migration.sql, schema))
-            conn.execute(store.q["migration_record"], {"version": migration.version, "name": migration.name})
-            applied_now.append(migration)
-    return applied_now
+    return MigrationStore(schema).migration_apply(conn, upto)

@@ -7,6 +7,7 @@ from functools import cache
 from importlib import resources
 from typing import LiteralString, cast
 
+from pgtasks.core.channels import jobs_channel
 from pgtasks.core.errors import ConfigurationError
 
 _NAME_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -25,11 +26,6 @@ def validate_schema_name(schema: str) -> str:
     return schema
 
 
-def notify_channel(schema: str) -> str:
-    """The LISTEN/NOTIFY channel on which inserts into `schema`.jobs announce their queue."""
-    return f"{schema}.jobs"
-
-
 def render(text: str, schema: str) -> LiteralString:
     """Substitute the schema placeholders of one SQL text.
 
@@ -37,7 +33,7 @@ def render(text: str, schema: str) -> LiteralString:
     so the rendered text is as trusted as the literal it came from.
     """
     validate_schema_name(schema)
-    rendered = text.replace("{schema}", f'"{schema}"').replace("{channel}", f"'{notify_channel(schema)}'")
+    rendered = text.replace("{schema}", f'"{schema}"').replace("{channel}", f"'{jobs_channel(schema)}'")
     return cast(LiteralString, rendered)  # type: ignore[redundant-cast] # mypy treats LiteralString as str
 
 

@@ -8,9 +8,11 @@ from typing import Any
 import msgspec
 from psycopg import Connection
 
+from pgtasks.app import App
 from pgtasks.client.task import Task
+from pgtasks.core.models import PENDING_STATES
 
-PENDING = ("available", "scheduled", "retryable")
+PENDING = tuple(str(state) for state in PENDING_STATES)
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -23,15 +25,17 @@ def enqueued_jobs(task: Task[Any, Any], *, queue: str | None = None, states: Seq
     transaction that has not committed yet are seen), else a pooled one.
     """
     app = task.app
+    if not isinstance(app, App):
+        raise TypeError(f"{task.name} is not registered on a pgtasks.App")
     unknown = [name for name in args if name not in task.codec.signature.parameters]
     if unknown:
         raise TypeError(f"{task.name} has no parameter(s) {unknown}; its parameters are "
                         f"{list(task.codec.signature.parameters)}")
     args_json = _ENCODER.encode(args).decode()
-    conn = connection if connection is not None else app._bound.get()
+    conn = connection if connection is not None else app.binding.current()
     if isinstance(conn, Connection):
         return app.store.job_find_enqueued(conn, task=task.name, args_json=args_json, states=states, queue=queue)
-    with app._sync_pool().connection() as pooled:
+    with app.database.pool().connection() as pooled:
         return app.store.job_find_enqueued(pooled, task=task.name, args_json=args_json, states=states, queue=queue)
 
 

@@ -6,21 +6,22 @@ import asyncio
 import contextlib
 import itertools
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from psycopg import AsyncConnection, Connection
 
-from pgtasks.client.task import JobRef
-from pgtasks.core.context import JobContext, _current, set_current_job
+from pgtasks.client.results import JobRef, decode_result
+from pgtasks.core.context import JobContext, reset_current_job, set_current_job
+from pgtasks.core.definition import TaskDefinition
 from pgtasks.core.errors import Cancel, ConfigurationError, JobCancelledError, JobDiscardedError, Retry, Snooze
 from pgtasks.core.models import EnqueueRow
 
 if TYPE_CHECKING:
     from pgtasks.app import App
-    from pgtasks.client.task import Task
 
 _ids = itertools.count(-1, -1)  # eager jobs never touch the database: negative ids cannot collide
 _ENCODER = msgspec.json.Encoder()
@@ -74,48 +75,65 @@ def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     return box.get("result")
 
 
-class EagerRunner:
-    """Runs each enqueued call inline: arguments are encoded and decoded as the worker would do
-    (so argument errors still surface at .delay()), the task runs with a JobContext, and its
-    return value makes the same msgspec round trip a stored result makes."""
+class EagerEnqueuer:
+    """The Enqueuer of eager mode: runs each enqueued call inline instead of inserting it.
 
-    def __init__(self, propagate: bool) -> None:
+    Arguments are encoded and decoded as the worker would do (so argument errors still surface
+    at .delay()), the task runs with a JobContext, and its return value makes the same msgspec
+    round trip a stored result makes. Connections passed in are ignored: nothing is written.
+    """
+
+    def __init__(self, app: App, propagate: bool) -> None:
+        self.app = app
         self.propagate = propagate
         self.refs: list[EagerJobRef] = []
 
-    def _context(self, task: Task[Any, Any], row: EnqueueRow, job_id: int) -> JobContext:
+    def enqueue(self, task: TaskDefinition[Any, Any], row: EnqueueRow, connection: Connection[Any] | None) -> JobRef:
+        return self.run(task, row)
+
+    async def aenqueue(self, task: TaskDefinition[Any, Any], row: EnqueueRow,
+                       connection: AsyncConnection[Any] | None) -> JobRef:
+        return await self.arun(task, row)
+
+    def enqueue_many(self, tasks: Sequence[TaskDefinition[Any, Any]], rows: Sequence[EnqueueRow],
+                     connection: Connection[Any] | None) -> list[JobRef]:
+        return [self.run(task, row) for task, row in zip(tasks, rows, strict=True)]
+
+    async def aenqueue_many(self, tasks: Sequence[TaskDefinition[Any, Any]], rows: Sequence[EnqueueRow],
+                            connection: AsyncConnection[Any] | None) -> list[JobRef]:
+        return [await self.arun(task, row) for task, row in zip(tasks, rows, strict=True)]
+
+    def _context(self, task: TaskDefinition[Any, Any], row: EnqueueRow, job_id: int) -> JobContext:
         return JobContext(job_id, task.name, row.queue, 1, row.max_attempts, datetime.now(UTC), "eager")
 
-    def _settle(self, task: Task[Any, Any], row: EnqueueRow, job_id: int, run: Any) -> EagerJobRef:
+    def _settle(self, task: TaskDefinition[Any, Any], row: EnqueueRow, job_id: int, run: Any) -> EagerJobRef:
         args = msgspec.json.decode(row.args)
         common: dict[str, Any] = {"queue": row.queue, "args": args}
         try:
             value = run()
         except Snooze as snooze:
-            ref = EagerJobRef(job_id, task.name, task.app, outcome="scheduled", error_type="Snooze",
+            ref = EagerJobRef(job_id, task.name, self.app, outcome="scheduled", error_type="Snooze",
                               error_message=str(snooze), **common)
         except Retry as retry:
-            ref = EagerJobRef(job_id, task.name, task.app, outcome="retryable", error_type="Retry",
+            ref = EagerJobRef(job_id, task.name, self.app, outcome="retryable", error_type="Retry",
                               error_message=str(retry), **common)
         except Cancel as cancel:
-            ref = EagerJobRef(job_id, task.name, task.app, outcome="cancelled", error_type="Cancel",
+            ref = EagerJobRef(job_id, task.name, self.app, outcome="cancelled", error_type="Cancel",
                               error_message=str(cancel), **common)
         except Exception as exc:
             if self.propagate:
                 raise
-            ref = EagerJobRef(job_id, task.name, task.app, outcome="discarded", error_type=type(exc).__qualname__,
+            ref = EagerJobRef(job_id, task.name, self.app, outcome="discarded", error_type=type(exc).__qualname__,
                               error_message=str(exc), **common)
         else:
             result = None
             if task.config.store_result and value is not None:
-                from pgtasks.client.results import decode_result  # noqa: PLC0415 - avoid an import cycle
-
-                result = decode_result(task.app, task.name, job_id, _ENCODER.encode(value).decode())
-            ref = EagerJobRef(job_id, task.name, task.app, result=result, **common)
+                result = decode_result(self.app.tasks, task.name, job_id, _ENCODER.encode(value).decode())
+            ref = EagerJobRef(job_id, task.name, self.app, result=result, **common)
         self.refs.append(ref)
         return ref
 
-    def run(self, task: Task[Any, Any], row: EnqueueRow) -> EagerJobRef:
+    def run(self, task: TaskDefinition[Any, Any], row: EnqueueRow) -> EagerJobRef:
         job_id = next(_ids)
         args, kwargs = task.codec.decode(row.args)
         context = self._context(task, row, job_id)
@@ -127,11 +145,11 @@ class EagerRunner:
                     return _run_coroutine(task.func(*args, **kwargs))
                 return task.func(*args, **kwargs)
             finally:
-                _current.reset(token)
+                reset_current_job(token)
 
         return self._settle(task, row, job_id, call)
 
-    async def arun(self, task: Task[Any, Any], row: EnqueueRow) -> EagerJobRef:
+    async def arun(self, task: TaskDefinition[Any, Any], row: EnqueueRow) -> EagerJobRef:
         job_id = next(_ids)
         args, kwargs = task.codec.decode(row.args)
         context = self._context(task, row, job_id)
@@ -166,11 +184,11 @@ def eager(app: App, *, propagate: bool = True) -> Iterator[list[EagerJobRef]]:
     False it is recorded (`ref.state() == "discarded"`, and `ref.wait()` raises). Retry and
     Snooze are recorded, not re-run.
     """
-    if app._eager is not None:
+    if isinstance(app.enqueuer, EagerEnqueuer):
         raise ConfigurationError("eager(app) is already active for this App; nest no second one")
-    runner = EagerRunner(propagate)
-    app._eager = runner
+    previous, runner = app.enqueuer, EagerEnqueuer(app, propagate)
+    app.enqueuer = runner
     try:
         yield runner.refs
     finally:
-        app._eager = None
+        app.enqueuer = previous

@@ -12,7 +12,7 @@ from pgtasks.core.aio import cancel_and_wait, wait_event
 from pgtasks.core.errors import DatabaseError
 from pgtasks.core.logs import log_event
 from pgtasks.core.models import Outcome
-from pgtasks.core.service import backoff_delay
+from pgtasks.core.retry import reconnect_delay
 from pgtasks.storage.store import Store
 
 logger = logging.getLogger("pgtasks.worker")
@@ -79,14 +79,14 @@ class Completer:
                 batch = [self._pending[k] for k in keys]
                 try:
                     async with self._pool.connection() as conn:
-                        written = await self._store.job_set_outcome_many(conn, batch)
+                        written = await self._store.ajob_set_outcome_many(conn, batch)
                 except DatabaseError as exc:
                     failures += 1
                     uncertain.update(keys)
                     if failures == 1:
                         log_event(logger, logging.WARNING, "completer.failing", error=str(exc),
                                   backlog=len(self._pending))
-                    await asyncio.sleep(backoff_delay(failures))
+                    await asyncio.sleep(reconnect_delay(failures))
                     continue
                 if failures:
                     log_event(logger, logging.INFO, "completer.recovered", after_failures=failures)

@@ -21,8 +21,8 @@ from pgtasks.core.retry import Backoff, RetryPolicy
 from pgtasks.worker.threads import ElasticThreadPool
 
 if TYPE_CHECKING:
-    from pgtasks.app import App
-    from pgtasks.client.task import Task
+    from pgtasks.core.definition import TaskDefinition
+    from pgtasks.core.registry import Registry
     from pgtasks.worker.cancel import CancelRegistry
 
 logger = logging.getLogger("pgtasks.worker")
@@ -43,18 +43,18 @@ def _error(job: ClaimedJob, exc: BaseException, *, with_traceback: bool = True) 
 class Executor:
     """Executes jobs for one worker. Never raises for task failures; CancelledError propagates."""
 
-    def __init__(self, app: App, worker_id: str, threads: ElasticThreadPool,
+    def __init__(self, registry: Registry[Any], worker_id: str, threads: ElasticThreadPool,
                  cancels: CancelRegistry | None = None) -> None:
-        self.app = app
+        self.registry = registry
         self.worker_id = worker_id
         self.threads = threads
         self.cancels = cancels
 
     async def run(self, job: ClaimedJob) -> Outcome:
         started = time.perf_counter()
-        hooks = self.app.hooks
+        hooks = self.registry.hooks
         event = None
-        if hooks:  # issue 6: middleware hooks; one truth test when none are registered
+        if hooks:  # one truth test when no hook is registered
             event = JobEvent(job.id, job.task, job.queue, job.attempt, job.max_attempts, self.worker_id)
             await hooks.run(hooks.before, event, "before_job")
         outcome = await self._run(job, event)
@@ -68,19 +68,19 @@ class Executor:
     async def _run(self, job: ClaimedJob, event: JobEvent | None = None) -> Outcome:
         if job.expired:
             error = ErrorEntry(job.attempt, datetime.now(UTC), "Expired", "the job expired before it could run")
-            return Outcome(job.id, job.claims, JobState.CANCELLED, error=error)
-        task = self.app.tasks.get(job.task)
+            return Outcome.cancelled(job, error)
+        task = self.registry.tasks.get(job.task)
         if task is None:
             missing = UnknownTaskError(
                 f"task {job.task!r} is not registered in this worker (pid-local registry has "
-                f"{len(self.app.tasks)} tasks); deploy code that defines it, or check the --app module"
+                f"{len(self.registry.tasks)} tasks); deploy code that defines it, or check the --app module"
             )
             return self._failed(job, missing, _UNKNOWN_TASK_RETRY, with_traceback=False)
         context = JobContext(job.id, job.task, job.queue, job.attempt, job.max_attempts, job.created_at,
                              self.worker_id)
         if self.cancels is None:
             return await self._attempt(task, job, context, event)
-        # Operator cancels (issue 6): registered while running so `pgtasks jobs cancel` can reach it.
+        # Registered while running, so `pgtasks jobs cancel` can reach it.
         self.cancels.add(job.id, context, asyncio.current_task() if task.is_async else None)
         try:
             outcome = await self._attempt(task, job, context, event)
@@ -90,22 +90,22 @@ class Executor:
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
-            outcome = Outcome(job.id, job.claims, JobState.CANCELLED)
+            outcome = Outcome.cancelled(job)
         finally:
             self.cancels.remove(job.id)
         if context.cancelled:
             error = ErrorEntry(job.attempt, datetime.now(UTC), "Cancelled", "cancelled on request while running")
-            return Outcome(job.id, job.claims, JobState.CANCELLED, error=error)
+            return Outcome.cancelled(job, error)
         return outcome
 
-    async def _attempt(self, task: Task[Any, Any], job: ClaimedJob, context: JobContext,
+    async def _attempt(self, task: TaskDefinition[Any, Any], job: ClaimedJob, context: JobContext,
                        event: JobEvent | None) -> Outcome:
         try:
             result = await self._invoke(task, job, context)
         except Snooze as snooze:
-            return Outcome(job.id, job.claims, JobState.SCHEDULED, retry_in=snooze.seconds, attempt_delta=-1)
+            return Outcome.snoozed(job, snooze.seconds)
         except Cancel as cancel:
-            return Outcome(job.id, job.claims, JobState.CANCELLED, error=_error(job, cancel, with_traceback=False))
+            return Outcome.cancelled(job, _error(job, cancel, with_traceback=False))
         except Retry as retry:
             return self._failed(job, retry, task.config.retry, retry_in=retry.in_, with_traceback=False)
         except JobTimeoutError as exc:  # say which limit, without a traceback of the event loop
@@ -113,16 +113,16 @@ class Executor:
         except Exception as exc:  # noqa: BLE001 - any task failure becomes a retry, by design
             return await self._failure(job, task, event, exc)
         stored = self._encode_result(job, result) if task.config.store_result else None
-        return Outcome(job.id, job.claims, JobState.COMPLETED, result=stored)
+        return Outcome.completed(job, stored)
 
-    async def _failure(self, job: ClaimedJob, task: Task[Any, Any], event: JobEvent | None, exc: Exception, *,
+    async def _failure(self, job: ClaimedJob, task: TaskDefinition[Any, Any], event: JobEvent | None, exc: Exception, *,
                        with_traceback: bool = True) -> Outcome:
         if event is not None:
             event.error = exc
-            await self.app.hooks.run(self.app.hooks.error, event, "on_error")
+            await self.registry.hooks.run(self.registry.hooks.error, event, "on_error")
         return self._failed(job, exc, task.config.retry, with_traceback=with_traceback)
 
-    async def _invoke(self, task: Task[Any, Any], job: ClaimedJob, context: JobContext) -> Any:
+    async def _invoke(self, task: TaskDefinition[Any, Any], job: ClaimedJob, context: JobContext) -> Any:
         args, kwargs = task.codec.decode(job.args)
         timeout = task.config.timeout
         if task.is_async:
@@ -155,9 +155,9 @@ class Executor:
                 retry_in: float | None = None, with_traceback: bool = True) -> Outcome:
         error = _error(job, exc, with_traceback=with_traceback)
         if job.attempt >= job.max_attempts:
-            return Outcome(job.id, job.claims, JobState.DISCARDED, error=error)
+            return Outcome.discarded(job, error)
         delay = retry_in if retry_in is not None else policy.delay(job.attempt)
-        return Outcome(job.id, job.claims, JobState.RETRYABLE, retry_in=max(float(delay), 0.0), error=error)
+        return Outcome.retry(job, delay, error)
 
     def _encode_result(self, job: ClaimedJob, result: Any) -> bytes | None:
         if result is None:

@@ -68,12 +68,13 @@ class WorkerMetrics:
         prom = _prometheus()
         self._server, self._thread = prom.start_http_server(self.port, addr=self.addr, registry=self.registry)
         self.port = int(self._server.server_port)  # the real one when 0 asked for any free port
-        self.worker.app.hooks.after.append(self.observe)
+        self.worker.registry.hooks.after.append(self.observe)
         log_event(logger, logging.INFO, "metrics.serving", addr=self.addr, port=self.port)
 
     def stop(self) -> None:
-        if self.observe in self.worker.app.hooks.after:
-            self.worker.app.hooks.after.remove(self.observe)
+        hooks = self.worker.registry.hooks.after
+        if self.observe in hooks:
+            hooks.remove(self.observe)
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
@@ -98,10 +99,10 @@ class _LiveCollector:
             at, rows = self._cache
             if time.monotonic() - at < QUEUE_STATS_TTL:
                 return rows
-            app = self._metrics.worker.app
+            worker = self._metrics.worker
             try:
-                with app.store.errors(), app.connect() as conn:
-                    rows = app.store.queue_stats(conn)
+                with worker.store.errors(), worker.app.database.connect() as conn:
+                    rows = worker.store.queue_stats(conn)
             except PgtasksError as exc:
                 log_event(logger, logging.WARNING, "metrics.queue_stats_failed", error=str(exc))
                 rows = None
@@ -113,20 +114,20 @@ class _LiveCollector:
 
         worker = self._metrics.worker
         yield GaugeMetricFamily("pgtasks_jobs_running", "Jobs this worker is running now.",
-                                value=len(worker._running))
+                                value=worker.running_count)
         notifier = worker.notifier
         listening = notifier is not None and notifier.connected.is_set()
         yield GaugeMetricFamily("pgtasks_listener_connected",
                                 "1 while the LISTEN connection is up (0 with --no-listen or while reconnecting).",
                                 value=1 if listening else 0)
-        maintenance = getattr(worker, "maintenance", None)
+        maintenance = worker.maintenance
         if maintenance is not None:
             elector = maintenance.elector
             yield GaugeMetricFamily("pgtasks_leader", "1 while this worker is the elected leader.",
                                     value=1 if maintenance.is_leader else 0)
             yield GaugeMetricFamily("pgtasks_leader_term", "The term this worker leads in (0 when not leading).",
                                     value=elector.term if maintenance.is_leader and elector.term else 0)
-        pool = getattr(worker, "pool", None)
+        pool = worker.pool
         if pool is not None:
             stats = pool.get_stats()
             yield GaugeMetricFamily("pgtasks_pool_connections", "Connections the worker's pool holds.",

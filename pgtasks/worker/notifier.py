@@ -13,7 +13,7 @@ from psycopg import AsyncConnection
 
 from pgtasks.core.aio import cancel_and_wait, wait_event
 from pgtasks.core.logs import log_event
-from pgtasks.core.service import backoff_delay
+from pgtasks.core.retry import reconnect_delay
 from pgtasks.storage.connections import connection_kwargs
 from pgtasks.storage.store import Store
 
@@ -118,7 +118,7 @@ class Notifier:
                 if self._failures == 1:
                     log_event(logger, logging.WARNING, "listener.lost", error=str(exc) or type(exc).__name__,
                               action="reconnecting; the worker polls fast meanwhile")
-                await asyncio.sleep(backoff_delay(self._failures, cap=5.0))
+                await asyncio.sleep(reconnect_delay(self._failures, cap=5.0))
 
     async def _listen(self, conn: AsyncConnection[object]) -> None:
         """Deliver notifications and run the canary until the connection fails or goes deaf."""

@@ -4,40 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import socket
 import time
-import uuid
 from collections import deque
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from psycopg_pool import AsyncConnectionPool
 
 from pgtasks.core.aio import cancel_and_wait, wait_event
-from pgtasks.core.channels import control_channel
-from pgtasks.core.errors import ConfigurationError, ConnectionLostError, DatabaseError, SchemaNotMigratedError
+from pgtasks.core.channels import control_channel, jobs_channel
+from pgtasks.core.errors import ConfigurationError, ConnectionLostError, DatabaseError
 from pgtasks.core.logs import log_event
-from pgtasks.core.models import ClaimedJob, ErrorEntry, JobState, Outcome
-from pgtasks.core.options import validate_queue
-from pgtasks.core.service import backoff_delay
-from pgtasks.leadership.cleaner import Retention
-from pgtasks.leadership.maintenance import Maintenance, MaintenanceConfig
+from pgtasks.core.models import ClaimedJob, ErrorEntry, Outcome
+from pgtasks.core.registry import Registry
+from pgtasks.core.retry import reconnect_delay
+from pgtasks.leadership.maintenance import Maintenance
 from pgtasks.storage import migrations
-from pgtasks.storage.connections import check_dsn, make_async_pool, redact
-from pgtasks.storage.queries import notify_channel
+from pgtasks.storage.connections import make_async_pool, redact
+from pgtasks.storage.database import Database
+from pgtasks.storage.store import Store
+from pgtasks.worker.cancel import CancelRegistry, CancelWatcher
 from pgtasks.worker.completer import Completer
+from pgtasks.worker.config import WorkerConfig
 from pgtasks.worker.executor import Executor
 from pgtasks.worker.listening import ListenPlan, plan_listening
-from pgtasks.worker.notifier import CANARY_INTERVAL, CANARY_TIMEOUT, Notifier
-from pgtasks.worker.ops import WorkerOps
+from pgtasks.worker.notifier import Notifier
 from pgtasks.worker.prefetch import STALL_SECONDS, FetchAhead
 from pgtasks.worker.threads import ElasticThreadPool
 
 if TYPE_CHECKING:
-    from psycopg_pool import AsyncConnectionPool
-
-    from pgtasks.app import App
+    from pgtasks.worker.metrics import WorkerMetrics
 
 logger = logging.getLogger("pgtasks.worker")
 
@@ -45,6 +42,19 @@ logger = logging.getLogger("pgtasks.worker")
 JOB_RECANCEL_AFTER = 5.0
 # While the listener is down, poll at least this often so wakeups are not missed for long.
 DEGRADED_POLL_INTERVAL = 0.25
+
+
+class WorkerHost(Protocol):
+    """What a Worker runs for: an App provides it."""
+
+    @property
+    def registry(self) -> Registry[Any]: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def database(self) -> Database: ...
 
 
 class Worker:
@@ -55,64 +65,32 @@ class Worker:
     stay claimable by other workers, which spreads work evenly and keeps latency low.
     """
 
-    def __init__(
-        self,
-        app: App,
-        *,
-        queues: Sequence[str] = ("default",),
-        concurrency: int = 10,
-        poll_interval: float = 1.0,
-        listen: bool | None = None,
-        grace: float = 30.0,
-        burst: bool = False,
-        pool_size: int = 4,
-        worker_id: str | None = None,
-        listen_dsn: str | None = None,
-        canary_interval: float = CANARY_INTERVAL,
-        canary_timeout: float = CANARY_TIMEOUT,
-        metrics_port: int | None = None,
-        leader_ttl: float = 10.0,
-        heartbeat_interval: float = 5.0,
-        rescue_after: float = 60.0,
-        retention: Retention | None = None,
-        elect: bool | None = None,
-        claim_ahead: bool = True,
-    ) -> None:
-        if isinstance(queues, str):
-            queues = [q for q in queues.split(",") if q]
-        if not queues:
-            raise ConfigurationError("queues=[]: give at least one queue name, e.g. queues=['default']")
-        self.queues = [validate_queue(q) for q in queues]
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency={concurrency!r}: expected an integer >= 1")
-        if not poll_interval > 0:
-            raise ConfigurationError(f"poll_interval={poll_interval!r}: expected a number of seconds > 0")
-        if grace < 0:
-            raise ConfigurationError(f"grace={grace!r}: expected a number of seconds >= 0")
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 2:
-            raise ConfigurationError(
-                f"pool_size={pool_size!r}: the worker needs at least 2 connections (fetch and complete)"
-            )
+    def __init__(self, app: WorkerHost, config: WorkerConfig | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise ConfigurationError(f"Worker(config=..., {', '.join(options)}=...): give a WorkerConfig or options, "
+                                     "not both")
+        self.config = config if config is not None else WorkerConfig.from_options(options)
         self.app = app
-        self.concurrency = concurrency
-        self.poll_interval = float(poll_interval)
-        # listen: None = auto (LISTEN where it works, else poll), True = required, False = poll only.
-        self.listen = listen
-        self.listen_dsn = check_dsn(listen_dsn, name="listen_dsn") if listen_dsn is not None else None
-        self.canary_interval = float(canary_interval)
-        self.canary_timeout = float(canary_timeout)
+        self.registry = app.registry
+        self.store = app.store
+        cfg = self.config
+        self.queues = list(cfg.queues)
+        self.concurrency = cfg.concurrency
+        self.poll_interval = cfg.poll_interval
+        self.listen = cfg.listen
+        self.listen_dsn = cfg.listen_dsn
+        self.grace = cfg.grace
+        self.burst = cfg.burst
+        self.pool_size = cfg.pool_size
+        self.worker_id = cfg.worker_id
         self.listen_plan: ListenPlan | None = None
         self._claims_uncertain = False
-        self.grace = float(grace)
-        self.burst = burst
-        self.pool_size = pool_size
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._queue_set = frozenset(self.queues)
         self._running: dict[asyncio.Task[None], ClaimedJob] = {}
         # Claimed ahead of a free slot (only while jobs are short: see worker/prefetch.py); started
         # in claim order as slots free up, put back on shutdown.
         self._ready: deque[ClaimedJob] = deque()
-        self.fetch_ahead = FetchAhead(concurrency, enabled=claim_ahead)
+        self.fetch_ahead = FetchAhead(self.concurrency, enabled=cfg.claim_ahead)
         self.claimed_ahead = 0  # jobs that waited in _ready for a slot
         self._slot_freed_at = 0.0  # monotonic time a job last finished, or _ready last filled up
         self._should_fetch = True
@@ -124,18 +102,16 @@ class Worker:
         self.notifier: Notifier | None = None
         self.completer: Completer | None = None
         self.threads = ElasticThreadPool()
-        self.ops = WorkerOps(self, metrics_port)  # issue 6: operator cancels, Prometheus metrics
+        self.cancels = CancelRegistry()  # the running jobs an operator's cancel can reach
+        self.cancel_watcher: CancelWatcher | None = None
+        self.metrics: WorkerMetrics | None = None
         self.pool: AsyncConnectionPool[Any] | None = None
-        self.executor = Executor(app, self.worker_id, self.threads, self.ops.cancels)
+        self.executor = Executor(self.registry, self.worker_id, self.threads, self.cancels)
         self.fetches = 0
         self.claimed = 0
         self.waits = 0  # times the fetch loop waited for a wakeup or its poll (it must never spin)
         self.started = asyncio.Event()
-        # Heartbeat, leader election and the leader-only services (pgtasks/maintenance.py). A
-        # burst worker drains and exits, so by default it does not stand for election.
-        self.maintenance_config = MaintenanceConfig(
-            leader_ttl=leader_ttl, heartbeat_interval=heartbeat_interval, rescue_after=rescue_after,
-            retention=retention or Retention(), elect=(not burst) if elect is None else elect)
+        self.maintenance_config = cfg.maintenance()
         self.maintenance: Maintenance | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -205,23 +181,24 @@ class Worker:
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
-        dsn = await asyncio.to_thread(lambda: self.app.dsn)
-        pool = make_async_pool(dsn, application_name=self.app.application_name, max_size=self.pool_size,
+        database = self.app.database
+        dsn = await asyncio.to_thread(lambda: database.dsn)
+        pool = make_async_pool(dsn, application_name=database.application_name, max_size=self.pool_size,
                                name="pgtasks-worker")
         await pool.open(wait=True, timeout=30.0)
         try:
             await self._check_schema(pool)
-            self.completer = Completer(pool, self.app.store)
+            self.completer = Completer(pool, self.store)
             self.completer.start()
             self.pool = pool
-            await self.ops.start(pool)
+            await self._start_ops(pool)
             self.maintenance = self._make_maintenance(pool)
             await self._start_listening(pool, dsn)
             await self.maintenance.start()
             budget = self.connection_budget()
             log_event(logger, logging.INFO, "worker.started", worker_id=self.worker_id,
                       queues=",".join(self.queues), concurrency=self.concurrency,
-                      poll_interval_s=self.poll_interval, listen=self.listening, tasks=len(self.app.tasks),
+                      poll_interval_s=self.poll_interval, listen=self.listening, tasks=len(self.registry.tasks),
                       connections=budget["total"], database=redact(dsn))
             self.started.set()
             await self._fetch_loop(pool)
@@ -235,9 +212,10 @@ class Worker:
         """Detect the pool mode, decide LISTEN or poll-only (see worker/listening.py), start the notifier."""
         listen_dsn = self.listen_dsn
         if listen_dsn is None:
-            listen_dsn = await asyncio.to_thread(lambda: self.app.listen_dsn)
-        plan = await plan_listening(self.app.store, dsn, listen_dsn, listen=self.listen, pool_size=self.pool_size,
-                                    application_name=self.app.application_name)
+            listen_dsn = await asyncio.to_thread(lambda: self.app.database.listen_dsn)
+        application_name = self.app.database.application_name
+        plan = await plan_listening(self.store, dsn, listen_dsn, listen=self.listen, pool_size=self.pool_size,
+                                    application_name=application_name)
         self.listen_plan = plan
         plan.log(self.worker_id)
         if not plan.listen:
@@ -249,14 +227,15 @@ class Worker:
 
         async def send_canary(channel: str, payload: str) -> None:
             async with pool.connection() as conn:
-                await self.app.store.achannel_notify(conn, channel, payload)
+                await self.store.achannel_notify(conn, channel, payload)
 
-        self.notifier = Notifier(listen_dsn, notify_channel(self.app.schema), self.app.application_name,
-                                 self._on_notify, store=self.app.store, send_canary=send_canary,
-                                 canary_interval=self.canary_interval, canary_timeout=self.canary_timeout)
+        self.notifier = Notifier(listen_dsn, jobs_channel(self.store.schema), application_name,
+                                 self._on_notify, store=self.store, send_canary=send_canary,
+                                 canary_interval=self.config.canary_interval,
+                                 canary_timeout=self.config.canary_timeout)
         if self.maintenance is not None:
             self.notifier.subscribe(self.maintenance.channel, self.maintenance.on_leader_notify)
-        self.notifier.subscribe(control_channel(self.app.schema), self.ops.on_control)
+        self.notifier.subscribe(control_channel(self.store.schema), self._on_control)
         self.notifier.start()
         await self.notifier.wait_connected(5.0)
 
@@ -268,7 +247,7 @@ class Worker:
             return ([job.id for job in self._running.values()] + [job.id for job in self._ready]
                     + completer.pending_job_ids())
 
-        return Maintenance(self.app, pool, worker_id=self.worker_id, queues=self.queues,
+        return Maintenance(self.registry, self.store, pool, worker_id=self.worker_id, queues=self.queues,
                            concurrency=self.concurrency, held_jobs=held_jobs, config=self.maintenance_config)
 
     async def _release_unknown_claims(self, conn: Any) -> None:
@@ -276,7 +255,7 @@ class Worker:
         assert self.completer is not None
         known = ([job.id for job in self._running.values()] + [job.id for job in self._ready]
                  + self.completer.pending_job_ids())
-        released = await self.app.store.job_release_unknown_claims(conn, worker_id=self.worker_id, known_ids=known)
+        released = await self.store.ajob_release_unknown_claims(conn, worker_id=self.worker_id, known_ids=known)
         self._claims_uncertain = False
         if released:
             log_event(logger, logging.WARNING, "worker.claims_released", count=len(released),
@@ -288,7 +267,7 @@ class Worker:
         while True:
             try:
                 async with pool.connection() as conn:
-                    version = await self.app.store.amigration_current_version(conn)
+                    version = await self.store.amigration_current_version(conn)
                 break
             except ConnectionLostError as exc:
                 # The pool opened, so the database is there: an exhausted pooler (08P01
@@ -298,13 +277,39 @@ class Worker:
                     log_event(logger, logging.WARNING, "worker.startup_waiting", error=str(exc))
                 if self._stopping:
                     raise
-                await asyncio.sleep(backoff_delay(failures))
-        expected = migrations.latest_version()
-        if version < expected:
-            raise SchemaNotMigratedError(
-                f"schema {self.app.schema!r} is at migration {version} but this pgtasks needs {expected}; "
-                "run `pgtasks migrate`"
-            )
+                await asyncio.sleep(reconnect_delay(failures))
+        migrations.require_latest(self.store.schema, version)
+
+    # -- operator cancels and metrics -------------------------------------------------------------
+
+    async def _start_ops(self, pool: AsyncConnectionPool[Any]) -> None:
+        """Started after the pool opens, stopped before it closes."""
+        self.cancel_watcher = CancelWatcher(pool, self.store, self.cancels, self.poll_interval)
+        await self.cancel_watcher.start()
+        if self.config.metrics_port is not None:
+            from pgtasks.worker.metrics import WorkerMetrics  # noqa: PLC0415 - prometheus-client is optional
+
+            metrics = WorkerMetrics(self, self.config.metrics_port)
+            metrics.start()
+            self.metrics = metrics  # published once serving, with the real port
+
+    def _on_control(self, payload: str) -> None:
+        """A notification on the control channel: a job to cancel."""
+        if self.cancel_watcher is not None:
+            self.cancel_watcher.on_control(payload)
+
+    async def _stop_ops(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
+        if self.cancel_watcher is not None:
+            await self.cancel_watcher.stop()
+            self.cancel_watcher = None
+
+    @property
+    def running_count(self) -> int:
+        """Jobs running now."""
+        return len(self._running)
 
     # -- the fetch loop --------------------------------------------------------------------------
 
@@ -337,7 +342,7 @@ class Worker:
                     async with pool.connection() as conn:
                         if self._claims_uncertain:
                             await self._release_unknown_claims(conn)
-                        jobs = await self.app.store.job_fetch_available(
+                        jobs = await self.store.ajob_fetch_available(
                             conn, queues=self.queues, limit=free, worker_id=self.worker_id)
                 except DatabaseError as exc:
                     # A lost connection may have lost a committed fetch's reply with it.
@@ -346,7 +351,7 @@ class Worker:
                     if failures == 1:
                         log_event(logger, logging.WARNING, "worker.fetch_failing", error=str(exc))
                     self._should_fetch = True
-                    await self._interruptible_sleep(backoff_delay(failures))
+                    await self._interruptible_sleep(reconnect_delay(failures))
                     continue
                 if failures:
                     log_event(logger, logging.INFO, "worker.fetch_recovered", after_failures=failures)
@@ -446,7 +451,7 @@ class Worker:
             for job in put_back:
                 error = ErrorEntry(job.attempt, now, "WorkerShutdown",
                                    f"worker {self.worker_id} shut down before the job finished; put back to run again")
-                self.completer.submit(Outcome(job.id, job.claims, JobState.AVAILABLE, attempt_delta=-1, error=error))
+                self.completer.submit(Outcome.put_back(job, error))
             log_event(logger, logging.WARNING, "worker.jobs_put_back", count=len(put_back),
                       job_ids=",".join(str(j.id) for j in put_back))
         if self.completer is not None:
@@ -454,7 +459,7 @@ class Worker:
             if not flushed:
                 log_event(logger, logging.ERROR, "worker.outcomes_unwritten", backlog=self.completer.backlog)
             await self.completer.stop()
-        await self.ops.stop()
+        await self._stop_ops()
         if self.notifier is not None:
             await self.notifier.stop()
         if self.maintenance is not None:  # after the outcomes are written: then the worker row goes
@@ -469,7 +474,7 @@ class Worker:
         self._ready.clear()
         if unstarted and self.completer is not None:
             for job in unstarted:
-                self.completer.submit(Outcome(job.id, job.claims, JobState.AVAILABLE, attempt_delta=-1))
+                self.completer.submit(Outcome.put_back(job))
             log_event(logger, logging.INFO, "worker.unstarted_returned", count=len(unstarted), reason=reason)
 
     def _return_if_stalled(self) -> None:

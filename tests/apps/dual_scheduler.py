@@ -21,7 +21,7 @@ from tests.apps.periodic_app import app
 async def main(start: float, first_tick: float, ticks: int) -> dict[str, int]:
     pool = make_async_pool(app.dsn, application_name="dual-scheduler", max_size=1, name="dual")
     await pool.open(wait=True)
-    scheduler = PeriodicScheduler(app, pool)  # no elector: it always acts, as a stale leader would
+    scheduler = PeriodicScheduler(app.registry, app.store, pool)  # no elector: it always acts, as a stale leader would
     base = datetime.fromtimestamp(first_tick, UTC)
     recorded = 0
     try:

@@ -1,0 +1,153 @@
+"""The enqueue seam: what a Task hands its rows to. The database implementation lives here; eager mode
+(pgtasks.testing.eager) is the other one."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from psycopg import AsyncConnection, Connection
+
+from pgtasks.client.results import JobRef, JobSource
+from pgtasks.core.errors import ConfigurationError
+from pgtasks.core.models import EnqueueRow
+from pgtasks.storage.connections import refusing_statement_pooling
+
+if TYPE_CHECKING:
+    from pgtasks.core.definition import TaskDefinition
+    from pgtasks.storage.database import Database
+    from pgtasks.storage.store import Store
+
+
+class Enqueuer(Protocol):
+    """Turns validated rows into jobs. `connection` is the caller's own (its transaction), or None."""
+
+    def enqueue(self, task: TaskDefinition[Any, Any], row: EnqueueRow, connection: Connection[Any] | None) -> JobRef:
+        ...
+
+    async def aenqueue(self, task: TaskDefinition[Any, Any], row: EnqueueRow,
+                       connection: AsyncConnection[Any] | None) -> JobRef:
+        ...
+
+    def enqueue_many(self, tasks: Sequence[TaskDefinition[Any, Any]], rows: Sequence[EnqueueRow],
+                     connection: Connection[Any] | None) -> list[JobRef]:
+        ...
+
+    async def aenqueue_many(self, tasks: Sequence[TaskDefinition[Any, Any]], rows: Sequence[EnqueueRow],
+                            connection: AsyncConnection[Any] | None) -> list[JobRef]:
+        ...
+
+
+class ConnectionBinding:
+    """The connection `.delay()` joins inside `app.bind(conn)` / `app.transaction()`: one per App,
+    kept in a context variable so threads and asyncio tasks each see their own."""
+
+    def __init__(self, name: str) -> None:
+        self._bound: contextvars.ContextVar[Connection[Any] | AsyncConnection[Any] | None] = (
+            contextvars.ContextVar(name, default=None))
+
+    def current(self) -> Connection[Any] | AsyncConnection[Any] | None:
+        return self._bound.get()
+
+    @contextlib.contextmanager
+    def bind(self, conn: Connection[Any] | AsyncConnection[Any]) -> Iterator[None]:
+        if not isinstance(conn, Connection | AsyncConnection):
+            raise ConfigurationError(f"bind({conn!r}): expected a psycopg Connection or AsyncConnection")
+        token = self._bound.set(conn)
+        try:
+            yield
+        finally:
+            self._bound.reset(token)
+
+    def sync_target(self, connection: Connection[Any] | None) -> Connection[Any] | None:
+        """The connection a sync enqueue writes through: the one given, else the bound one, else None (a pool)."""
+        conn = connection if connection is not None else self._bound.get()
+        if isinstance(conn, AsyncConnection):
+            raise ConfigurationError(
+                "an AsyncConnection is bound here; use `await task.adelay(...)` / `aapply_async` "
+                "(the sync .delay() cannot use an async connection)"
+            )
+        if conn is not None and not isinstance(conn, Connection):
+            raise ConfigurationError(f"connection={conn!r}: expected a psycopg Connection")
+        return conn
+
+    def async_target(self, connection: AsyncConnection[Any] | None) -> AsyncConnection[Any] | None:
+        """Async twin of sync_target()."""
+        conn = connection if connection is not None else self._bound.get()
+        if isinstance(conn, Connection):
+            raise ConfigurationError(
+                "a sync Connection is bound here; use `task.delay(...)` (adelay needs an AsyncConnection)"
+            )
+        if conn is not None and not isinstance(conn, AsyncConnection):
+            raise ConfigurationError(f"connection={conn!r}: expected a psycopg AsyncConnection")
+        return conn
+
+
+class DatabaseEnqueuer:
+    """Inserts jobs through the caller's connection, else one from the App's pools."""
+
+    def __init__(self, database: Database, store: Store, binding: ConnectionBinding, source: JobSource) -> None:
+        self.database = database
+        self.store = store
+        self.binding = binding
+        self.source = source  # what the JobRefs it returns read their results from
+
+    def _ref(self, job_id: int, task: TaskDefinition[Any, Any]) -> JobRef:
+        return JobRef(job_id, task.name, self.source)
+
+    @contextlib.contextmanager
+    def connection(self, connection: Connection[Any] | None) -> Iterator[Connection[Any]]:
+        conn = self.binding.sync_target(connection)
+        if conn is not None:
+            yield conn
+            return
+        with self.database.pool().connection() as pooled:
+            yield pooled
+
+    @contextlib.asynccontextmanager
+    async def aconnection(self, connection: AsyncConnection[Any] | None) -> AsyncIterator[AsyncConnection[Any]]:
+        conn = self.binding.async_target(connection)
+        if conn is not None:
+            yield conn
+            return
+        pool = await self.database.apool()
+        async with pool.connection() as pooled:
+            yield pooled
+
+    def enqueue(self, task: TaskDefinition[Any, Any], row: EnqueueRow, connection: Connection[Any] | None) -> JobRef:
+        with self.connection(connection) as conn:
+            return self._ref(self.store.job_insert(conn, row), task)
+
+    async def aenqueue(self, task: TaskDefinition[Any, Any], row: EnqueueRow,
+                       connection: AsyncConnection[Any] | None) -> JobRef:
+        async with self.aconnection(connection) as conn:
+            return self._ref(await self.store.ajob_insert(conn, row), task)
+
+    def enqueue_many(self, tasks: Sequence[TaskDefinition[Any, Any]], rows: Sequence[EnqueueRow],
+                     connection: Connection[Any] | None) -> list[JobRef]:
+        with self.connection(connection) as conn:
+            ids = self.store.job_insert_many(conn, rows)
+        return [self._ref(job_id, task) for job_id, task in zip(ids, tasks, strict=True)]
+
+    async def aenqueue_many(self, tasks: Sequence[TaskDefinition[Any, Any]], rows: Sequence[EnqueueRow],
+                            connection: AsyncConnection[Any] | None) -> list[JobRef]:
+        async with self.aconnection(connection) as conn:
+            ids = await self.store.ajob_insert_many(conn, rows)
+        return [self._ref(job_id, task) for job_id, task in zip(ids, tasks, strict=True)]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection[Any]]:
+        """A transaction on a pooled connection, bound so every .delay() inside joins it."""
+        with refusing_statement_pooling(), self.database.pool().connection() as conn, conn.transaction(), \
+                self.binding.bind(conn):
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def atransaction(self) -> AsyncIterator[AsyncConnection[Any]]:
+        pool = await self.database.apool()
+        with refusing_statement_pooling():
+            async with pool.connection() as conn, conn.transaction():
+                with self.binding.bind(conn):
+                    yield conn

@@ -1,0 +1,32 @@
+"""Queries of workers.sql: each worker's heartbeat row."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, LiteralString
+
+from psycopg import AsyncConnection, Connection
+
+from pgtasks.core.models import WorkerInfo
+from pgtasks.storage.base import StoreBase
+from pgtasks.storage.steps import Operation, every, statement
+
+
+def _list(query: LiteralString, now: datetime | None) -> Operation[list[WorkerInfo]]:
+    return [WorkerInfo(*row) for row in (yield every(query, {"now": now}))]
+
+
+class WorkerStore(StoreBase):
+    async def aworker_heartbeat(self, conn: AsyncConnection[Any], *, worker_id: str, hostname: str, pid: int,
+                                queues: Sequence[str], concurrency: int, running: Sequence[int],
+                                now: datetime | None = None) -> None:
+        params = {"worker_id": worker_id, "hostname": hostname, "pid": pid, "queues": list(queues),
+                  "concurrency": concurrency, "running": list(running), "now": now}
+        await self.arun(conn, statement(self.queries["worker_heartbeat"], params))
+
+    async def aworker_delete(self, conn: AsyncConnection[Any], worker_id: str) -> None:
+        await self.arun(conn, statement(self.queries["worker_delete"], {"worker_id": worker_id}))
+
+    def worker_list(self, conn: Connection[Any], now: datetime | None = None) -> list[WorkerInfo]:
+        return self.run(conn, _list(self.queries["worker_list"], now))
