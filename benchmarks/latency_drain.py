@@ -1,4 +1,4 @@
-"""The figures issue 2 needs: idle enqueue-to-start latency, LISTEN on and off; the drain rate of 10,000 no-op jobs."""
+"""Idle enqueue-to-start latency, LISTEN on and off; the drain rate of 10,000 no-op jobs."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from pgtasks.core.hooks import Hook, Hooks
 from pgtasks.core.options import DEFAULT_MAX_ATTEMPTS
 from pgtasks.core.registry import Registry
 from pgtasks.core.retry import RetryPolicy
-from pgtasks.core.schedules import DEFAULT_CATCH_UP_LIMIT, PeriodicSchedule, periodic_decorator
+from pgtasks.core.schedules import DEFAULT_CATCH_UP_LIMIT, PeriodicSchedule
 from pgtasks.core.unique import Unique
 from pgtasks.storage import migrations
 from pgtasks.storage.database import Database
@@ -192,7 +192,7 @@ class App:
         each missed tick, the newest `catch_up_limit` of them. `overlap=False` skips a tick
         while the job of the previous tick is still queued or running. See docs/periodic.md.
         """
-        return periodic_decorator(self.registry, cron=cron, every=every, args=args, kwargs=kwargs,
+        return self.registry.periodic(cron=cron, every=every, args=args, kwargs=kwargs,
                                   timezone=timezone, catch_up=catch_up, catch_up_limit=catch_up_limit, name=name,
                                   overlap=overlap)
 

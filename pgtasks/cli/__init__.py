@@ -17,12 +17,12 @@ from pgtasks.cli.worker import worker
 main.add_command(worker)
 main.add_command(migrate)
 main.add_command(embedded)
-main.add_command(leader)  # issue 3
-main.add_command(periodic)  # issue 3
-main.add_command(bench_command)  # issue 5
-main.add_command(jobs)  # issue 6
-main.add_command(queues)  # issue 6
-main.add_command(stats)  # issue 6
-main.add_command(doctor)  # issue 6
+main.add_command(leader)
+main.add_command(periodic)
+main.add_command(bench_command)
+main.add_command(jobs)
+main.add_command(queues)
+main.add_command(stats)
+main.add_command(doctor)
 
 __all__ = ["main"]

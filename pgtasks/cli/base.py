@@ -11,8 +11,8 @@ from typing import Any
 import click
 
 from pgtasks.app import App
-from pgtasks.storage.database import DATABASE_URL_ENV
 from pgtasks.core.errors import PgtasksError
+from pgtasks.storage.database import DATABASE_URL_ENV
 
 APP_ENV = "PGTASKS_APP"
 

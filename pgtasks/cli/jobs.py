@@ -20,10 +20,11 @@ from pgtasks.cli.output import (
     table,
 )
 from pgtasks.core.channels import control_channel, jobs_channel
+from pgtasks.core.models import ALL_STATES as JOB_STATES
 from pgtasks.core.models import FINAL_STATES, JobState
 
-ALL_STATES = [s.value for s in JobState]
-FINAL = sorted(s.value for s in FINAL_STATES)
+ALL_STATES = [str(s) for s in JOB_STATES]
+FINAL = sorted(str(s) for s in FINAL_STATES)
 BATCH = 1000
 
 
@@ -152,8 +153,8 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], states: tuple[str, ...],
             retried = app.store.job_retry_many(conn, ids=list(job_ids), states=state_list, queues=queue_list,
                                                tasks=task_list, limit=len(job_ids), channel=channel)
         else:
-            total = app.store.job_count_filtered(conn, states=state_list or [*FINAL, "retryable", "scheduled"],
-                                                 queues=queue_list, tasks=task_list)
+            retryable = state_list or [*FINAL, JobState.RETRYABLE, JobState.SCHEDULED]
+            total = app.store.job_count_filtered(conn, states=retryable, queues=queue_list, tasks=task_list)
 
             def retry_batch() -> int:
                 batch = app.store.job_retry_many(conn, states=state_list, queues=queue_list, tasks=task_list,
@@ -217,7 +218,7 @@ def purge(ctx: click.Context, states: tuple[str, ...], queues: tuple[str, ...], 
     """
     app = _app(ctx)
     state_list = _states(states) or FINAL
-    if "running" in state_list:
+    if JobState.RUNNING in state_list:
         raise click.BadParameter("running jobs cannot be purged; cancel them first", param_hint="--state")
     seconds = parse_duration(older_than) if older_than else None
     queue_list, task_list = split_csv(queues), split_csv(tasks)

@@ -3,65 +3,64 @@
 from __future__ import annotations
 
 
-class PgtasksError(Exception):
+class _Public:
+    """Classes defined here are documented and raised as `pgtasks.X`: say so in reprs and tracebacks."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__module__ == __name__:  # not a user's subclass defined elsewhere
+            cls.__module__ = "pgtasks"
+
+
+class PgtasksError(_Public, Exception):
     """Base class of every pgtasks error."""
 
-    __module__ = "pgtasks"
 
 
 class ConfigurationError(PgtasksError, ValueError):
     """A setting or an argument has a value pgtasks cannot use; the message names the value and the fix."""
 
-    __module__ = "pgtasks"
 
 
 class TaskArgumentError(PgtasksError, TypeError):
     """Arguments given to .delay() do not fit the task's signature or cannot be encoded."""
 
-    __module__ = "pgtasks"
 
 
 class DuplicateTaskError(PgtasksError, ValueError):
     """Two tasks were registered under the same name."""
 
-    __module__ = "pgtasks"
 
 
 class UnknownTaskError(PgtasksError, LookupError):
     """A job names a task that is not registered in this process."""
 
-    __module__ = "pgtasks"
 
 
 class SchemaNotMigratedError(PgtasksError):
     """The pgtasks tables are missing or older than this code: run `pgtasks migrate`."""
 
-    __module__ = "pgtasks"
 
 
 class DatabaseError(PgtasksError):
     """A database operation failed; the original psycopg error is the __cause__."""
 
-    __module__ = "pgtasks"
 
 
 class ConnectionLostError(DatabaseError):
     """The connection to PostgreSQL (or to the pooler in front of it) was lost or refused; retryable."""
 
-    __module__ = "pgtasks"
 
 
 class PoolExhaustedError(ConnectionLostError):
     """The pooler had no free server connection in time (PgBouncer 08P01 query_wait_timeout); retryable."""
 
-    __module__ = "pgtasks"
 
 
 class JobTimeoutError(PgtasksError, TimeoutError):
     """A task ran past its `timeout`. on_error hooks receive it; the job's error entry records it
     with type "TimeoutError", as before it had a class of its own."""
 
-    __module__ = "pgtasks"
 
 
 class StatementPoolingError(ConfigurationError):
@@ -70,25 +69,21 @@ class StatementPoolingError(ConfigurationError):
     Not retryable: use a session or transaction pool (or a direct connection) for this DSN.
     """
 
-    __module__ = "pgtasks"
 
 
 class BenchmarkError(PgtasksError):
     """A benchmark run could not measure what it set out to (a worker failed, jobs did not complete)."""
 
-    __module__ = "pgtasks"
 
 
-class JobControl(Exception):
+class JobControl(_Public, Exception):
     """Base of the exceptions a task raises to steer its own job; not errors."""
 
-    __module__ = "pgtasks"
 
 
 class Retry(JobControl):
     """Retry the job, counting the attempt: `raise pgtasks.Retry(in_=30)` (seconds or timedelta)."""
 
-    __module__ = "pgtasks"
 
     def __init__(self, in_: float | None = None, reason: str = "") -> None:
         super().__init__(reason or "retry requested by the task")
@@ -99,7 +94,6 @@ class Retry(JobControl):
 class Snooze(JobControl):
     """Run the job again later without counting an attempt: `raise pgtasks.Snooze(30)`."""
 
-    __module__ = "pgtasks"
 
     def __init__(self, seconds: float) -> None:
         if seconds < 0:
@@ -111,26 +105,23 @@ class Snooze(JobControl):
 class Cancel(JobControl):
     """Stop the job for good; it ends `cancelled` and is not retried: `raise pgtasks.Cancel("why")`."""
 
-    __module__ = "pgtasks"
 
     def __init__(self, reason: str = "") -> None:
         super().__init__(reason or "cancelled by the task")
         self.reason = reason
 
 
-# -- results and operations (issue 6) ------------------------------------------------------------
+# -- results and operations ------------------------------------------------------------------
 
 
 class JobNotFoundError(PgtasksError, LookupError):
     """No job has this id (it never existed, or retention deleted it)."""
 
-    __module__ = "pgtasks"
 
 
 class WaitTimeoutError(PgtasksError, TimeoutError):
     """JobRef.wait() ran out of time before the job reached a final state."""
 
-    __module__ = "pgtasks"
 
 
 class JobFailedError(PgtasksError):
@@ -140,7 +131,6 @@ class JobFailedError(PgtasksError):
     `error_message` and `traceback` (None when none was recorded).
     """
 
-    __module__ = "pgtasks"
 
     def __init__(self, job_id: int, state: str, error_type: str | None, error_message: str | None,
                  traceback: str | None = None) -> None:
@@ -156,16 +146,13 @@ class JobFailedError(PgtasksError):
 class JobDiscardedError(JobFailedError):
     """The job failed on its last allowed attempt (or was otherwise discarded)."""
 
-    __module__ = "pgtasks"
 
 
 class JobCancelledError(JobFailedError):
     """The job was cancelled: by the task (`raise pgtasks.Cancel`), an operator, or expiry."""
 
-    __module__ = "pgtasks"
 
 
 class ResultDecodeError(PgtasksError, ValueError):
     """A stored result does not fit the task's return annotation (did the code change since it ran?)."""
 
-    __module__ = "pgtasks"

@@ -8,8 +8,6 @@ from typing import Any
 
 import msgspec
 
-_STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-
 
 def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
     """Log `event` with `fields`; the text form reads `event k=v ...`, the JSON form keeps them as keys."""

@@ -109,7 +109,7 @@ class EnqueueRow(msgspec.Struct, frozen=True):
     unique_key: str | None = None
 
 
-# -- leadership, periodic fires, heartbeats, maintenance (issue 3) -------------------------------
+# -- leadership, periodic fires, heartbeats, maintenance -------------------------------------
 
 
 class LeaderLease(msgspec.Struct, frozen=True):

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta, tzinfo
+from typing import Any, Generic, TypeVar
 
 from pgtasks.core.definition import TaskDefinition
 from pgtasks.core.errors import ConfigurationError, DuplicateTaskError
 from pgtasks.core.hooks import Hooks
-
-if TYPE_CHECKING:
-    from pgtasks.core.schedules import PeriodicSchedule
+from pgtasks.core.schedules import PeriodicSchedule, make_schedule
 
 D = TypeVar("D", bound="TaskDefinition[Any, Any]")
+T = TypeVar("T", bound="TaskDefinition[Any, Any]")
 
 
 class Registry(Generic[D]):
@@ -44,3 +45,20 @@ class Registry(Generic[D]):
                 "two schedules of the same task apart"
             )
         self.schedules[schedule.name] = schedule
+
+    def periodic(
+        self, *, cron: str | None, every: timedelta | float | None, args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None, timezone: str | tzinfo | None, catch_up: str, catch_up_limit: int,
+        name: str | None, overlap: bool,
+    ) -> Callable[[T], T]:
+        """The decorator `@app.periodic(...)` returns: registers the schedule, returns the task unchanged."""
+
+        def register(task: T) -> T:
+            schedule = make_schedule(task, cron=cron, every=every, args=args, kwargs=kwargs, timezone=timezone,
+                                     catch_up=catch_up, catch_up_limit=catch_up_limit, name=name, overlap=overlap)
+            if not self.owns(task):
+                raise ConfigurationError(f"{task.name} belongs to another App; use that App's periodic()")
+            self.add_schedule(schedule)
+            return task
+
+        return register

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, CroniterError, croniter
@@ -16,16 +16,12 @@ from pgtasks.core.errors import ConfigurationError, PgtasksError
 from pgtasks.core.models import EnqueueRow
 from pgtasks.core.options import EnqueueOptions
 
-if TYPE_CHECKING:
-    from pgtasks.core.registry import Registry
-
 CatchUp = Literal["latest", "skip", "all"]
 CATCH_UP_POLICIES: tuple[CatchUp, ...] = ("latest", "skip", "all")
 DEFAULT_CATCH_UP_LIMIT = 100
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 
-T = TypeVar("T", bound="TaskDefinition[Any, Any]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +157,7 @@ def validate_every(every: timedelta | float | int) -> timedelta:
 
 
 def make_schedule(
-    registry: Registry[Any], task: TaskDefinition[Any, Any], *, cron: str | None, every: timedelta | float | None,
+    task: TaskDefinition[Any, Any], *, cron: str | None, every: timedelta | float | None,
     args: Sequence[Any], kwargs: Mapping[str, Any] | None, timezone: str | tzinfo | None,
     catch_up: str, catch_up_limit: int, name: str | None, overlap: bool = True,
 ) -> PeriodicSchedule:
@@ -170,8 +166,6 @@ def make_schedule(
         raise ConfigurationError(
             f"@app.periodic must decorate a task, got {task!r}: put @app.periodic above @app.task"
         )
-    if not registry.owns(task):
-        raise ConfigurationError(f"{task.name} belongs to another App; use that App's periodic()")
     if (cron is None) == (every is None):
         raise ConfigurationError(
             f"@app.periodic on {task.name}: give exactly one of cron='...' or every=timedelta(...) "
@@ -207,19 +201,3 @@ def make_schedule(
         catch_up_limit=catch_up_limit,
         overlap=overlap,
     )
-
-
-def periodic_decorator(
-    registry: Registry[Any], *, cron: str | None, every: timedelta | float | None, args: Sequence[Any],
-    kwargs: Mapping[str, Any] | None, timezone: str | tzinfo | None, catch_up: str, catch_up_limit: int,
-    name: str | None, overlap: bool = True,
-) -> Callable[[T], T]:
-    """The decorator `@app.periodic(...)` returns: registers the schedule, returns the task unchanged."""
-
-    def register(task: T) -> T:
-        schedule = make_schedule(registry, task, cron=cron, every=every, args=args, kwargs=kwargs, timezone=timezone,
-                                 catch_up=catch_up, catch_up_limit=catch_up_limit, name=name, overlap=overlap)
-        registry.add_schedule(schedule)
-        return task
-
-    return register

@@ -141,16 +141,6 @@ SELECT id, task, queue, args::text AS args, state::text AS state, priority, atte
        result::text AS result, unique_key
 FROM {schema}.jobs WHERE id = %(id)s
 
--- name: job_count_by_state
-SELECT state::text AS state, count(*) AS count FROM {schema}.jobs
-WHERE queue = ANY(%(queues)s::text[]) OR %(queues)s::text[] IS NULL
-GROUP BY state
-
--- name: job_count_pending
--- Jobs a worker on these queues could still run now or later (used by burst mode).
-SELECT count(*) AS count FROM {schema}.jobs
-WHERE state IN ('available', 'scheduled', 'retryable', 'running') AND queue = ANY(%(queues)s::text[])
-
 -- name: job_release_unknown_claims
 -- Put back jobs this worker claimed without knowing it: a fetch whose reply was lost with its
 -- connection (pooler restart, dropped TCP) may still have committed its claims. Those jobs never
@@ -163,3 +153,8 @@ SET state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'ava
     attempt = greatest(attempt - 1, 0)
 WHERE state = 'running' AND attempted_by = %(worker_id)s AND id <> ALL(%(known_ids)s::bigint[])
 RETURNING id
+
+-- name: job_get_outcome
+-- What JobRef.wait() needs: the state, the stored result and the last error entry.
+SELECT state::text AS state, result::text AS result, errors -> -1 AS last_error
+FROM {schema}.jobs WHERE id = %(id)s

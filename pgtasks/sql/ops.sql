@@ -20,11 +20,6 @@ SELECT id, task, queue, state::text AS state, priority, attempt, max_attempts, c
        now() AS db_now
 FROM {schema}.jobs WHERE id = %(id)s
 
--- name: job_get_outcome
--- What JobRef.wait() needs: the state, the stored result and the last error entry.
-SELECT state::text AS state, result::text AS result, errors -> -1 AS last_error
-FROM {schema}.jobs WHERE id = %(id)s
-
 -- name: job_count_filtered
 -- How many jobs a bulk retry or purge would touch (shown before asking for confirmation).
 SELECT count(*) FROM {schema}.jobs

@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from pgtasks.core.errors import ConfigurationError, PgtasksError
-from pgtasks.core.hooks import JobEvent
+from pgtasks.core.hooks import Hooks, JobEvent
 from pgtasks.core.logs import log_event
-
-if TYPE_CHECKING:
-    from pgtasks.worker import Worker
+from pgtasks.core.models import UNFINISHED_STATES
 
 logger = logging.getLogger("pgtasks.metrics")
 
@@ -33,20 +32,39 @@ def _prometheus() -> Any:
     return prometheus_client
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerGauges:
+    """The worker's own state at scrape time (Worker.gauges())."""
+
+    running: int
+    listening: bool
+    leading: bool | None  # None: the worker has no maintenance (not started)
+    term: int
+    pool_stats: dict[str, int] | None
+    pool_max: int
+    completer_backlog: int | None
+
+
 class WorkerMetrics:
     """Owns a private registry, the job counters (fed by an after_job hook) and the HTTP server.
 
     Exported (all prefixed pgtasks_): jobs_total{task,outcome}, job_duration_seconds{task},
     jobs_running, queue_jobs{queue,state}, queue_lag_seconds{queue}, queue_paused{queue},
     leader / leader_term, listener_connected, pool_connections / pool_connections_idle / pool_requests_waiting,
-    completer_backlog, and database_up (0 when the last queue-stats read failed).
+    completer_backlog, and database_up (0 when the last queue-stats read failed). It reads the
+    worker through `gauges` and the database through `queue_stats`, and knows nothing else of it.
     """
 
-    def __init__(self, worker: Worker, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a scrape target
+    def __init__(self, *, worker_id: str, hooks: Hooks, port: int, gauges: Callable[[], WorkerGauges],
+                 queue_stats: Callable[[], list[dict[str, Any]]],
+                 addr: str = "0.0.0.0") -> None:  # noqa: S104 - a scrape target
         prom = _prometheus()
-        self.worker = worker
+        self.worker_id = worker_id
+        self.hooks = hooks
         self.port = port
         self.addr = addr
+        self.gauges = gauges
+        self.queue_stats = queue_stats
         self.registry = prom.CollectorRegistry()
         self.jobs = prom.Counter("pgtasks_jobs", "Job attempts finished by this worker, by task and outcome.",
                                  ["task", "outcome"], registry=self.registry)
@@ -58,7 +76,7 @@ class WorkerMetrics:
 
     def observe(self, event: JobEvent) -> None:
         """The after_job hook: count the outcome and time the attempt (this worker's jobs only)."""
-        if event.worker_id != self.worker.worker_id:
+        if event.worker_id != self.worker_id:
             return
         self.jobs.labels(event.task, event.state or "unknown").inc()
         if event.duration is not None:
@@ -68,13 +86,12 @@ class WorkerMetrics:
         prom = _prometheus()
         self._server, self._thread = prom.start_http_server(self.port, addr=self.addr, registry=self.registry)
         self.port = int(self._server.server_port)  # the real one when 0 asked for any free port
-        self.worker.registry.hooks.after.append(self.observe)
+        self.hooks.after.append(self.observe)
         log_event(logger, logging.INFO, "metrics.serving", addr=self.addr, port=self.port)
 
     def stop(self) -> None:
-        hooks = self.worker.registry.hooks.after
-        if self.observe in hooks:
-            hooks.remove(self.observe)
+        if self.observe in self.hooks.after:
+            self.hooks.after.remove(self.observe)
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
@@ -99,10 +116,8 @@ class _LiveCollector:
             at, rows = self._cache
             if time.monotonic() - at < QUEUE_STATS_TTL:
                 return rows
-            worker = self._metrics.worker
             try:
-                with worker.store.errors(), worker.app.database.connect() as conn:
-                    rows = worker.store.queue_stats(conn)
+                rows = self._metrics.queue_stats()
             except PgtasksError as exc:
                 log_event(logger, logging.WARNING, "metrics.queue_stats_failed", error=str(exc))
                 rows = None
@@ -112,24 +127,18 @@ class _LiveCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415 - optional extra
 
-        worker = self._metrics.worker
-        yield GaugeMetricFamily("pgtasks_jobs_running", "Jobs this worker is running now.",
-                                value=worker.running_count)
-        notifier = worker.notifier
-        listening = notifier is not None and notifier.connected.is_set()
+        state = self._metrics.gauges()
+        yield GaugeMetricFamily("pgtasks_jobs_running", "Jobs this worker is running now.", value=state.running)
         yield GaugeMetricFamily("pgtasks_listener_connected",
                                 "1 while the LISTEN connection is up (0 with --no-listen or while reconnecting).",
-                                value=1 if listening else 0)
-        maintenance = worker.maintenance
-        if maintenance is not None:
-            elector = maintenance.elector
+                                value=1 if state.listening else 0)
+        if state.leading is not None:
             yield GaugeMetricFamily("pgtasks_leader", "1 while this worker is the elected leader.",
-                                    value=1 if maintenance.is_leader else 0)
+                                    value=1 if state.leading else 0)
             yield GaugeMetricFamily("pgtasks_leader_term", "The term this worker leads in (0 when not leading).",
-                                    value=elector.term if maintenance.is_leader and elector.term else 0)
-        pool = worker.pool
-        if pool is not None:
-            stats = pool.get_stats()
+                                    value=state.term)
+        if state.pool_stats is not None:
+            stats = state.pool_stats
             yield GaugeMetricFamily("pgtasks_pool_connections", "Connections the worker's pool holds.",
                                     value=stats.get("pool_size", 0))
             yield GaugeMetricFamily("pgtasks_pool_connections_idle", "Idle connections in the worker's pool.",
@@ -137,10 +146,10 @@ class _LiveCollector:
             yield GaugeMetricFamily("pgtasks_pool_requests_waiting", "Requests waiting for a pool connection.",
                                     value=stats.get("requests_waiting", 0))
             yield GaugeMetricFamily("pgtasks_pool_max_connections", "The worker pool's max_size.",
-                                    value=worker.pool_size)
-        if worker.completer is not None:
+                                    value=state.pool_max)
+        if state.completer_backlog is not None:
             yield GaugeMetricFamily("pgtasks_completer_backlog", "Outcomes waiting to be written.",
-                                    value=worker.completer.backlog)
+                                    value=state.completer_backlog)
         rows = self._queue_stats()
         yield GaugeMetricFamily("pgtasks_database_up", "1 if the last queue-stats read succeeded.",
                                 value=0 if rows is None else 1)
@@ -152,8 +161,8 @@ class _LiveCollector:
                                 "Age of the oldest job that is due but not claimed, per queue.", labels=["queue"])
         paused = GaugeMetricFamily("pgtasks_queue_paused", "1 if the queue is paused.", labels=["queue"])
         for row in rows:
-            for state in ("available", "scheduled", "running", "retryable"):
-                depth.add_metric([row["queue"], state], row[state])
+            for job_state in UNFINISHED_STATES:
+                depth.add_metric([row["queue"], str(job_state)], row[job_state])
             lag.add_metric([row["queue"]], row["lag_seconds"])
             paused.add_metric([row["queue"]], 1 if row["paused_at"] is not None else 0)
         yield depth

@@ -8,7 +8,6 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 _STOP = object()
@@ -32,16 +31,11 @@ class ElasticThreadPool:
         self._closed = False
         self._deliveries: dict[asyncio.AbstractEventLoop, _Delivery] = {}
 
-    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
-        future: Future[Any] = Future()
-        self._start(future, fn)
-        return future
-
     def run_async(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run `fn` on a pool thread; the result arrives on the running event loop's future.
 
-        Cheaper than submit() + asyncio.wrap_future(): no concurrent.futures.Future (a lock and a
-        condition per call), and results that finish together wake the loop once (see _Delivery).
+        Cheaper than a ThreadPoolExecutor and asyncio.wrap_future(): no concurrent.futures.Future
+        (a lock and a condition per call), and results that finish together wake the loop once (see _Delivery).
         Cancelling the returned future does not stop `fn`; its result is then dropped.
         """
         loop = asyncio.get_running_loop()
@@ -52,7 +46,7 @@ class ElasticThreadPool:
         self._start(_LoopTarget(delivery, future), fn)
         return future
 
-    def _start(self, target: Future[Any] | _LoopTarget, fn: Callable[[], Any]) -> None:
+    def _start(self, target: _LoopTarget, fn: Callable[[], Any]) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("thread pool is closed")
@@ -70,20 +64,12 @@ class ElasticThreadPool:
             if item is _STOP:
                 return
             target, fn = item
-            if isinstance(target, _LoopTarget):
-                try:
-                    result = fn()
-                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side unchanged
-                    target.delivery.put(target.future, None, exc)
-                else:
-                    target.delivery.put(target.future, result, None)
-            elif target.set_running_or_notify_cancel():
-                try:
-                    result = fn()
-                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side unchanged
-                    target.set_exception(exc)
-                else:
-                    target.set_result(result)
+            try:
+                result = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side unchanged
+                target.delivery.put(target.future, None, exc)
+            else:
+                target.delivery.put(target.future, result, None)
             with self._lock:
                 self._idle += 1
 

@@ -8,7 +8,7 @@ import signal
 import time
 from collections import deque
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -29,12 +29,10 @@ from pgtasks.worker.completer import Completer
 from pgtasks.worker.config import WorkerConfig
 from pgtasks.worker.executor import Executor
 from pgtasks.worker.listening import ListenPlan, plan_listening
+from pgtasks.worker.metrics import WorkerGauges, WorkerMetrics
 from pgtasks.worker.notifier import Notifier
 from pgtasks.worker.prefetch import STALL_SECONDS, FetchAhead
 from pgtasks.worker.threads import ElasticThreadPool
-
-if TYPE_CHECKING:
-    from pgtasks.worker.metrics import WorkerMetrics
 
 logger = logging.getLogger("pgtasks.worker")
 
@@ -287,9 +285,8 @@ class Worker:
         self.cancel_watcher = CancelWatcher(pool, self.store, self.cancels, self.poll_interval)
         await self.cancel_watcher.start()
         if self.config.metrics_port is not None:
-            from pgtasks.worker.metrics import WorkerMetrics  # noqa: PLC0415 - prometheus-client is optional
-
-            metrics = WorkerMetrics(self, self.config.metrics_port)
+            metrics = WorkerMetrics(worker_id=self.worker_id, hooks=self.registry.hooks, port=self.config.metrics_port,
+                                    gauges=self.gauges, queue_stats=self._queue_stats)
             metrics.start()
             self.metrics = metrics  # published once serving, with the real port
 
@@ -306,10 +303,21 @@ class Worker:
             await self.cancel_watcher.stop()
             self.cancel_watcher = None
 
-    @property
-    def running_count(self) -> int:
-        """Jobs running now."""
-        return len(self._running)
+    def gauges(self) -> WorkerGauges:
+        """This worker's state as its metrics show it."""
+        leading = self.maintenance.is_leader if self.maintenance is not None else None
+        term = self.maintenance.elector.term if self.maintenance is not None and leading else None
+        return WorkerGauges(
+            running=len(self._running),
+            listening=self.notifier is not None and self.notifier.connected.is_set(),
+            leading=leading, term=term or 0,
+            pool_stats=self.pool.get_stats() if self.pool is not None else None, pool_max=self.pool_size,
+            completer_backlog=self.completer.backlog if self.completer is not None else None)
+
+    def _queue_stats(self) -> list[dict[str, Any]]:
+        """Depth and lag per queue (for the metrics' scrape; on a connection of its own, off the loop)."""
+        with self.store.errors(), self.app.database.connect() as conn:
+            return self.store.queue_stats(conn)
 
     # -- the fetch loop --------------------------------------------------------------------------
 
