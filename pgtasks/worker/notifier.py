@@ -122,37 +122,14 @@ class Notifier:
 
     async def _listen(self, conn: AsyncConnection[object]) -> None:
         """Deliver notifications and run the canary until the connection fails or goes deaf."""
-        token: str | None = None        # the canary in flight, if any
-        sent_at: float | None = None    # when it was committed (None: still being sent)
-        sender: asyncio.Task[bool] | None = None
-        next_check = time.monotonic()   # a fresh connection is checked at once
+        canary = _Canary(self)
         try:
             while True:
-                now = time.monotonic()
-                if token is None and now >= next_check:
-                    token, sent_at = uuid.uuid4().hex, None
-                    sender = asyncio.create_task(self._send(token), name="pgtasks-canary")
-                if sender is not None and sender.done():
-                    if sender.result():
-                        sent_at = sent_at or now
-                    else:  # not sent (the pool's trouble, not the listener's): try again later
-                        token, next_check = None, now + self.canary_interval
-                    sender = None
-                if token is not None and sent_at is not None and now - sent_at > self.canary_timeout:
-                    self.canaries_missed += 1
-                    raise ListenerUnhealthyError(
-                        f"canary NOTIFY on {self.canary_channel} did not arrive within {self.canary_timeout:g}s")
-                if token is None:
-                    wait = next_check - now
-                elif sent_at is None:
-                    wait = 0.05  # the send is in flight: look again soon
-                else:
-                    wait = sent_at + self.canary_timeout - now
+                wait = canary.advance(time.monotonic())
                 async with contextlib.aclosing(conn.notifies(timeout=max(wait, 0.001))) as notifies:
                     async for notify in notifies:
                         if notify.channel == self.canary_channel:
-                            if token is not None and notify.payload == token:
-                                token, next_check = None, time.monotonic() + self.canary_interval
+                            if canary.arrived(notify.payload):
                                 self._healthy()
                         elif notify.channel == self._channel:
                             self.notifications += 1
@@ -160,8 +137,7 @@ class Notifier:
                         elif notify.channel in self._handlers:
                             self._handlers[notify.channel](notify.payload)
         finally:
-            if sender is not None:
-                sender.cancel()
+            canary.cancel()
 
     async def _send(self, token: str) -> bool:
         try:
@@ -182,3 +158,47 @@ class Notifier:
                 self.reconnects += 1
             self._failures = 0
             self.connected.set()
+
+
+class _Canary:
+    """One listener connection's canary: a NOTIFY sent through the pool that must come back in time."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self._notifier = notifier
+        self.token: str | None = None  # the canary in flight, if any
+        self.sent_at: float | None = None  # when it was committed (None: still being sent)
+        self.sender: asyncio.Task[bool] | None = None
+        self.next_check = time.monotonic()  # a fresh connection is checked at once
+
+    def advance(self, now: float) -> float:
+        """Send a canary when one is due, note its send; raise if it is overdue. Returns how long to listen."""
+        notifier = self._notifier
+        if self.token is None and now >= self.next_check:
+            self.token, self.sent_at = uuid.uuid4().hex, None
+            self.sender = asyncio.create_task(notifier._send(self.token), name="pgtasks-canary")
+        if self.sender is not None and self.sender.done():
+            if self.sender.result():
+                self.sent_at = self.sent_at or now
+            else:  # not sent (the pool's trouble, not the listener's): try again later
+                self.token, self.next_check = None, now + notifier.canary_interval
+            self.sender = None
+        if self.token is not None and self.sent_at is not None and now - self.sent_at > notifier.canary_timeout:
+            notifier.canaries_missed += 1
+            raise ListenerUnhealthyError(f"canary NOTIFY on {notifier.canary_channel} did not arrive within "
+                                         f"{notifier.canary_timeout:g}s")
+        if self.token is None:
+            return self.next_check - now
+        if self.sent_at is None:
+            return 0.05  # the send is in flight: look again soon
+        return self.sent_at + notifier.canary_timeout - now
+
+    def arrived(self, payload: str) -> bool:
+        """True if `payload` is the canary in flight (which is then done)."""
+        if self.token is None or payload != self.token:
+            return False
+        self.token, self.next_check = None, time.monotonic() + self._notifier.canary_interval
+        return True
+
+    def cancel(self) -> None:
+        if self.sender is not None:
+            self.sender.cancel()

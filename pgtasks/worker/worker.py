@@ -92,6 +92,8 @@ class Worker:
         self.claimed_ahead = 0  # jobs that waited in _ready for a slot
         self._slot_freed_at = 0.0  # monotonic time a job last finished, or _ready last filled up
         self._should_fetch = True
+        self._fetch_failures = 0  # consecutive failed fetches
+        self._last_fetch = 0.0  # monotonic time of the last fetch
         self._stopping = False
         self._forced = False
         self._wake: asyncio.Event | None = None
@@ -333,70 +335,84 @@ class Worker:
         return self.poll_interval
 
     async def _fetch_loop(self, pool: AsyncConnectionPool[Any]) -> None:
-        assert self._wake is not None
-        failures = 0
-        last_fetch = 0.0
+        self._fetch_failures = 0
+        self._last_fetch = 0.0
         while not self._stopping:
             # Room for the free slots plus, while jobs are short, one batch claimed ahead. With
             # jobs already waiting locally, wait for half the room before fetching again, so a
             # busy worker fetches in batches instead of one job per freed slot.
             room = self.concurrency + self.fetch_ahead.allowance() - len(self._running) - len(self._ready)
             min_batch = max(1, (self.concurrency + self.fetch_ahead.allowance()) // 2) if self._ready else 1
-            if self._should_fetch and room >= min_batch:
-                free = room
-                self._should_fetch = False
-                last_fetch = time.monotonic()
-                try:
-                    async with pool.connection() as conn:
-                        if self._claims_uncertain:
-                            await self._release_unknown_claims(conn)
-                        jobs = await self.store.ajob_fetch_available(
-                            conn, queues=self.queues, limit=free, worker_id=self.worker_id)
-                except DatabaseError as exc:
-                    # A lost connection may have lost a committed fetch's reply with it.
-                    self._claims_uncertain = self._claims_uncertain or isinstance(exc, ConnectionLostError)
-                    failures += 1
-                    if failures == 1:
-                        log_event(logger, logging.WARNING, "worker.fetch_failing", error=str(exc))
-                    self._should_fetch = True
-                    await self._interruptible_sleep(reconnect_delay(failures))
-                    continue
-                if failures:
-                    log_event(logger, logging.INFO, "worker.fetch_recovered", after_failures=failures)
-                    failures = 0
-                self.fetches += 1
-                self.claimed += len(jobs)
-                for job in jobs:
-                    if len(self._running) < self.concurrency:
-                        self._start_job(job)
-                    else:
-                        if not self._ready:
-                            self._slot_freed_at = time.monotonic()
-                        self._ready.append(job)
-                        self.claimed_ahead += 1
-                if len(jobs) == free:
-                    self._should_fetch = True  # a full batch: more are probably waiting
-                elif self.burst and not jobs and not self._running and not self._ready and await self._drained():
-                    log_event(logger, logging.INFO, "worker.drained", worker_id=self.worker_id)
-                    return
+            if not (self._should_fetch and room >= min_batch):
+                await self._wait_for_work()
                 continue
-            timeout: float | None
-            if self._should_fetch:
-                # A fetch is due but every slot is taken: only a job finishing (or a stop) makes
-                # room, and both set _wake. Waiting for the poll here instead would spin: once the
-                # poll is overdue its timeout is 0, and the loop would burn a core while saturated.
-                timeout = None
-            else:
-                timeout = max(0.0, last_fetch + self._current_poll_interval() - time.monotonic())
-            if self._ready:
-                timeout = STALL_SECONDS if timeout is None else min(timeout, STALL_SECONDS)
-            self.waits += 1
-            if not await wait_event(self._wake, timeout):
-                # The poll (the safety net for missed or absent NOTIFYs), or only a stall check.
-                poll_due = time.monotonic() >= last_fetch + self._current_poll_interval()
-                self._should_fetch = self._should_fetch or poll_due
-            self._wake.clear()
-            self._return_if_stalled()
+            jobs = await self._fetch(pool, room)
+            if jobs is None:
+                continue
+            self._place(jobs)
+            if len(jobs) == room:
+                self._should_fetch = True  # a full batch: more are probably waiting
+            elif self.burst and not jobs and not self._running and not self._ready and await self._drained():
+                log_event(logger, logging.INFO, "worker.drained", worker_id=self.worker_id)
+                return
+
+    async def _fetch(self, pool: AsyncConnectionPool[Any], limit: int) -> list[ClaimedJob] | None:
+        """Claim up to `limit` jobs; None after a failure (logged once per episode, then backed off)."""
+        self._should_fetch = False
+        self._last_fetch = time.monotonic()
+        try:
+            async with pool.connection() as conn:
+                if self._claims_uncertain:
+                    await self._release_unknown_claims(conn)
+                jobs = await self.store.ajob_fetch_available(conn, queues=self.queues, limit=limit,
+                                                             worker_id=self.worker_id)
+        except DatabaseError as exc:
+            # A lost connection may have lost a committed fetch's reply with it.
+            self._claims_uncertain = self._claims_uncertain or isinstance(exc, ConnectionLostError)
+            self._fetch_failures += 1
+            if self._fetch_failures == 1:
+                log_event(logger, logging.WARNING, "worker.fetch_failing", error=str(exc))
+            self._should_fetch = True
+            await self._interruptible_sleep(reconnect_delay(self._fetch_failures))
+            return None
+        if self._fetch_failures:
+            log_event(logger, logging.INFO, "worker.fetch_recovered", after_failures=self._fetch_failures)
+            self._fetch_failures = 0
+        self.fetches += 1
+        self.claimed += len(jobs)
+        return jobs
+
+    def _place(self, jobs: list[ClaimedJob]) -> None:
+        """Start claimed jobs in free slots; the rest wait locally, in claim order."""
+        for job in jobs:
+            if len(self._running) < self.concurrency:
+                self._start_job(job)
+                continue
+            if not self._ready:
+                self._slot_freed_at = time.monotonic()
+            self._ready.append(job)
+            self.claimed_ahead += 1
+
+    async def _wait_for_work(self) -> None:
+        """Sleep until woken (a NOTIFY, a freed slot, a stop) or the poll is due, then check for a stall."""
+        assert self._wake is not None
+        timeout: float | None
+        if self._should_fetch:
+            # A fetch is due but every slot is taken: only a job finishing (or a stop) makes
+            # room, and both set _wake. Waiting for the poll here instead would spin: once the
+            # poll is overdue its timeout is 0, and the loop would burn a core while saturated.
+            timeout = None
+        else:
+            timeout = max(0.0, self._last_fetch + self._current_poll_interval() - time.monotonic())
+        if self._ready:
+            timeout = STALL_SECONDS if timeout is None else min(timeout, STALL_SECONDS)
+        self.waits += 1
+        if not await wait_event(self._wake, timeout):
+            # The poll (the safety net for missed or absent NOTIFYs), or only a stall check.
+            poll_due = time.monotonic() >= self._last_fetch + self._current_poll_interval()
+            self._should_fetch = self._should_fetch or poll_due
+        self._wake.clear()
+        self._return_if_stalled()
 
     async def _drained(self) -> bool:
         """Burst mode: only after every outcome is written can an empty fetch mean "nothing due".
