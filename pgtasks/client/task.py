@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypedDict, TypeVar, Unpack
 
 from psycopg import AsyncConnection, Connection
 
@@ -30,6 +30,18 @@ class Call:
     options: EnqueueOptions = field(default_factory=EnqueueOptions)
 
 
+class JobOptions(TypedDict, total=False):
+    """The per-job options of apply_async() and configure(); None keeps the task's default."""
+
+    countdown: float | timedelta | None
+    eta: datetime | None
+    expires: float | timedelta | datetime | None
+    priority: int | None
+    queue: str | None
+    max_attempts: int | None
+    unique_key: str | None
+
+
 class _EnqueueApi(Generic[P]):
     """The enqueue API shared by Task and ConfiguredTask; `options` are the per-call defaults."""
 
@@ -44,47 +56,21 @@ class _EnqueueApi(Generic[P]):
         """Async twin of delay(), for psycopg AsyncConnection users."""
         return await self._task._aenqueue(args, kwargs, self._options, None)
 
-    def apply_async(
-        self,
-        args: Iterable[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        countdown: float | timedelta | None = None,
-        eta: datetime | None = None,
-        expires: float | timedelta | datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        unique_key: str | None = None,
-        connection: Connection[Any] | None = None,
-    ) -> JobRef:
-        """Enqueue with explicit options (Celery's signature); `connection` joins that transaction."""
-        options = self._options.merged(EnqueueOptions(
-            queue=queue, priority=priority, countdown=countdown, eta=eta, expires=expires,
-            max_attempts=max_attempts, unique_key=unique_key,
-        ))
-        return self._task._enqueue(tuple(args), kwargs or {}, options, connection)
+    def apply_async(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
+                    connection: Connection[Any] | None = None, **options: Unpack[JobOptions]) -> JobRef:
+        """Enqueue with explicit options (Celery's signature); `connection` joins that transaction.
 
-    async def aapply_async(
-        self,
-        args: Iterable[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        countdown: float | timedelta | None = None,
-        eta: datetime | None = None,
-        expires: float | timedelta | datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        unique_key: str | None = None,
-        connection: AsyncConnection[Any] | None = None,
-    ) -> JobRef:
+        Options: countdown (seconds or timedelta) or eta (an aware datetime), expires, priority,
+        queue, max_attempts, unique_key; each overrides the task's default for this job.
+        """
+        merged = self._options.merged(EnqueueOptions(**options))
+        return self._task._enqueue(tuple(args), kwargs or {}, merged, connection)
+
+    async def aapply_async(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
+                           connection: AsyncConnection[Any] | None = None, **options: Unpack[JobOptions]) -> JobRef:
         """Async twin of apply_async()."""
-        options = self._options.merged(EnqueueOptions(
-            queue=queue, priority=priority, countdown=countdown, eta=eta, expires=expires,
-            max_attempts=max_attempts, unique_key=unique_key,
-        ))
-        return await self._task._aenqueue(tuple(args), kwargs or {}, options, connection)
+        merged = self._options.merged(EnqueueOptions(**options))
+        return await self._task._aenqueue(tuple(args), kwargs or {}, merged, connection)
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         """Bind arguments without enqueueing, for app.enqueue_many()."""
@@ -111,7 +97,7 @@ class ConfiguredTask(_EnqueueApi[P]):
         self._task = task
         self._options = options
 
-    def configure(self, **options: Any) -> ConfiguredTask[P]:
+    def configure(self, **options: Unpack[JobOptions]) -> ConfiguredTask[P]:
         return ConfiguredTask(self._task, self._options.merged(EnqueueOptions(**options)))
 
 
@@ -130,22 +116,9 @@ class Task(TaskDefinition[P, R], _EnqueueApi[P]):
         self._task = self
         self._options = EnqueueOptions()
 
-    def configure(
-        self,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        countdown: float | timedelta | None = None,
-        eta: datetime | None = None,
-        expires: float | timedelta | datetime | None = None,
-        max_attempts: int | None = None,
-        unique_key: str | None = None,
-    ) -> ConfiguredTask[P]:
-        """Fix some enqueue options; returns an object with the same delay/apply_async API."""
-        return ConfiguredTask(self, EnqueueOptions(
-            queue=queue, priority=priority, countdown=countdown, eta=eta, expires=expires,
-            max_attempts=max_attempts, unique_key=unique_key,
-        ))
+    def configure(self, **options: Unpack[JobOptions]) -> ConfiguredTask[P]:
+        """Fix some enqueue options (as apply_async takes them); returns an object with the same API."""
+        return ConfiguredTask(self, EnqueueOptions(**options))
 
     def _enqueue(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: EnqueueOptions,
                  connection: Connection[Any] | None) -> JobRef:
