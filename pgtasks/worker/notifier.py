@@ -7,7 +7,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from psycopg import AsyncConnection
 
@@ -122,7 +123,7 @@ class Notifier:
 
     async def _listen(self, conn: AsyncConnection[object]) -> None:
         """Deliver notifications and run the canary until the connection fails or goes deaf."""
-        canary = _Canary(self)
+        canary = _Canary(self, self._send)
         try:
             while True:
                 wait = canary.advance(time.monotonic())
@@ -163,8 +164,9 @@ class Notifier:
 class _Canary:
     """One listener connection's canary: a NOTIFY sent through the pool that must come back in time."""
 
-    def __init__(self, notifier: Notifier) -> None:
+    def __init__(self, notifier: Notifier, send: Callable[[str], Coroutine[Any, Any, bool]]) -> None:
         self._notifier = notifier
+        self._send = send
         self.token: str | None = None  # the canary in flight, if any
         self.sent_at: float | None = None  # when it was committed (None: still being sent)
         self.sender: asyncio.Task[bool] | None = None
@@ -175,7 +177,7 @@ class _Canary:
         notifier = self._notifier
         if self.token is None and now >= self.next_check:
             self.token, self.sent_at = uuid.uuid4().hex, None
-            self.sender = asyncio.create_task(notifier._send(self.token), name="pgtasks-canary")
+            self.sender = asyncio.create_task(self._send(self.token), name="pgtasks-canary")
         if self.sender is not None and self.sender.done():
             if self.sender.result():
                 self.sent_at = self.sent_at or now
