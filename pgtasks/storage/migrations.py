@@ -75,14 +75,14 @@ def _applied(q: Queries) -> Operation[dict[int, datetime]]:
     return {int(version): applied_at for version, _name, applied_at in rows}
 
 
-def _apply(q: Queries, schema: str, migrations: Sequence[Migration], upto: int | None) -> Operation[list[Migration]]:
+def _apply(q: Queries, schema: str, migrations: Sequence[Migration], up_to: int | None) -> Operation[list[Migration]]:
     yield execute(q["migration_lock"], {"schema": schema})
     yield execute(q["migration_ensure_schema"])
     yield execute(q["migration_ensure_table"])
     done = yield from _applied(q)
     applied: list[Migration] = []
     for migration in migrations:
-        if migration.version in done or (upto is not None and migration.version > upto):
+        if migration.version in done or (up_to is not None and migration.version > up_to):
             continue
         yield execute(render(migration.sql, schema))
         yield execute(q["migration_record"], {"version": migration.version, "name": migration.name})
@@ -105,9 +105,9 @@ class MigrationStore(StoreBase):
         except SchemaNotMigratedError:
             return {}
 
-    def migration_apply(self, conn: Connection[Any], upto: int | None = None) -> list[Migration]:
-        """Apply pending migrations (up to version `upto`) in one transaction, under the migration lock."""
-        return self.run(conn, _apply(self.queries, self.schema, available_migrations(), upto), transaction=True)
+    def migration_apply(self, conn: Connection[Any], up_to: int | None = None) -> list[Migration]:
+        """Apply pending migrations (up to version `up_to`) in one transaction, under the migration lock."""
+        return self.run(conn, _apply(self.queries, self.schema, available_migrations(), up_to), transaction=True)
 
 
 def status(conn: Connection[Any], schema: str) -> list[MigrationStatus]:
@@ -122,12 +122,13 @@ def pending_sql(conn: Connection[Any], schema: str) -> list[tuple[Migration, str
     return [(m, render(m.sql, schema)) for m in available_migrations() if m.version not in applied]
 
 
-def migrate(conn: Connection[Any], schema: str, *, upto: int | None = None) -> list[Migration]:
+def migrate(conn: Connection[Any], schema: str, *, up_to: int | None = None) -> list[Migration]:
     """Apply pending migrations in one transaction; concurrent callers wait, then find nothing to do.
 
-    The lock is pg_advisory_xact_lock, released at commit, so it is safe behind a transaction pooler.
-    `upto` stops at that version (upgrade tests start from an older schema).
+    `up_to` stops after that version (default: the latest), so an upgrade from an older schema can
+    be reproduced: apply 1 alone, fill it, then migrate the rest. The lock is
+    pg_advisory_xact_lock, released at commit, so it is safe behind a transaction pooler.
     """
     if conn.autocommit is False and conn.info.transaction_status != TransactionStatus.IDLE:
         raise RuntimeError("migrate() needs a connection that is not inside a transaction")
-    return MigrationStore(schema).migration_apply(conn, upto)
+    return MigrationStore(schema).migration_apply(conn, up_to)
