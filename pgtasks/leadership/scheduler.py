@@ -151,6 +151,8 @@ class PeriodicScheduler(LeaderService):
         plan = plan_fires(schedule, last, now, self.grace)
         fires: list[Fire] = []
         for planned in plan:
+            if not self.may_act():  # leadership lost during a long catch-up: stop between ticks
+                break
             fire_time, enqueue, missed = planned.fire_time, planned.enqueue, planned.missed
             result = await self._store.aperiodic_fire(
                 conn, schedule=schedule.name, fire_time=fire_time, row=schedule.row if enqueue else None,
