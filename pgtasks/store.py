@@ -141,11 +141,15 @@ def _inserted_id(inserted: tuple[Any, ...] | None) -> int:
     return int(inserted[0])
 
 
-def _holder_id(row: EnqueueRow, found: tuple[Any, ...] | None) -> int:
-    if found is None:
-        # The holder finished between our insert and the lookup; a retry would insert afresh.
-        raise DatabaseError(f"unique_key {row.unique_key!r}: the duplicate's holder finished meanwhile; enqueue again")
-    return int(found[0])
+# A unique insert that was skipped because a live job held the key looks that holder up; if the
+# holder finished in between (the lookup finds nothing), the key is free again and the row is
+# inserted again. One rule for the single and the bulk paths: this many inserts of one row in all.
+UNIQUE_INSERT_ATTEMPTS = 3
+
+
+def _holder_vanished(row: EnqueueRow) -> DatabaseError:
+    return DatabaseError(f"unique_key {row.unique_key!r}: its holder finished before it could be looked up, "
+                         f"{UNIQUE_INSERT_ATTEMPTS} times in a row; enqueue again")
 
 
 class Store(OpsStoreMixin):
@@ -166,14 +170,23 @@ class Store(OpsStoreMixin):
                 inserted = conn.execute(self.q["job_insert_now"], _insert_now_params(row)).fetchone()
             return _inserted_id(inserted)
         with self.errors():
-            for _ in range(3):  # the holder may finish between a skipped insert and the lookup: insert again
+            return self._insert_unique(conn, row, skipped=False)
+
+    def _insert_unique(self, conn: Connection[Any], row: EnqueueRow, *, skipped: bool) -> int:
+        """The id of the job inserted for `row`, or of the live job holding its unique_key.
+
+        `skipped`: an insert of `row` was already skipped as a duplicate (by job_insert_many), so
+        start with the holder lookup. See UNIQUE_INSERT_ATTEMPTS.
+        """
+        for attempt in range(UNIQUE_INSERT_ATTEMPTS):
+            found: tuple[Any, ...] | None = None
+            if attempt > 0 or not skipped:
                 found = conn.execute(self.q["job_insert"], _insert_params(row)).fetchone()
-                if found is None:  # a live job already holds this unique_key: return that one
-                    found = conn.execute(self.q["job_get_id_by_unique_key"],
-                                         {"unique_key": row.unique_key}).fetchone()
-                if found is not None:
-                    break
-        return _holder_id(row, found)
+            if found is None:  # a live job already holds this unique_key: return that one
+                found = conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": row.unique_key}).fetchone()
+            if found is not None:
+                return int(found[0])
+        raise _holder_vanished(row)
 
     async def ajob_insert(self, conn: AsyncConnection[Any], row: EnqueueRow) -> int:
         if _runs_now(row):
@@ -182,15 +195,20 @@ class Store(OpsStoreMixin):
                 inserted = await cur.fetchone()
             return _inserted_id(inserted)
         with self.errors():
-            for _ in range(3):  # as in job_insert()
-                cur = await conn.execute(self.q["job_insert"], _insert_params(row))
+            return await self._ainsert_unique(conn, row, skipped=False)
+
+    async def _ainsert_unique(self, conn: AsyncConnection[Any], row: EnqueueRow, *, skipped: bool) -> int:
+        """Async twin of _insert_unique()."""
+        for attempt in range(UNIQUE_INSERT_ATTEMPTS):
+            found: tuple[Any, ...] | None = None
+            if attempt > 0 or not skipped:
+                found = await (await conn.execute(self.q["job_insert"], _insert_params(row))).fetchone()
+            if found is None:
+                cur = await conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": row.unique_key})
                 found = await cur.fetchone()
-                if found is None:
-                    cur = await conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": row.unique_key})
-                    found = await cur.fetchone()
-                if found is not None:
-                    break
-        return _holder_id(row, found)
+            if found is not None:
+                return int(found[0])
+        raise _holder_vanished(row)
 
     def job_insert_many(self, conn: Connection[Any], rows: Sequence[EnqueueRow]) -> list[int]:
         if all(_runs_now(row) for row in rows):
@@ -201,9 +219,8 @@ class Store(OpsStoreMixin):
         with self.errors():
             returned = conn.execute(self.q["job_insert_many"], _insert_many_params(rows)).fetchall()
             ids = _ids_in_input_order(rows, returned)
-            for index in _missing(ids):
-                holder = conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": rows[index].unique_key})
-                ids[index] = _holder_id(rows[index], holder.fetchone())
+            for index in _missing(ids):  # skipped as duplicates: the holder, or a fresh insert if it finished
+                ids[index] = self._insert_unique(conn, rows[index], skipped=True)
         return [int(i) for i in ids if i is not None]
 
     async def ajob_insert_many(self, conn: AsyncConnection[Any], rows: Sequence[EnqueueRow]) -> list[int]:
@@ -216,9 +233,8 @@ class Store(OpsStoreMixin):
         with self.errors():
             cur = await conn.execute(self.q["job_insert_many"], _insert_many_params(rows))
             ids = _ids_in_input_order(rows, await cur.fetchall())
-            for index in _missing(ids):
-                cur = await conn.execute(self.q["job_get_id_by_unique_key"], {"unique_key": rows[index].unique_key})
-                ids[index] = _holder_id(rows[index], await cur.fetchone())
+            for index in _missing(ids):  # as in job_insert_many()
+                ids[index] = await self._ainsert_unique(conn, rows[index], skipped=True)
         return [int(i) for i in ids if i is not None]
 
     def job_copy_now(self, conn: Connection[Any], rows: Sequence[EnqueueRow]) -> list[int]:
