@@ -16,6 +16,7 @@ import pgtasks
 from pgtasks import App, JobEvent
 from pgtasks.testing import drain, worker_thread
 from tests.helpers import wait_for
+from tests.requirements import require_module
 
 
 def scrape(port: int) -> str:
@@ -38,7 +39,7 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 
 
 def test_metrics_endpoint_scraped_during_a_drain(app: App) -> None:
-    pytest.importorskip("prometheus_client")
+    require_module("prometheus_client")
     gate = threading.Event()
     scrapes: list[str] = []
 
@@ -156,7 +157,7 @@ def test_hooks_see_each_attempt_and_share_extra(app: App, caplog: pytest.LogCapt
 
 
 def test_metrics_show_leadership_of_a_long_running_worker(app: App) -> None:
-    pytest.importorskip("prometheus_client")
+    require_module("prometheus_client")
     with worker_thread(app, poll_interval=0.1, metrics_port=0, leader_ttl=2.0) as worker:
         metrics = worker.ops.metrics
         assert metrics is not None
