@@ -9,11 +9,17 @@ network heals, and its outcome reaches the database with the old `claims`: it mu
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +27,8 @@ import pytest
 
 from pgtasks import App
 from pgtasks.task import Task
+from tests.apps import stale_app as stale_app_module
+from tests.conftest import ROOT
 from tests.helpers import is_leader, jobs, logged, wait_for, worker_thread
 from tests.tcp_proxy import FreezableProxy, database_proxy
 
@@ -122,10 +130,79 @@ def test_a_partitioned_workers_completion_after_its_job_was_rescued_is_rejected(
     assert stale.completer is not None and stale.completer.rejected == 1
     assert logged(caplog.records, "job.outcome_rejected") == [
         {"job_id": job_id, "claims": 1, "state": "completed"}]
-    row = job_row(conn, schema)
-    assert (row["state"], json.loads(json.dumps(row["result"])), row["attempt"], row["claims"],
-            row["attempted_by"]) == ("completed", "fresh", 2, 2, leader.worker_id)
+    assert_fenced(job_row(conn, schema), stale=stale.worker_id, fresh=leader.worker_id, cut_at=cut_at)
+
+
+def assert_fenced(row: dict[str, Any], *, stale: str, fresh: str, cut_at: datetime) -> None:
+    """The row keeps the second attempt's outcome, and its history shows the first was rescued."""
+    assert (row["state"], row["result"], row["attempt"], row["claims"], row["attempted_by"]) == (
+        "completed", "fresh", 2, 2, fresh)
     [rescued] = row["errors"]
     assert (rescued["type"], rescued["attempt"]) == ("Rescued", 1)
-    assert f"worker {stale.worker_id} went silent" in rescued["message"], rescued["message"]
-    assert datetime.fromisoformat(rescued["at"]) >= cut_at  # rescued because of the partition
+    assert f"worker {stale} went silent" in rescued["message"], rescued["message"]
+    assert datetime.fromisoformat(rescued["at"]) >= cut_at  # rescued because of the cut, not before
+
+
+# -- the same with a worker process frozen by SIGSTOP -------------------------------------------------
+
+
+@contextlib.contextmanager
+def stale_process(database_url: str, schema: str, log_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A `pgtasks worker` process on the `held` queue of tests/apps/stale_app.py, output in a file."""
+    env = {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": schema, "PYTHONPATH": str(ROOT)}
+    options = ["--queues", stale_app_module.QUEUE, "--concurrency", "1", "--poll-interval", "0.2", "--grace", "5",
+               "--heartbeat-interval", str(HEARTBEAT_S), "--rescue-after", str(RESCUE_AFTER_S)]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pgtasks", "--app", "tests.apps.stale_app:app", "worker",
+                                 *options], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()  # SIGKILL ends a stopped process too
+                proc.wait()
+
+
+def lock_waiters(conn: psycopg.Connection[Any], key: int) -> int:
+    row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                       "AND ((classid::bigint << 32) | objid::bigint) = %s", (key,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def rejections(log_path: Path) -> list[str]:
+    """The job.outcome_rejected lines of a worker's text log, from the event name on."""
+    return [line[line.index("job.outcome_rejected"):] for line in log_path.read_text().splitlines()
+            if "job.outcome_rejected" in line]
+
+
+def test_a_sigstopped_workers_completion_after_its_job_was_rescued_is_rejected(
+    app: App, conn: psycopg.Connection[Any], schema: str, database_url: str, tmp_path: Path,
+) -> None:
+    """As above, with the stale worker a real process frozen by SIGSTOP while its job waits on an
+    advisory lock the test holds; SIGCONT after the job was rescued and completed elsewhere."""
+    @app.task(name="stale.held", queue=stale_app_module.QUEUE)
+    def held(lock_key: int) -> str:
+        return "fresh"
+
+    key = uuid.uuid4().int % 2**62  # this test's own lock: no other test waits on it
+    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+    log_path = tmp_path / "stale-worker.log"
+    # The leader serves another queue, so only the stale process can claim the job first.
+    with worker_thread(app, queues=["default"], **maintenance_options()) as leader:
+        wait_for(lambda: is_leader(leader), timeout=WAIT_S)
+        with stale_process(database_url, schema, log_path) as proc:
+            job_id = held.delay(key).id
+            wait_for(lambda: lock_waiters(conn, key) == 1, timeout=WAIT_S)  # the job runs, held
+            stale_id = job_row(conn, schema)["attempted_by"]
+            cut_at = db_now(conn)
+            proc.send_signal(signal.SIGSTOP)
+            with worker_thread(app, queues=[stale_app_module.QUEUE], elect=False, **maintenance_options()) as fresh:
+                wait_for(lambda: job_row(conn, schema)["state"] == "completed", timeout=RESCUE_BOUND_S)
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                proc.send_signal(signal.SIGCONT)
+                wait_for(lambda: rejections(log_path) != [], timeout=WAIT_S)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(WAIT_S) == 0, log_path.read_text()
+    assert rejections(log_path) == [f"job.outcome_rejected job_id={job_id} claims=1 state=completed"]
+    assert_fenced(job_row(conn, schema), stale=stale_id, fresh=fresh.worker_id, cut_at=cut_at)
