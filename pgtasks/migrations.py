@@ -70,10 +70,12 @@ def pending_sql(conn: Connection[Any], schema: str) -> list[tuple[Migration, str
     return [(m, render(m.sql, schema)) for m in available_migrations() if m.version not in applied]
 
 
-def migrate(conn: Connection[Any], schema: str) -> list[Migration]:
+def migrate(conn: Connection[Any], schema: str, *, up_to: int | None = None) -> list[Migration]:
     """Apply pending migrations in one transaction; concurrent callers wait, then find nothing to do.
 
-    The lock is pg_advisory_xact_lock, released at commit, so it is safe behind a transaction pooler.
+    `up_to` stops after that version (default: the latest), so an upgrade from an older schema can
+    be reproduced: apply 1 alone, fill it, then migrate the rest. The lock is
+    pg_advisory_xact_lock, released at commit, so it is safe behind a transaction pooler.
     """
     store = Store(schema)
     if conn.autocommit is False and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -85,7 +87,7 @@ def migrate(conn: Connection[Any], schema: str) -> list[Migration]:
         conn.execute(store.q["migration_ensure_table"])
         done = {int(row[0]) for row in conn.execute(store.q["migration_list_applied"]).fetchall()}
         for migration in available_migrations():
-            if migration.version in done:
+            if migration.version in done or (up_to is not None and migration.version > up_to):
                 continue
             conn.execute(render(migration.sql, schema))
             conn.execute(store.q["migration_record"], {"version": migration.version, "name": migration.name})
