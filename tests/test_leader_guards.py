@@ -21,8 +21,10 @@ from pgtasks import App, DatabaseError
 from pgtasks.cleaner import Cleaner
 from pgtasks.connections import make_async_pool
 from pgtasks.maintenance import Maintenance, MaintenanceConfig
+from pgtasks.models import EnqueueRow
 from pgtasks.rescuer import Rescuer
 from pgtasks.scheduler import Fire, PeriodicScheduler
+from pgtasks.store import Store
 
 # Renewed every 2 s and trusted for 4.8 s: a loaded 2-core machine does not miss a renewal by
 # accident, so leadership is lost only where a test takes it away. Every bound derives from it.
@@ -325,6 +327,85 @@ def test_a_tick_held_by_another_open_transaction_is_enqueued_once_and_waits_at_m
     ]
     jobs = conn.execute(f"SELECT count(*) FROM \"{schema}\".jobs WHERE task = 'guards.minutely'").fetchone()
     assert jobs == (2,)
+
+
+# -- a scheduler that stalls in the middle of its fire transaction ----------------------------------
+
+IDLE_TIMEOUT = 5.0  # the fire transaction's idle_in_transaction_session_timeout, per docs/design.md
+
+
+class StallingStore(Store):
+    """Freezes the fire transaction after its fire record and before the job insert, as a paused
+    process or a frozen network would: the server sees the session idle in the transaction."""
+
+    def __init__(self, schema: str) -> None:
+        super().__init__(schema)
+        self.stalled = asyncio.Event()
+        self.stalled_at = 0.0
+        self.resume = asyncio.Event()
+
+    async def ajob_insert(self, conn: AsyncConn, row: EnqueueRow) -> int:
+        self.stalled_at = time.monotonic()
+        self.stalled.set()
+        await self.resume.wait()
+        return await super().ajob_insert(conn, row)
+
+
+async def tick_until_recorded(scheduler: PeriodicScheduler, now: datetime, timeout: float) -> tuple[list[Fire], int]:
+    """Pass after pass (as the service loop retries), until one gets through; returns it and the
+    number of passes that failed (lock timeouts)."""
+    failed = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await scheduler.tick(now=now), failed
+        except DatabaseError:
+            failed += 1
+            if time.monotonic() > deadline:
+                raise
+
+
+def test_a_scheduler_stalled_mid_transaction_loses_the_tick_to_the_next_one_which_enqueues_it_once(
+    app: App, conn: psycopg.Connection[Any],
+) -> None:
+    """docs/design.md: "the server ends its session after 5 s idle in the transaction, and the new
+    leader's wait is bounded too". The old scheduler stalls holding a tick's key; the new one waits
+    on it, and gets the tick once the server has ended the stalled session; the stalled one, when
+    it resumes, finds its transaction gone and enqueues nothing."""
+
+    @app.periodic(cron="* * * * *", name="minutely")
+    @app.task(name="guards.minutely")
+    def minutely() -> None: ...
+
+    name = f"guards-{uuid.uuid4().hex[:8]}"
+    tick = T0 + MINUTE
+
+    async def body() -> dict[str, Any]:
+        async with own_pool(app, f"{name}-old", 1) as old_pool, own_pool(app, f"{name}-new", 1) as new_pool:
+            old, new = PeriodicScheduler(app, old_pool), PeriodicScheduler(app, new_pool)
+            stalling = old._store = StallingStore(app.schema)
+            await new.tick(now=T0 + timedelta(seconds=30))  # registers the schedule
+            stalled = asyncio.create_task(old.tick(now=tick + timedelta(seconds=1)))
+            await asyncio.wait_for(stalling.stalled.wait(), SLACK)
+            fires, failed = await tick_until_recorded(new, tick + timedelta(seconds=1),
+                                                      IDLE_TIMEOUT + LOCK_TIMEOUT + SLACK)
+            waited = time.monotonic() - stalling.stalled_at
+            stalling.resume.set()
+            with pytest.raises(DatabaseError) as resumed:
+                await stalled
+        return {"fires": [(f.outcome, f.fire_time) for f in fires], "failed": failed, "waited": waited,
+                "resumed": str(resumed.value)}
+
+    seen = asyncio.run(body())
+    assert seen["fires"] == [("enqueued", tick)]
+    assert IDLE_TIMEOUT - 0.5 <= seen["waited"] <= IDLE_TIMEOUT + LOCK_TIMEOUT + SLACK, seen
+    assert seen["failed"] in (0, 1), seen  # at most one lock timeout, racing the idle timeout
+    assert "idle-in-transaction timeout" in seen["resumed"], seen["resumed"]
+    records = conn.execute(f"SELECT outcome, job_id FROM \"{app.schema}\".periodic_fires WHERE schedule = 'minutely' "
+                           "ORDER BY fire_time").fetchall()
+    job_ids = [int(r[0]) for r in conn.execute(
+        f"SELECT id FROM \"{app.schema}\".jobs WHERE task = 'guards.minutely'").fetchall()]
+    assert [r[0] for r in records] == ["registered", "enqueued"] and [records[1][1]] == job_ids
 
 
 # -- overlap=False under two leaders ---------------------------------------------------------------
