@@ -3,8 +3,10 @@
 The stale worker's every connection goes through tests/tcp_proxy.py. While it runs a job (held
 by an Event), the proxy partitions it: its open connections go silent and new ones hang, so its
 heartbeat stops reaching PostgreSQL. The leader, connected directly, rescues the job after
-`rescue_after`, claims it again and completes it. Then the job on the stale worker finishes, the
-network heals, and its outcome reaches the database with the old `claims`: it must be rejected.
+`rescue_after` and claims it again. Then the job on the stale worker finishes, the network heals,
+and its outcome reaches the database with the old `claims` while the new attempt runs: it must be
+rejected, and the new attempt's outcome written. A second test freezes a real worker process
+with SIGSTOP instead, and lets it report after the new attempt completed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgtasks import App
+from pgtasks import App, Worker
 from pgtasks.task import Task
 from tests.apps import stale_app as stale_app_module
 from tests.conftest import ROOT
@@ -47,6 +49,8 @@ class Attempts:
     def __init__(self) -> None:
         self.stale_started = threading.Event()
         self.release_stale = threading.Event()
+        self.fresh_started = threading.Event()
+        self.release_fresh = threading.Event()
         self._lock = threading.Lock()
         self._runs: list[str] = []
 
@@ -77,7 +81,7 @@ def stale_app(proxied: tuple[FreezableProxy, str], app: App) -> Iterator[App]:
 
 
 def register(app: App, stale_app: App, attempts: Attempts) -> Task[[], str]:
-    """The same task on both Apps: held on the stale worker, immediate on the leader's (returned)."""
+    """The same task on both Apps, each attempt held until the test releases it; returns the leader's."""
     @stale_app.task(name=TASK)
     def stale() -> str:
         attempts.ran("stale")
@@ -88,6 +92,8 @@ def register(app: App, stale_app: App, attempts: Attempts) -> Task[[], str]:
     @app.task(name=TASK)
     def fresh() -> str:
         attempts.ran("fresh")
+        attempts.fresh_started.set()
+        attempts.release_fresh.wait(RESCUE_BOUND_S + WAIT_S)
         return "fresh"
 
     return fresh
@@ -98,6 +104,12 @@ def job_row(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
     return row
 
 
+def outcomes_settled(worker: Worker) -> int:
+    """How many outcomes the worker's completer has written or had rejected."""
+    assert worker.completer is not None
+    return worker.completer.written + worker.completer.rejected
+
+
 def db_now(conn: psycopg.Connection[Any]) -> datetime:
     row = conn.execute("SELECT now()").fetchone()
     assert row is not None
@@ -105,12 +117,15 @@ def db_now(conn: psycopg.Connection[Any]) -> datetime:
     return value
 
 
-def test_a_partitioned_workers_completion_after_its_job_was_rescued_is_rejected(
+def test_a_partitioned_workers_completion_while_its_rescued_job_runs_again_is_rejected(
     app: App, stale_app: App, proxied: tuple[FreezableProxy, str], conn: psycopg.Connection[Any],
     schema: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """design.md: "When it reports, its outcome carries the old `claims` value ... so it changes
-    nothing and the worker logs `job.outcome_rejected`"; the rescue adds a `Rescued` error."""
+    nothing and the worker logs `job.outcome_rejected`"; the rescue adds a `Rescued` error.
+
+    The stale outcome arrives while the new attempt runs (the row is `running` again), so only the
+    `claims` fence can turn it away; the SIGSTOP test below reports after the new one completed."""
     caplog.set_level(logging.INFO, logger="pgtasks")
     proxy = proxied[0]
     attempts = Attempts()
@@ -122,14 +137,19 @@ def test_a_partitioned_workers_completion_after_its_job_was_rescued_is_rejected(
             wait_for(lambda: is_leader(leader), timeout=WAIT_S)
             cut_at = db_now(conn)
             assert proxy.partition() >= 1
-            wait_for(lambda: job_row(conn, schema)["state"] == "completed", timeout=RESCUE_BOUND_S)
-            assert attempts.runs() == ["stale", "fresh"]  # the stale attempt is still running
-            attempts.release_stale.set()
+            assert attempts.fresh_started.wait(RESCUE_BOUND_S), "the rescued job did not run again"
+            assert attempts.runs() == ["stale", "fresh"]  # both attempts are running now
             proxy.heal()
-            wait_for(lambda: logged(caplog.records, "job.outcome_rejected") != [], timeout=WAIT_S)
-    assert stale.completer is not None and stale.completer.rejected == 1
-    assert logged(caplog.records, "job.outcome_rejected") == [
-        {"job_id": job_id, "claims": 1, "state": "completed"}]
+            attempts.release_stale.set()
+            wait_for(lambda: outcomes_settled(stale) == 1, timeout=WAIT_S)
+            assert logged(caplog.records, "job.outcome_rejected") == [
+                {"job_id": job_id, "claims": 1, "state": "completed"}]
+            during = job_row(conn, schema)
+            assert (during["state"], during["result"], during["claims"], during["attempted_by"]) == (
+                "running", None, 2, leader.worker_id)
+            attempts.release_fresh.set()
+            wait_for(lambda: job_row(conn, schema)["state"] == "completed", timeout=WAIT_S)
+    assert stale.completer is not None and (stale.completer.written, stale.completer.rejected) == (0, 1)
     assert_fenced(job_row(conn, schema), stale=stale.worker_id, fresh=leader.worker_id, cut_at=cut_at)
 
 
@@ -180,7 +200,8 @@ def test_a_sigstopped_workers_completion_after_its_job_was_rescued_is_rejected(
     app: App, conn: psycopg.Connection[Any], schema: str, database_url: str, tmp_path: Path,
 ) -> None:
     """As above, with the stale worker a real process frozen by SIGSTOP while its job waits on an
-    advisory lock the test holds; SIGCONT after the job was rescued and completed elsewhere."""
+    advisory lock the test holds; SIGCONT after the job was rescued and completed elsewhere, so
+    the stale outcome meets a finished row."""
     @app.task(name="stale.held", queue=stale_app_module.QUEUE)
     def held(lock_key: int) -> str:
         return "fresh"
