@@ -32,6 +32,9 @@ _ENCODER = msgspec.json.Encoder()
 _MISSING_OBJECT_ERRORS = (errors.UndefinedTable, errors.InvalidSchemaName, errors.UndefinedObject,
                           errors.UndefinedFunction, errors.UndefinedColumn)
 
+_STATEMENT_ENDED = (errors.LockNotAvailable, errors.QueryCanceled)
+_SESSION_ENDED = (errors.IdleInTransactionSessionTimeout,)
+
 
 @contextlib.contextmanager
 def translate_errors(schema: str) -> Iterator[None]:
@@ -43,6 +46,13 @@ def translate_errors(schema: str) -> Iterator[None]:
             f"the pgtasks schema {schema!r} is missing or out of date ({exc.diag.message_primary}); "
             f"run `pgtasks migrate` (or App.migrate()) against this database"
         ) from exc
+    except _STATEMENT_ENDED as exc:
+        # OperationalErrors that end one statement on a connection that is still fine (a lock
+        # timeout, a cancel): not a lost connection, whatever psycopg's class hierarchy says.
+        raise DatabaseError(f"database error: {exc}") from exc
+    except _SESSION_ENDED as exc:
+        # The server ended the session (idle_in_transaction_session_timeout): the connection is gone.
+        raise ConnectionLostError(f"database connection failed: {exc}") from exc
     except psycopg.OperationalError as exc:
         # Lost connections, refused connects, and PgBouncer's 08P01 query_wait_timeout.
         if exc.sqlstate == "08P01" and "query_wait_timeout" in str(exc):

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgtasks import App, DatabaseError
+from pgtasks import App, ConnectionLostError, DatabaseError
 from pgtasks.cleaner import Cleaner
 from pgtasks.connections import make_async_pool
 from pgtasks.maintenance import Maintenance, MaintenanceConfig
@@ -306,7 +306,8 @@ def test_a_tick_held_by_another_open_transaction_is_enqueued_once_and_waits_at_m
                 with pytest.raises(DatabaseError) as failed:
                     await task
                 seen["waited"] = time.monotonic() - started
-                seen["cause"] = type(failed.value.__cause__)
+                seen["error"] = (type(failed.value), type(failed.value.__cause__),
+                                 str(failed.value).splitlines()[0])
                 await holder.rollback()
             retried = await scheduler.tick(now=T0 + 3 * MINUTE + timedelta(seconds=2))
             seen["retried"] = [(f.outcome, f.fire_time) for f in retried]
@@ -316,7 +317,9 @@ def test_a_tick_held_by_another_open_transaction_is_enqueued_once_and_waits_at_m
     seen = asyncio.run(body())
     assert seen["commit"] == []  # the holder's record won; the scheduler inserted no job for it
     assert seen["rollback"] == [("enqueued", T0 + 2 * MINUTE)]
-    assert seen["cause"] is psycopg.errors.LockNotAvailable
+    # A failed statement on a healthy connection: a DatabaseError, not a "lost connection".
+    assert seen["error"] == (DatabaseError, psycopg.errors.LockNotAvailable,
+                             "database error: canceling statement due to lock timeout")
     assert LOCK_TIMEOUT <= seen["waited"] <= LOCK_TIMEOUT + SLACK, seen["waited"]
     assert seen["retried"] == [("enqueued", T0 + 3 * MINUTE)] and seen["again"] == []
     assert fire_rows(conn, schema) == [
@@ -391,7 +394,7 @@ def test_a_scheduler_stalled_mid_transaction_loses_the_tick_to_the_next_one_whic
                                                       IDLE_TIMEOUT + LOCK_TIMEOUT + SLACK)
             waited = time.monotonic() - stalling.stalled_at
             stalling.resume.set()
-            with pytest.raises(DatabaseError) as resumed:
+            with pytest.raises(ConnectionLostError) as resumed:
                 await stalled
         return {"fires": [(f.outcome, f.fire_time) for f in fires], "failed": failed, "waited": waited,
                 "resumed": str(resumed.value)}
