@@ -369,38 +369,6 @@ def test_stale_claim_cannot_overwrite_the_new_outcome(app: App, conn: psycopg.Co
     assert (row["state"], row["attempted_by"]) == ("completed", "new")
 
 
-def test_worker_survives_its_connections_being_killed(database_url: str, schema: str,
-                                                      conn: psycopg.Connection[Any]) -> None:
-    app = App(database_url, schema=schema, application_name=f"pgt-{schema}")
-    app.migrate()
-    count = 0
-
-    @app.task(name="tick")
-    def tick() -> None:
-        nonlocal count
-        count += 1
-
-    enqueuer = App(database_url, schema=schema)  # its connections are not the ones killed
-
-    @enqueuer.task(name="tick")
-    def remote_tick() -> None: ...
-
-    with worker_thread(app, poll_interval=0.1, concurrency=5):
-        remote_tick.delay_many([() for _ in range(20)])
-        wait_for(lambda: count == 20)
-        killed = conn.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE %s",
-            [f"pgt-{schema}%"],
-        ).fetchone()
-        assert killed is not None and killed[0] >= 2  # the pool and the listener
-        remote_tick.delay_many([() for _ in range(20)])
-        wait_for(lambda: count == 40, timeout=20)
-    states = {r["state"] for r in jobs(conn, schema)}
-    assert states == {"completed"}
-    app.close()
-    enqueuer.close()
-
-
 @pytest.mark.parametrize("bad", [{"concurrency": 0}, {"poll_interval": 0}, {"queues": []}, {"pool_size": 1}])
 def test_bad_worker_settings_are_rejected(app: App, bad: dict[str, Any]) -> None:
     with pytest.raises(pgtasks.ConfigurationError):
