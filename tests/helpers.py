@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -72,3 +73,8 @@ def leader_and_follower(app: App, **options: Any) -> Iterator[tuple[Worker, Work
         second = stack.enter_context(worker_thread(app, **options))
         assert second.maintenance is not None
         yield first, second
+
+
+def logged(records: list[logging.LogRecord], event: str) -> list[dict[str, Any]]:
+    """The fields of each pgtasks `event` in `records` (caplog.records), in the order they were logged."""
+    return [dict(r.__dict__["fields"]) for r in records if getattr(r, "event", None) == event]

@@ -2,9 +2,12 @@
 
 The session-scoped `pgbouncer` fixture starts a session pool (port 6432 when free) and a transaction
 pool (6433 when free) in a run dir of its own under /tmp/pgtasks-pgbouncer, and stops them at the
-end. It needs the `pgbouncer` binary (as root, start.sh installs Debian's package) and a TCP
-PostgreSQL; otherwise the tests that use it are skipped, or fail when PGTASKS_REQUIRE_PGBOUNCER=1
-(CI sets it, so a broken setup cannot pass as skipped). Tests start extra throwaway instances
+end. PgBouncer listens on loopback TCP and forwards to the test database, over TCP or over its Unix
+socket (the embedded server; then, as root, pgbouncer runs as the user that owns the socket's
+directory, since that is the only user who can reach a socket in a private data directory).
+It needs the `pgbouncer` binary (as root, start.sh installs Debian's package); otherwise the tests
+that use it are skipped, or fail when PGTASKS_REQUIRE_ALL=1 or PGTASKS_REQUIRE_PGBOUNCER=1 (CI sets
+the first, so a broken setup cannot pass as skipped). Tests start extra throwaway instances
 (a tiny pool, one to restart) with `pgbouncer.start(...)` on free ports from 6434 up.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -20,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import pytest
@@ -29,6 +33,7 @@ from psycopg.rows import dict_row
 
 from pgtasks import App
 from pgtasks.storage.poolmode import PoolMode
+from tests import requirements
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts" / "pgbouncer"
@@ -36,11 +41,17 @@ REQUIRE_ENV = "PGTASKS_REQUIRE_PGBOUNCER"
 RUN_BASE = Path(os.environ.get("PGTASKS_PGBOUNCER_RUN", "/tmp/pgtasks-pgbouncer"))
 
 
-def unavailable(reason: str) -> None:
-    """Skip, or fail when PgBouncer is required (CI)."""
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"PgBouncer is required ({REQUIRE_ENV}=1) but unavailable: {reason}", pytrace=False)
-    pytest.skip(f"PgBouncer tests need {reason} (set {REQUIRE_ENV}=1 to make this an error)")
+def unavailable(reason: str) -> NoReturn:
+    """Skip, or fail when everything (PGTASKS_REQUIRE_ALL, CI) or PgBouncer is required."""
+    requirements.unavailable(f"PgBouncer tests need {reason}", switch=REQUIRE_ENV)
+
+
+def server_os_user(host: str) -> str:
+    """The OS user pgbouncer runs as (when started as root): the owner of a Unix socket directory,
+    who can always reach the socket in it; for a TCP server, Debian's `postgres`."""
+    if not host.startswith("/"):
+        return "postgres"
+    return pwd.getpwuid(os.stat(host).st_uid).pw_name
 
 
 def port_free(port: int) -> bool:
@@ -114,6 +125,7 @@ class PgBouncerLab:
             "PGTASKS_PGBOUNCER_DB": str(params.get("dbname") or params.get("user") or "postgres"),
             "PGTASKS_PGBOUNCER_USER": str(params.get("user") or "postgres"),
             "PGTASKS_PGBOUNCER_PASSWORD": str(params.get("password") or ""),
+            "PGTASKS_PGBOUNCER_OS_USER": server_os_user(str(params.get("host") or "127.0.0.1")),
         })
         return env
 
@@ -189,8 +201,8 @@ class PgBouncerLab:
 def pgbouncer(database_url: str) -> Iterator[PgBouncerLab]:
     """The session pool (`session`) and the transaction pool (`transaction`), started once per run."""
     host = str(conninfo_to_dict(database_url).get("host") or "")
-    if not host or host.startswith("/") or "," in host:
-        unavailable(f"a TCP PostgreSQL in PGTASKS_TEST_DATABASE_URL (host is {host or 'a unix socket'!r})")
+    if not host or "," in host:
+        unavailable(f"one explicit host (TCP or a Unix socket directory) in the test database URL, not {host!r}")
     if not (shutil.which("pgbouncer") or os.access("/usr/sbin/pgbouncer", os.X_OK) or os.geteuid() == 0):
         unavailable("the pgbouncer binary (apt-get install pgbouncer), or root so that start.sh installs it")
     lab = PgBouncerLab(database_url, RUN_BASE / f"run-{os.getpid()}-{uuid.uuid4().hex[:6]}")

@@ -95,12 +95,12 @@ def test_a_cancel_request_turns_a_later_retry_into_cancelled(app: App, conn: psy
         raise RuntimeError("failed anyway")
 
     ref = fails.delay()
-    with worker_thread(app, poll_interval=0.1):
+    with worker_thread(app, poll_interval=0.1) as worker:
         assert started.wait(10)
         with app.connect() as own:
             app.store.job_cancel_many(own, [ref.id], reason="stop", control=control_channel(app.schema))
         wait_for(lambda: bool(jobs(conn, app.schema)[0]["cancel_requested_at"]))
-        time.sleep(0.3)  # the watcher has polled by now
+        wait_for(lambda: worker.cancels.requested(ref.id), timeout=30)  # the watcher told the job
         release.set()
         with pytest.raises(pgtasks.JobCancelledError):
             ref.wait(timeout=10, poll_interval=0.1)
@@ -118,14 +118,13 @@ def test_pause_is_honoured_by_a_running_worker_and_resume_wakes_it(app: App, con
     def other(n: int) -> None:
         ran.append(f"other-{n}")
 
-    poll = 0.3
-    with worker_thread(app, queues=["mail", "other"], poll_interval=poll) as worker:
-        assert cli(app, "queues", "pause", "mail").exit_code == 0
-        time.sleep(poll * 1.5)  # one poll interval: every fetch from now on skips mail
+    with worker_thread(app, queues=["mail", "other"], poll_interval=0.3) as worker:
+        assert cli(app, "queues", "pause", "mail").exit_code == 0  # holds from the next fetch on (SQL)
         paused_ref = mail.delay(1)
         other_ref = other.delay(1)
-        other_ref.wait(timeout=10, poll_interval=0.05)  # the worker is alive and fetching
-        time.sleep(poll * 3)
+        other_ref.wait(timeout=10, poll_interval=0.05)  # fetched after both were enqueued: mail skipped
+        fetches = worker.fetches
+        wait_for(lambda: worker.fetches >= fetches + 3, timeout=30)  # and three more fetches skip it too
         assert state(conn, app, paused_ref.id) == "available"
         assert ran == ["other-1"]
         assert cli(app, "queues", "resume", "mail").exit_code == 0

@@ -18,14 +18,7 @@ from pgtasks import App
 from pgtasks.testing import adrain
 from tests.conftest import ROOT
 from tests.helpers import jobs
-
-
-def require(module: str) -> None:
-    """Skip when a framework is not installed, except in CI (which installs the dev extra): fail there."""
-    if importlib.util.find_spec(module) is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{module} is not installed but CI must run this test: pip install -e '.[dev]'")
-        pytest.skip(f"{module} is not installed (pip install -e '.[dev]')")
+from tests.requirements import require_module
 
 
 def run_example(name: str, app: App, database_url: str) -> subprocess.CompletedProcess[str]:
@@ -45,7 +38,7 @@ def test_plain_script_with_bind(app: App, database_url: str, conn: psycopg.Conne
 
 def test_django_orm_write_and_job_in_one_transaction(app: App, database_url: str,
                                                      conn: psycopg.Connection[Any]) -> None:
-    require("django")
+    require_module("django")
     out = run_example("django_app.py", app, database_url).stdout
     assert "rolled back: payment declined for bob@example.com" in out
     assert "orders: ['ann@example.com']" in out
@@ -55,8 +48,8 @@ def test_django_orm_write_and_job_in_one_transaction(app: App, database_url: str
 
 def test_fastapi_enqueue_inside_the_request_transaction(app: App, database_url: str, conn: psycopg.Connection[Any],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    require("fastapi")
-    require("httpx")
+    require_module("fastapi")
+    require_module("httpx")
     import httpx
 
     monkeypatch.setenv("PGTASKS_DATABASE_URL", database_url)

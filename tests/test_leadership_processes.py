@@ -19,10 +19,18 @@ from pgtasks import App
 from tests.conftest import ROOT
 from tests.helpers import wait_for
 
-LEADER_TTL = 2.0
-WORKER_OPTIONS = ["--poll-interval", "0.2", "--leader-ttl", str(LEADER_TTL), "--heartbeat-interval", "0.3",
-                  "--rescue-after", "1.5", "--concurrency", "4", "--grace", "5"]
+# Renewed every 2 s and trusted for 4.8 s: a loaded 2-core machine does not miss a renewal by
+# accident, so leadership changes only where a test causes it. The bounds below derive from it.
+LEADER_TTL = 6.0
+# Heartbeats every 0.5 s, rescue after 8 missed ones: only a dead worker's jobs are rescued.
+RESCUE_AFTER = 4.0
+WORKER_OPTIONS = ["--poll-interval", "0.2", "--leader-ttl", str(LEADER_TTL), "--heartbeat-interval", "0.5",
+                  "--rescue-after", str(RESCUE_AFTER), "--concurrency", "4", "--grace", "5"]
 SECOND = timedelta(seconds=1)
+# Scheduling slack on a loaded machine, added to every bound the design states.
+SLACK = 3.0
+# docs/design.md: "After a crash, a follower takes over within TTL + TTL/3."
+CRASH_TAKEOVER = LEADER_TTL + LEADER_TTL / 3
 
 
 class Workers:
@@ -175,13 +183,15 @@ def test_sigkill_of_the_leader_hands_over_within_the_ttl_without_duplicate_or_ga
         now = lease(conn, schema)
         return now is not None and now["term"] > before["term"] and now["active"]
 
-    wait_for(taken_over, timeout=15)
+    wait_for(taken_over, timeout=CRASH_TAKEOVER + 2 * SLACK)
     after = lease(conn, schema)
     assert after is not None and after["leader_id"] == survivor_id and after["term"] == before["term"] + 1
     # The lease the dead leader held ran out at most one TTL after the kill, and the survivor was
     # elected at most one election interval (TTL / 3) after that, plus scheduling slack.
     assert old["expires_at"] - killed_at <= timedelta(seconds=LEADER_TTL)
-    assert after["elected_at"] - old["expires_at"] <= timedelta(seconds=LEADER_TTL / 3 + 1.0), workers.output()
+    assert after["elected_at"] - old["expires_at"] <= timedelta(seconds=LEADER_TTL / 3 + SLACK), workers.output()
+    assert after["elected_at"] - killed_at <= timedelta(seconds=CRASH_TAKEOVER + SLACK), workers.output()
+    # So the failover (<= 11 s) fits in the on-time grace (max(15 s, 1.5 x TTL)): no tick may be missed.
 
     wait_for(lambda: enqueued_ticks(conn, schema)[-1][0] >= after["elected_at"] + 3 * SECOND, timeout=20)
     ticks = enqueued_ticks(conn, schema)
@@ -198,7 +208,10 @@ def test_sigkill_of_the_leader_hands_over_within_the_ttl_without_duplicate_or_ga
     rescued = {r[0] for r in conn.execute(
         f"SELECT id FROM \"{schema}\".jobs WHERE id = ANY(%s) AND errors @> '[{{\"type\": \"Rescued\"}}]'",
         (job_ids,)).fetchall()}
-    assert all(count == 1 or job_id in rescued for job_id, count in runs.items())  # at-least-once, only if rescued
+    # At-least-once: a job runs twice only when the dead worker ran it and the survivor rescued it.
+    twice = {job_id for job_id, count in runs.items() if count == 2}
+    assert runs == {job_id: 2 if job_id in twice else 1 for job_id in job_ids}
+    assert twice <= rescued
     assert workers.stop_all()[procs.index(survivor)] == 0
 
 

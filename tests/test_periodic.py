@@ -313,10 +313,17 @@ def test_two_processes_that_both_believe_they_lead_enqueue_each_tick_once(
     insert per tick through, and the loser's job insert never happens."""
     env = {"PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": schema, "PYTHONPATH": str(ROOT),
            "PATH": "/usr/bin:/bin"}
-    start = time.time() + 3.0  # time for both interpreters to import and connect
-    args = [sys.executable, "-m", "tests.apps.dual_scheduler", str(start), str(T0.timestamp()), "20"]
-    procs = [subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    args = [sys.executable, "-m", "tests.apps.dual_scheduler", str(T0.timestamp()), "20"]
+    procs = [subprocess.Popen(args, env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    # A barrier, not a fixed head start: both have imported and connected before either begins.
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n", proc.stderr
+    start = time.time() + 0.2
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(f"{start}\n")
+        proc.stdin.flush()
     outputs = [proc.communicate(timeout=60) for proc in procs]
     for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err

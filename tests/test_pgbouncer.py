@@ -31,8 +31,11 @@ from tests.tcp_proxy import freezable_proxy
 
 pytestmark = pytest.mark.pgbouncer
 
-# A functional bound, not a benchmark: a NOTIFY wakeup takes milliseconds, a poll would take 30 s.
-WAKEUP_BOUND_S = 0.5
+# A functional bound, not a benchmark: a NOTIFY wakeup takes milliseconds, a poll would take 30 s
+# (each test that measures wakeups polls every POLL_S). 5 s leaves a loaded 2-core machine room and
+# is still six times shorter than the poll, so a job started within it was woken, not polled.
+POLL_S = 30.0
+WAKEUP_BOUND_S = 5.0
 
 
 def problems(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[str]:
@@ -70,12 +73,13 @@ def test_detection_gives_unknown_and_no_listen_when_it_cannot_tell(pgbouncer: Pg
     assert refused.mode is PoolMode.UNKNOWN and refused.listen_ok is False
     assert "cannot connect" in refused.detail
     # A pool with one server connection that someone holds: detection would wait; it times out.
-    tiny = pgbouncer.start("detect-tiny", "session", pool_size=1, query_wait_timeout=10)
+    # PgBouncer would make detection wait a minute (query_wait_timeout); its own 1 s timeout ends it.
+    tiny = pgbouncer.start("detect-tiny", "session", pool_size=1, query_wait_timeout=60)
     with psycopg.connect(tiny.dsn, autocommit=True) as hog:
         hog.execute("SELECT 1")  # session pooling: this client now owns the only server connection
         started = time.monotonic()
         stuck = detect_pool_mode(tiny.dsn, app.store, timeout=1.0)
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < 1.0 + 10.0  # its timeout plus slack, far below the 60 s
     assert stuck.mode is PoolMode.UNKNOWN and stuck.listen_ok is False
     assert "no answer within 1s" in stuck.detail
 
@@ -308,9 +312,9 @@ def test_listen_wakeup_latency_or_poll_only_fallback(
             assert "transaction pooling" in fields(line)["reason"]
             assert "--listen-dsn" in fields(line)["hint"]
             latencies = measure_wakeups(target_app, ping, seen, n=2)
-        assert all(lat < 0.3 + 2.0 for lat in latencies)  # picked up by the poll
+        assert max(latencies) < 0.3 + 10.0, latencies  # picked up by the 0.3 s poll (slack: a loaded machine)
         return
-    with worker_thread(target_app, poll_interval=30.0) as worker:
+    with worker_thread(target_app, poll_interval=POLL_S) as worker:
         assert worker.listening and worker.notifier is not None and worker.notifier.connected.is_set()
         latencies = measure_wakeups(target_app, ping, seen)
     assert max(latencies) < WAKEUP_BOUND_S, latencies
@@ -324,7 +328,7 @@ def test_transaction_pool_with_a_direct_listen_dsn_wakes_instantly(
     pooled = App(pgbouncer.instances["transaction"].dsn, schema=app.schema, listen_dsn=database_url)
     ping, seen = register_ping(pooled)
 
-    with worker_thread(pooled, poll_interval=30.0) as worker:
+    with worker_thread(pooled, poll_interval=POLL_S) as worker:
         assert worker.listening and worker.listen_plan is not None
         assert worker.listen_plan.database.mode is PoolMode.TRANSACTION
         assert worker.listen_plan.listener is not None and worker.listen_plan.listener.mode is PoolMode.DIRECT
@@ -380,7 +384,7 @@ def test_listener_recovers_when_its_backend_is_killed(
     ping, seen = register_ping(target_app)
 
     listener_name = target_app.application_name + "-listener"
-    with worker_thread(target_app, poll_interval=30.0, canary_interval=0.3, canary_timeout=1.0) as worker:
+    with worker_thread(target_app, poll_interval=POLL_S, canary_interval=0.3, canary_timeout=1.0) as worker:
         notifier = worker.notifier
         assert notifier is not None and notifier.connected.is_set()
         row = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
@@ -392,8 +396,9 @@ def test_listener_recovers_when_its_backend_is_killed(
         wait_for(lambda: notifier.reconnects >= 1 and notifier.connected.is_set(), timeout=10)
         latencies = measure_wakeups(target_app, ping, seen, n=2)
     assert max(latencies) < WAKEUP_BOUND_S, latencies
-    assert len(events(caplog, "listener.lost")) == 1
-    assert len(events(caplog, "listener.recovered")) == 1
+    # At least once each: on a loaded machine a late canary may count one more loss and recovery.
+    assert len(events(caplog, "listener.lost")) >= 1
+    assert len(events(caplog, "listener.recovered")) >= 1
 
 
 def test_canary_catches_a_listener_that_went_deaf(
@@ -401,26 +406,24 @@ def test_canary_catches_a_listener_that_went_deaf(
 ) -> None:
     """A half-open LISTEN connection raises no error; only the canary can tell it is deaf."""
     caplog.set_level(logging.INFO, logger="pgtasks")
-    params = conninfo_to_dict(database_url)
-    if str(params.get("host") or "").startswith("/"):
-        pytest.skip("the freezable TCP proxy needs a TCP PostgreSQL; this one listens on a Unix socket")
+    params = conninfo_to_dict(database_url)  # TCP, or the embedded server's Unix socket directory
     ping, seen = register_ping(app)
 
     with freezable_proxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)) as proxy:
         listen_dsn = psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=str(proxy.port))
-        with worker_thread(app, poll_interval=30.0, listen_dsn=listen_dsn, canary_interval=0.3,
+        with worker_thread(app, poll_interval=POLL_S, listen_dsn=listen_dsn, canary_interval=0.3,
                            canary_timeout=0.7) as worker:
             notifier = worker.notifier
             assert notifier is not None and notifier.connected.is_set()
             assert proxy.freeze() == 1  # the listener's connection: open, silent
-            wait_for(lambda: not notifier.connected.is_set(), timeout=5)
-            assert notifier.canaries_missed == 1
+            wait_for(lambda: not notifier.connected.is_set(), timeout=10)
+            assert notifier.canaries_missed >= 1  # the canary, not an error, found it deaf
             wait_for(notifier.connected.is_set, timeout=10)  # a new connection through the proxy
             latencies = measure_wakeups(app, ping, seen, n=2)
     assert max(latencies) < WAKEUP_BOUND_S, latencies
-    [lost] = events(caplog, "listener.lost")
-    assert "canary" in fields(lost)["error"]
-    assert len(events(caplog, "listener.recovered")) == 1
+    lost = events(caplog, "listener.lost")
+    assert len(lost) >= 1 and "canary" in fields(lost[0])["error"], [fields(r) for r in lost]
+    assert len(events(caplog, "listener.recovered")) >= 1
 
 
 # -- exhaustion and restarts ---------------------------------------------------------------------------
@@ -456,14 +459,22 @@ def test_pool_smaller_than_the_workers_demand_slows_it_but_loses_nothing(
         for hog in hogs:
             hog.close()
 
-    def release_once_the_worker_waited() -> None:
-        deadline = time.monotonic() + 15
-        while not events(caplog, "worker.startup_waiting") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1.5)  # one more query_wait_timeout for the worker to sit through
-        release_hogs()
+    def timeouts() -> int:
+        return pgbouncer.log(tiny.name).count("closing because: query_wait_timeout")
 
-    releaser = threading.Thread(target=release_once_the_worker_waited)
+    before = timeouts()
+    timeouts_sat_through: list[int] = []
+
+    def release_once_the_worker_timed_out_twice() -> None:
+        # Hold both servers until PgBouncer has failed the worker's startup check twice: it waited,
+        # retried into the still exhausted pool and waited again, instead of exiting.
+        try:
+            wait_for(lambda: timeouts() >= before + 2, timeout=30, interval=0.05)
+        finally:
+            timeouts_sat_through.append(timeouts() - before)
+            release_hogs()
+
+    releaser = threading.Thread(target=release_once_the_worker_timed_out_twice)
     releaser.start()
     try:
         with worker_thread(pooled, concurrency=5, pool_size=3, poll_interval=0.2) as worker:
@@ -473,7 +484,8 @@ def test_pool_smaller_than_the_workers_demand_slows_it_but_loses_nothing(
         releaser.join(20)
         release_hogs()
     pooled.close()
-    assert sorted(runs) == list(range(150)) and set(runs.values()) == {1}
+    assert timeouts_sat_through[0] >= 2, timeouts_sat_through
+    assert runs == {i: 1 for i in range(150)}  # each job ran exactly once
     assert {r["attempt"] for r in jobs(conn, app.schema)} == {1}
     [waited] = events(caplog, "worker.startup_waiting")  # it started into the exhausted pool and waited
     assert "query_wait_timeout" in fields(waited)["error"]
@@ -498,7 +510,10 @@ def test_restarting_pgbouncer_mid_drain_loses_nothing(
         time.sleep(0.003)
 
     work.delay_many([(i,) for i in range(400)])
-    with worker_thread(pooled, concurrency=8, poll_interval=0.5, canary_interval=0.3, canary_timeout=1.0) as worker:
+    # Session pooling listens, so it polls every POLL_S: the wakeups measured after the restart are
+    # NOTIFYs. Transaction pooling cannot listen and polls.
+    poll = POLL_S if mode == "session" else 0.5
+    with worker_thread(pooled, concurrency=8, poll_interval=poll, canary_interval=0.3, canary_timeout=1.0) as worker:
         wait_for(lambda: states(conn, app.schema)["completed"] >= 100, timeout=30)
         pgbouncer.restart(name, downtime=0.5)
         work.delay_many([(i,) for i in range(400, 500)])  # the producer's pool recovers too
@@ -509,7 +524,7 @@ def test_restarting_pgbouncer_mid_drain_loses_nothing(
             wait_for(lambda: notifier.connected.is_set() and notifier.reconnects >= 1, timeout=10)
             assert max(measure_wakeups(pooled, ping, seen, n=2)) < WAKEUP_BOUND_S
     pooled.close()
-    assert set(runs) == set(range(500))
+    assert runs == {i: 1 for i in range(500)}  # each job ran exactly once
     assert states(conn, app.schema) == {"completed": 500 + len(seen)}
     assert problems(caplog, logging.ERROR) == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 import pgtasks
 from pgtasks import App
 from pgtasks.testing import adrain, drain, worker_thread
-from tests.helpers import jobs
+from tests.helpers import jobs, wait_for
 
 
 class Receipt(msgspec.Struct):
@@ -95,23 +96,43 @@ def test_store_result_false_keeps_the_return_value_out(app: App, conn: psycopg.C
     assert ref.wait(timeout=5) is None
 
 
-def test_wait_wakes_on_the_completion_notify_not_the_poll(app: App) -> None:
-    """With a 30 s poll interval, only the NOTIFY from the jobs_notify_final trigger can wake wait() quickly."""
-    gate = threading.Event()
+def waiter_is_listening(conn: psycopg.Connection[Any], application_name: str) -> bool:
+    """wait()'s connection LISTENed, then read the job (still pending), and now sits idle for NOTIFYs."""
+    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'idle' "
+                       "AND query NOT ILIKE 'LISTEN%%'", (application_name + "-waiter",)).fetchone()
+    return row == (1,)
 
-    @app.task(name="gated")
+
+def test_wait_wakes_on_the_completion_notify_not_the_poll(
+    app: App, conn: psycopg.Connection[Any],
+) -> None:
+    """With a 30 s poll interval, only the NOTIFY from the jobs_notify_final trigger can wake wait() quickly."""
+    own = App(app.dsn, schema=app.schema, application_name=f"pgt-wait-{uuid.uuid4().hex[:8]}")
+    gate = threading.Event()
+    opener_saw_listening: list[bool] = []
+
+    @own.task(name="gated")
     def gated() -> str:
-        gate.wait(10)
+        gate.wait(60)
         return "done"
 
+    def open_once_wait_listens() -> None:  # the job finishes only after wait() read it pending
+        try:
+            wait_for(lambda: waiter_is_listening(conn, own.application_name), timeout=30, interval=0.02)
+            opener_saw_listening.append(True)
+        finally:
+            gate.set()
+
     ref = gated.delay()
-    with worker_thread(app, poll_interval=0.05):
-        timer = threading.Timer(0.3, gate.set)
-        timer.start()
+    opener = threading.Thread(target=open_once_wait_listens)
+    with worker_thread(own, poll_interval=0.05):
+        opener.start()
         started = time.monotonic()
-        assert ref.wait(timeout=20, poll_interval=30) == "done"
+        assert ref.wait(timeout=40, poll_interval=30) == "done"
         elapsed = time.monotonic() - started
-        timer.join()
+        opener.join(30)
+    own.close()
+    assert opener_saw_listening == [True]
     assert elapsed < 10, f"wait() took {elapsed:.1f}s: it was not woken by the completion NOTIFY"
 
 

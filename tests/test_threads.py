@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+from typing import Any
 
 import pytest
 
@@ -52,9 +53,17 @@ def test_a_burst_of_results_wakes_the_loop_far_fewer_times_than_once_each() -> N
         loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
         pool = ElasticThreadPool()
         gate = threading.Event()
+        at_gate = threading.Barrier(51)
+
+        def wait_at_gate() -> bool:
+            at_gate.wait(30)
+            return gate.wait(30)
+
         try:
-            futures = [pool.run_async(gate.wait) for _ in range(50)]
-            await asyncio.sleep(0.05)  # every thread is now blocked on the gate
+            futures = [pool.run_async(wait_at_gate) for _ in range(50)]
+            # Every call is on its own thread, blocked on the gate (blocking the loop is fine: nothing
+            # is due on it until the gate opens).
+            at_gate.wait(30)
             gate.set()
             assert await asyncio.gather(*futures) == [True] * 50
         finally:
@@ -66,6 +75,9 @@ def test_a_burst_of_results_wakes_the_loop_far_fewer_times_than_once_each() -> N
 
 def test_a_cancelled_future_drops_its_result_and_a_stuck_thread_is_not_reused() -> None:
     async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop_errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: loop_errors.append(context))
         pool = ElasticThreadPool()
         release = threading.Event()
         try:
@@ -77,7 +89,14 @@ def test_a_cancelled_future_drops_its_result_and_a_stuck_thread_is_not_reused() 
             assert await asyncio.wait_for(pool.run_async(lambda: "fresh"), 5) == "fresh"
             assert pool.size == 2
             release.set()
-            await asyncio.sleep(0.05)  # the stuck call's result is delivered to a cancelled future: dropped
+            # A thread counts itself idle only after it handed its result over (call_soon_threadsafe),
+            # so once both are idle the delivery to the cancelled future is queued on the loop...
+            deadline = loop.time() + 30
+            while pool._idle < 2:
+                assert loop.time() < deadline, "the stuck thread never finished"
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # ...and has run by the time this resumes
+            assert loop_errors == []  # dropped, not an InvalidStateError in a loop callback
         finally:
             pool.shutdown()
 

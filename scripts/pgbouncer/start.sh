@@ -20,6 +20,9 @@
 #   PGTASKS_PGBOUNCER_PG_PORT [5432]  PGTASKS_PGBOUNCER_DB [test]  PGTASKS_PGBOUNCER_USER [postgres]
 #   PGTASKS_PGBOUNCER_PASSWORD []     (used by pgbouncer to log in to PostgreSQL, if it needs one)
 #   PGTASKS_PGBOUNCER_POOL_SIZE [20]  PGTASKS_PGBOUNCER_QUERY_WAIT_TIMEOUT [10] (seconds; pgbouncer's default is 120)
+#   PGTASKS_PGBOUNCER_OS_USER [postgres]  (as root: the user pgbouncer runs as; for a server on a Unix
+#                                          socket in a private directory, the server's own user)
+# PGTASKS_PGBOUNCER_PG_HOST may be a Unix socket directory (/path), as for libpq.
 set -euo pipefail
 
 RUN=${PGTASKS_PGBOUNCER_RUN:-/tmp/pgtasks-pgbouncer}
@@ -30,6 +33,7 @@ DBUSER=${PGTASKS_PGBOUNCER_USER:-postgres}
 PASSWORD=${PGTASKS_PGBOUNCER_PASSWORD:-}
 POOL_SIZE=${PGTASKS_PGBOUNCER_POOL_SIZE:-20}
 QUERY_WAIT_TIMEOUT=${PGTASKS_PGBOUNCER_QUERY_WAIT_TIMEOUT:-10}
+OS_USER=${PGTASKS_PGBOUNCER_OS_USER:-postgres}
 
 log() { echo "pgtasks-pgbouncer: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -55,16 +59,16 @@ if command -v pg_isready >/dev/null; then
     pg_isready -q -h "$PG_HOST" -p "$PG_PORT" || die "PostgreSQL is not reachable at $PG_HOST:$PG_PORT"
 fi
 
-# 3. pgbouncer refuses to run as root: as root, hand it -u postgres (it drops privileges).
+# 3. pgbouncer refuses to run as root: as root, hand it -u $OS_USER (it drops privileges).
 AS_USER=()
-if [ "$(id -u)" = 0 ]; then AS_USER=(-u postgres); fi
+if [ "$(id -u)" = 0 ]; then AS_USER=(-u "$OS_USER"); fi
 
 mkdir -p "$RUN"
 # auth_type=trust still requires the user name in auth_file; the password (if any) is what
 # pgbouncer sends to PostgreSQL.
 printf '"%s" "%s"\n' "$DBUSER" "$PASSWORD" >"$RUN/userlist.txt"
 chmod 600 "$RUN/userlist.txt"
-[ "$(id -u)" = 0 ] && chown postgres: "$RUN" "$RUN/userlist.txt"
+[ "$(id -u)" = 0 ] && chown "$OS_USER": "$RUN" "$RUN/userlist.txt"
 
 # is_ours DIR: true if DIR's pidfile names a live pgbouncer started with DIR's config.
 is_ours() {
@@ -114,7 +118,7 @@ INI
     fi
     port_busy "$port" && die "port $port is already in use (another pgbouncer? pick another port)"
     printf '%s\n' "$ini" >"$dir/pgbouncer.ini"
-    [ "$(id -u)" = 0 ] && chown -R postgres: "$dir"
+    [ "$(id -u)" = 0 ] && chown -R "$OS_USER": "$dir"
     log "starting $name on 127.0.0.1:$port (pool_mode=$mode, pool_size=$size, query_wait_timeout=$qwt)"
     local offset
     offset=$(($(stat -c %s "$dir/pgbouncer.log" 2>/dev/null || echo 0) + 1))

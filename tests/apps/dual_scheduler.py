@@ -1,7 +1,9 @@
 """Drives the periodic scheduler of tests.apps.periodic_app with no elector, as a process that
 believes it leads; two of these racing over the same ticks must still enqueue each tick once.
 
-Usage: python -m tests.apps.dual_scheduler START_EPOCH FIRST_TICK_EPOCH TICKS -> prints JSON stats.
+Usage: python -m tests.apps.dual_scheduler FIRST_TICK_EPOCH TICKS. Prints "ready" once connected,
+then reads the start time (epoch seconds) from stdin, and prints JSON stats at the end: the test
+starts both processes, waits for both to be ready, and gives both the same start.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from pgtasks.storage.connections import make_async_pool
 from tests.apps.periodic_app import app
 
 
-async def main(start: float, first_tick: float, ticks: int) -> dict[str, int]:
+async def main(first_tick: float, ticks: int) -> dict[str, int]:
     pool = make_async_pool(app.dsn, application_name="dual-scheduler", max_size=1, name="dual")
     await pool.open(wait=True)
+    print("ready", flush=True)
+    start = float(await asyncio.to_thread(sys.stdin.readline))
     scheduler = PeriodicScheduler(app.registry, app.store, pool)  # no elector: it always acts, as a stale leader would
     base = datetime.fromtimestamp(first_tick, UTC)
     recorded = 0
@@ -37,5 +41,5 @@ async def main(start: float, first_tick: float, ticks: int) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    stats = asyncio.run(main(float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])))
+    stats = asyncio.run(main(float(sys.argv[1]), int(sys.argv[2])))
     print(msgspec.json.encode(stats).decode())
