@@ -30,7 +30,7 @@ from pgtasks.core.models import JobState
 from pgtasks.core.retry import Backoff, Fixed, RetryPolicy
 from pgtasks.core.unique import Unique
 from pgtasks.leadership.cleaner import Retention
-from pgtasks.worker import Worker
+from pgtasks.worker import Worker, WorkerConfig
 
 __version__ = "0.1.0.dev0"
 
@@ -69,6 +69,7 @@ __all__ = [
     "UnknownTaskError",
     "WaitTimeoutError",
     "Worker",
+    "WorkerConfig",
     "__version__",
     "current_job",
 ]
