@@ -588,7 +588,7 @@ def test_listen_decision_when_detection_cannot_tell(
     assert not off.listen and off.listener is None and off.budget()["listener"] == 0
 
 
-# -- leader election and periodic ticks through each target (issue 3's services) --------------------
+# -- leader election and periodic ticks through each target (the leader-only services) ----------------
 
 
 def test_leader_election_and_periodic_ticks_through_each_target(
