@@ -13,6 +13,7 @@ from pgtasks.cli.periodic import periodic
 from pgtasks.cli.queues import queues
 from pgtasks.cli.stats import stats
 from pgtasks.cli.worker import worker
+from pgtasks.cli.workers import workers
 
 main.add_command(worker)
 main.add_command(migrate)
@@ -24,5 +25,6 @@ main.add_command(jobs)
 main.add_command(queues)
 main.add_command(stats)
 main.add_command(doctor)
+main.add_command(workers)
 
 __all__ = ["main"]

@@ -6,8 +6,10 @@ from typing import Any
 
 import click
 
+from pgtasks.app import App
 from pgtasks.cli.base import CliState
 from pgtasks.cli.output import emit_json, human_duration, json_option, table
+from pgtasks.cli.watch import watch_option, watched
 from pgtasks.core.channels import jobs_channel
 from pgtasks.core.options import validate_queue
 
@@ -23,10 +25,15 @@ def queues() -> None:
 
 @queues.command("list")
 @json_option
+@watch_option
 @click.pass_context
-def list_queues(ctx: click.Context, as_json: bool) -> None:
+def list_queues(ctx: click.Context, as_json: bool, watch: float | None) -> None:
     """Unfinished jobs per queue and state, lag (age of the oldest due job), and paused or not."""
     app = _app(ctx)
+    watched(lambda: _print_queues(app, as_json), watch, as_json=as_json)
+
+
+def _print_queues(app: App, as_json: bool) -> None:
     with app.connect() as conn:
         rows = app.store.queue_stats(conn)
     if as_json:

@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import click
 
+from pgtasks.app import App
 from pgtasks.cli.base import CliState
-from pgtasks.cli.output import emit_json, human_duration, json_option, parse_duration, table
+from pgtasks.cli.output import emit_json, human_duration, json_option, parse_duration, queue_json, table
+from pgtasks.cli.watch import watch_option, watched
 
 
 @click.command()
 @click.option("--window", default="1h", show_default=True, metavar="DURATION",
               help="How far back the per-task figures look: 15m, 1h, 1d ...")
 @json_option
+@watch_option
 @click.pass_context
-def stats(ctx: click.Context, window: str, as_json: bool) -> None:
+def stats(ctx: click.Context, window: str, as_json: bool, watch: float | None) -> None:
     """Totals by state, queue depth and lag, and per-task outcomes and run times in the window."""
     app = ctx.find_object(CliState).app()  # type: ignore[union-attr]
     seconds = parse_duration(window)
+    watched(lambda: _print_stats(app, window, seconds, as_json), watch, as_json=as_json)
+
+
+def _print_stats(app: App, window: str, seconds: float, as_json: bool) -> None:
     with app.connect() as conn:
         by_state = app.store.stats_by_state(conn)
         queues = app.store.queue_stats(conn)
         recent = app.store.stats_recent_by_task(conn, seconds)
     if as_json:
-        emit_json({"by_state": by_state, "total": sum(by_state.values()), "queues": queues,
+        emit_json({"by_state": by_state, "total": sum(by_state.values()), "queues": [queue_json(q) for q in queues],
                    "window_seconds": seconds, "tasks": recent})
         return
     click.echo(f"jobs: {sum(by_state.values())} in total")

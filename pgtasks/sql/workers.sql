@@ -18,3 +18,22 @@ SELECT worker_id, hostname, pid, queues, concurrency, running, started_at, last_
        extract(epoch FROM coalesce(%(now)s::timestamptz, now()) - last_seen_at)::float8 AS seen_ago_s
 FROM {schema}.workers
 ORDER BY started_at DESC, worker_id
+
+-- name: worker_status
+-- `pgtasks workers`: each worker seen within %(silent_after)s seconds (every row with %(all)s), the
+-- jobs it holds now with their task, and whether it holds the leader lease. The jobs come from the
+-- jobs table (jobs_running_by_idx), not from the heartbeat's `running` list, which is up to one
+-- heartbeat interval old and would still show a job that finished since.
+WITH now AS (SELECT coalesce(%(now)s::timestamptz, now()) AS t)
+SELECT w.worker_id, w.hostname, w.pid, w.queues, w.concurrency, w.started_at, w.last_seen_at,
+       extract(epoch FROM now.t - w.started_at)::float8 AS uptime_s,
+       extract(epoch FROM now.t - w.last_seen_at)::float8 AS seen_ago_s,
+       coalesce(l.leader_id = w.worker_id AND l.expires_at > now.t, false) AS leader,
+       coalesce((SELECT jsonb_agg(jsonb_build_object(
+                            'id', j.id, 'task', j.task, 'queue', j.queue, 'attempt', j.attempt,
+                            'running_s', extract(epoch FROM now.t - j.attempted_at)::float8) ORDER BY j.id)
+                 FROM {schema}.jobs j WHERE j.state = 'running' AND j.attempted_by = w.worker_id),
+                '[]'::jsonb) AS running
+FROM {schema}.workers w CROSS JOIN now LEFT JOIN {schema}.leader l ON true
+WHERE %(all)s OR w.last_seen_at > now.t - make_interval(secs => %(silent_after)s)
+ORDER BY w.hostname, w.started_at, w.worker_id

@@ -10,7 +10,7 @@ from psycopg import AsyncConnection, Connection
 
 from pgtasks.core.models import WorkerInfo
 from pgtasks.storage.base import StoreBase
-from pgtasks.storage.steps import Operation, every, statement
+from pgtasks.storage.steps import Operation, every, select_dicts, statement
 
 
 def _list(query: LiteralString, now: datetime | None) -> Operation[list[WorkerInfo]]:
@@ -30,3 +30,10 @@ class WorkerStore(StoreBase):
 
     def worker_list(self, conn: Connection[Any], now: datetime | None = None) -> list[WorkerInfo]:
         return self.run(conn, _list(self.queries["worker_list"], now))
+
+    def worker_status(self, conn: Connection[Any], *, silent_after: float, include_silent: bool = False,
+                      now: datetime | None = None) -> list[dict[str, Any]]:
+        """Workers seen within `silent_after` seconds (all rows with include_silent), with the jobs
+        each holds now (id, task, queue, attempt, running_s) and whether it leads."""
+        params = {"silent_after": silent_after, "all": include_silent, "now": now}
+        return self.run(conn, select_dicts(self.queries["worker_status"], params))
