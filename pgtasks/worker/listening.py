@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
 
 from pgtasks.core.errors import ConfigurationError
 from pgtasks.core.logs import log_event
@@ -42,14 +45,20 @@ class ListenPlan:
         return {"pool": self.pool_size, "listener": listener, "total": self.pool_size + listener}
 
     def log(self, worker_id: str) -> None:
+        # One value per field: how long a pool connection holds a server connection in each mode is
+        # explained in docs/pgbouncer.md, not repeated in every start-up line.
         budget = self.budget()
-        pool_holds = ("while in a transaction" if self.database.mode in (PoolMode.TRANSACTION, PoolMode.STATEMENT)
-                      else "while open (up to the pool size; idle ones close after 60s)")
         log_event(logger, logging.INFO, "worker.connections", worker_id=worker_id,
-                  database_mode=self.database.mode.value, pool=budget["pool"], pool_holds_server=pool_holds,
-                  listener=budget["listener"],
+                  database_mode=self.database.mode.value, pool=budget["pool"],
                   listener_mode=self.listener.mode.value if self.listen and self.listener else "none",
                   server_connections_max=budget["total"])
+
+
+def describe_connection(conn: AsyncConnection[Any]) -> str:
+    """`user@host:port/dbname` of a live connection, as libpq resolved it (DSN, PG* variables,
+    defaults): one token for a log line, never the password."""
+    info = conn.info
+    return f"{info.user}@{info.host}:{info.port}/{info.dbname}"
 
 
 async def plan_listening(

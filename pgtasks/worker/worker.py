@@ -21,14 +21,14 @@ from pgtasks.core.registry import Registry
 from pgtasks.core.retry import reconnect_delay
 from pgtasks.leadership.maintenance import Maintenance
 from pgtasks.storage import migrations
-from pgtasks.storage.connections import make_async_pool, redact
+from pgtasks.storage.connections import make_async_pool
 from pgtasks.storage.database import Database
 from pgtasks.storage.store import Store
 from pgtasks.worker.cancel import CancelRegistry, CancelWatcher
 from pgtasks.worker.completer import Completer
 from pgtasks.worker.config import WorkerConfig
 from pgtasks.worker.executor import Executor
-from pgtasks.worker.listening import ListenPlan, plan_listening
+from pgtasks.worker.listening import ListenPlan, describe_connection, plan_listening
 from pgtasks.worker.metrics import WorkerGauges, WorkerMetrics
 from pgtasks.worker.notifier import Notifier
 from pgtasks.worker.prefetch import STALL_SECONDS, FetchAhead
@@ -195,11 +195,7 @@ class Worker:
             self.maintenance = self._make_maintenance(pool)
             await self._start_listening(pool, dsn)
             await self.maintenance.start()
-            budget = self.connection_budget()
-            log_event(logger, logging.INFO, "worker.started", worker_id=self.worker_id,
-                      queues=",".join(self.queues), concurrency=self.concurrency,
-                      poll_interval_s=self.poll_interval, listen=self.listening, tasks=len(self.registry.tasks),
-                      connections=budget["total"], database=redact(dsn))
+            await self._log_started(pool)
             self.started.set()
             await self._fetch_loop(pool)
         finally:
@@ -207,6 +203,15 @@ class Worker:
             if install_signal_handlers:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     self._loop.remove_signal_handler(signum)
+
+    async def _log_started(self, pool: AsyncConnectionPool[Any]) -> None:
+        """One short line: what this worker serves and where (`user@host:port/dbname`, as connected;
+        the connection budget is the worker.connections line just before)."""
+        async with pool.connection() as conn:
+            database = describe_connection(conn)
+        log_event(logger, logging.INFO, "worker.started", worker_id=self.worker_id, queues=",".join(self.queues),
+                  concurrency=self.concurrency, tasks=len(self.registry.tasks), listen=self.listening,
+                  poll_interval_s=self.poll_interval, database=database)
 
     async def _start_listening(self, pool: AsyncConnectionPool[Any], dsn: str) -> None:
         """Detect the pool mode, decide LISTEN or poll-only (see worker/listening.py), start the notifier."""
