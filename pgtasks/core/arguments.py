@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import math
+import re
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -12,6 +14,22 @@ import msgspec
 from pgtasks.core.errors import TaskArgumentError
 
 _ENCODER = msgspec.json.Encoder()
+
+# What a value can hold that survives msgspec but not the trip through PostgreSQL's jsonb column:
+# msgspec writes NaN and infinity as `null` (the task would receive None), a NUL character as
+# `\\u0000` (jsonb refuses it), and a float of 1e16 or more as `1e16`, which jsonb hands back as
+# the integer 10000000000000000 (an `Any` parameter would receive an int). Only a call that may hold
+# one pays for a walk through its values in Python; the others, for a byte search and a msgpack encoding.
+_MAY_HOLD_NUL = b"\\u0000"
+# Floats are told apart in a msgpack encoding (a few microseconds), where each one is 0xcb and its 8
+# IEEE bytes: this matches every float whose exponent is 2**53 or more, NaN and infinity included, and
+# nothing else but the rare string that happens to hold these bytes. The JSON text cannot tell a NaN
+# from a None (both `null`), and a regex over it for `1e16` is slow on text full of "e"s.
+_MSGPACK = msgspec.msgpack.Encoder()
+_HUGE_OR_NON_FINITE_FLOAT = re.compile(rb"\xcb(?:[\x43\xc3][\x40-\xff]|[\x44-\x7f\xc4-\xff])")
+
+# Why an argument cannot be encoded, by the exception msgspec (or Python) raised for it.
+_UNENCODABLE = (TypeError, ValueError, RecursionError, msgspec.EncodeError)
 
 
 class ArgumentCodec:
@@ -61,12 +79,10 @@ class ArgumentCodec:
             arguments[self._var_positional] = list(arguments[self._var_positional])
         try:
             encoded = _ENCODER.encode(arguments)
-        except (TypeError, msgspec.EncodeError) as exc:
-            name = self._find_unencodable(arguments)
-            raise TaskArgumentError(
-                f"{self.task_name}: argument {name!r} cannot be encoded as JSON ({exc}); pass "
-                "JSON-compatible values, msgspec Structs, dataclasses, datetimes, UUIDs or Decimals"
-            ) from None
+        except _UNENCODABLE as exc:
+            raise self._unencodable(arguments, exc) from None
+        if _needs_inspection(arguments, encoded):
+            encoded = self._checked(arguments)
         try:
             self._decoder.decode(encoded)
         except msgspec.ValidationError as exc:
@@ -101,14 +117,41 @@ class ArgumentCodec:
         normal: dict[str, Any] = msgspec.to_builtins(self._decoder.decode(raw))
         return normal
 
-    @staticmethod
-    def _find_unencodable(arguments: dict[str, Any]) -> str:
+    def _unencodable(self, arguments: dict[str, Any], exc: Exception) -> TaskArgumentError:
+        """The error for arguments msgspec refused: which parameter, and what about it."""
         for name, value in arguments.items():
             try:
                 _ENCODER.encode(value)
-            except (TypeError, msgspec.EncodeError):
-                return name
-        return "?"
+            except _UNENCODABLE as own:
+                return self._encode_error(name, own)
+        return self._encode_error("?", exc)
+
+    def _encode_error(self, name: str, exc: Exception) -> TaskArgumentError:
+        if isinstance(exc, RecursionError):
+            reason = "it contains itself (a circular reference) or is nested too deeply"
+            fix = "pass a copy without the cycle, or flatten it"
+        elif isinstance(exc, UnicodeEncodeError):
+            reason = f"it holds a lone surrogate {exc.object[exc.start:exc.end]!r}, which UTF-8 cannot encode"
+            fix = "pass valid Unicode text (decode bytes with errors='replace', or pass bytes)"
+        else:
+            reason = f"it cannot be encoded as JSON ({exc})"
+            fix = "pass JSON-compatible values, msgspec Structs, dataclasses, datetimes, UUIDs or Decimals"
+        return TaskArgumentError(f"{self.task_name}: argument {name!r}: {reason}; {fix}")
+
+    def _checked(self, arguments: dict[str, Any]) -> bytes:
+        """The arguments encoded again, after refusing what jsonb cannot keep, with big floats kept floats."""
+        plain = {name: msgspec.to_builtins(value) for name, value in arguments.items()}
+        for name, value in plain.items():
+            problem = _jsonb_problem(value)
+            if problem is not None:
+                raise TaskArgumentError(f"{self.task_name}: argument {name!r}: {problem}")
+        kept: dict[str, Any] = {}
+        for name, value in plain.items():
+            try:
+                kept[name] = _keep_floats(value)
+            except RecursionError:  # msgspec nests deeper in C than this Python walk can
+                raise self._encode_error(name, RecursionError()) from None
+        return _ENCODER.encode(kept)
 
 
 def _describe(exc: msgspec.ValidationError) -> str:
@@ -119,3 +162,55 @@ def _describe(exc: msgspec.ValidationError) -> str:
         parameter = path.rstrip("`").split(".")[0].split("[")[0]
         return f"parameter {parameter!r}: {text}"
     return message
+
+
+def _needs_inspection(arguments: dict[str, Any], encoded: bytes) -> bool:
+    if _MAY_HOLD_NUL in encoded:
+        return True
+    try:
+        return _HUGE_OR_NON_FINITE_FLOAT.search(_MSGPACK.encode(arguments)) is not None
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):  # e.g. an int beyond 64 bits
+        return True
+
+
+def _walk(value: Any) -> Iterator[Any]:
+    """Every value and dict key inside a to_builtins() tree; iterative, so depth costs no stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        yield item
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+def _jsonb_problem(plain: Any) -> str | None:
+    """Why `plain` cannot be stored as jsonb and given back unchanged, with the fix; None if it can."""
+    for item in _walk(plain):
+        if isinstance(item, float) and not math.isfinite(item):
+            # Refused, not kept: JSON has no NaN or infinity, and msgspec would store null.
+            return (f"{item!r} has no JSON form (the task would receive None); pass None, "
+                    "or a string such as 'nan' or 'inf' and convert it in the task")
+        if isinstance(item, str) and "\x00" in item:
+            return (f"{_clip(item)!r} contains a NUL character (\\x00), which PostgreSQL cannot store in "
+                    "jsonb; remove it, or pass the data as bytes (stored base64-encoded)")
+    return None
+
+
+def _keep_floats(plain: Any) -> Any:
+    """`plain` with every float msgspec writes in exponent form (1e16 and up) as a msgspec.Raw
+    in positional form with a fraction (10000000000000000.0), which jsonb gives back as a float."""
+    if isinstance(plain, float) and abs(plain) >= 1e16:
+        # Exact: a float this large is a whole number, and its exact digits parse back to it.
+        return msgspec.Raw(f"{int(plain)}.0".encode())
+    if isinstance(plain, dict):
+        return {key: _keep_floats(value) for key, value in plain.items()}
+    if isinstance(plain, list | tuple):
+        return [_keep_floats(value) for value in plain]
+    return plain
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -19,6 +19,7 @@ from pgtasks.core.options import (
     validate_max_attempts,
     validate_priority,
     validate_queue,
+    validate_task_name,
 )
 from pgtasks.core.retry import Backoff, RetryPolicy
 from pgtasks.core.unique import Unique, as_unique
@@ -78,6 +79,7 @@ class TaskDefinition(Generic[P, R]):
     def __init__(self, func: Callable[P, R], config: TaskConfig) -> None:
         if isinstance(func, TaskDefinition):
             raise ConfigurationError(f"{func.name} is already a task; apply @app.task once")
+        validate_task_name(config.name)  # before the codec: msgspec refuses a NUL in its type name
         if config.unique is not None:
             config.unique.check(func, config.name)
         self.func = func

@@ -57,9 +57,35 @@ def _aware(name: str, value: datetime) -> datetime:
 
 
 def validate_queue(queue: str) -> str:
+    """A queue name a worker can be told to serve: `worker --queues a,b` splits on commas and strips
+    spaces, so a name with a comma, or a space at either end, could be enqueued but never run."""
     if not isinstance(queue, str) or not queue or len(queue) > 128:
         raise ConfigurationError(f"queue={queue!r}: a queue name is a non-empty string of at most 128 characters")
+    if queue != queue.strip():
+        raise ConfigurationError(f"queue={queue!r}: a queue name must not start or end with whitespace "
+                                 f"(`worker --queues` strips it, so no worker could serve it); use {queue.strip()!r}")
+    if "," in queue:
+        raise ConfigurationError(f"queue={queue!r}: a queue name must not contain a comma (`worker --queues` splits "
+                                 f"on commas, so no worker could serve it); use e.g. {queue.replace(',', '-')!r}")
+    _printable("queue", queue)
     return queue
+
+
+def validate_task_name(name: str) -> str:
+    """A task name that can be stored in jobs.task and typed after `--task`."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"name={name!r}: a task name is a non-empty string")
+    _printable("name", name)
+    return name
+
+
+def _printable(setting: str, value: str) -> None:
+    # NUL cannot be stored in a PostgreSQL text column; other control characters (newlines, tabs,
+    # escapes) cannot be typed on a command line, and garble logs and tables.
+    if not value.isprintable():
+        bad = next(c for c in value if not c.isprintable())
+        raise ConfigurationError(f"{setting}={value!r}: contains the non-printable character {bad!r}; "
+                                 "use letters, digits and punctuation such as . _ - :")
 
 
 def validate_priority(priority: int) -> int:
@@ -92,6 +118,8 @@ def build_row(task: str, args_json: str, options: EnqueueOptions, defaults: Enqu
     unique_key = opts.unique_key
     if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
         raise ConfigurationError(f"unique_key={unique_key!r}: expected a non-empty string")
+    if unique_key is not None and "\x00" in unique_key:  # PostgreSQL text cannot hold NUL
+        raise ConfigurationError(f"unique_key={unique_key!r}: must not contain a NUL character (\\x00)")
     return EnqueueRow(
         task=task,
         queue=validate_queue(opts.queue if opts.queue is not None else "default"),

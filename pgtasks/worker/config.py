@@ -65,7 +65,7 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         queues = self.queues
         if isinstance(queues, str):
-            queues = [q for q in queues.split(",") if q]
+            queues = [q.strip() for q in queues.split(",") if q.strip()]  # as `worker --queues` reads it
         if not queues:
             raise ConfigurationError("queues=[]: give at least one queue name, e.g. queues=['default']")
         self._set("queues", tuple(validate_queue(q) for q in queues))
