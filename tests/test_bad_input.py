@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 from psycopg.pq import TransactionStatus
 
 from pgtasks import App, ConfigurationError, PgtasksError, Task, TaskArgumentError
+from tests.conftest import ROOT
 from tests.helpers import jobs, worker_thread
 
 
@@ -87,3 +91,24 @@ def test_bad_input_inserts_nothing_reaches_no_database_and_leaves_the_worker_run
     assert ran == [{"after": "the bad ones", "big": 1e16}]
     assert type(ran[0]["big"]) is float
 
+
+
+def pgtasks_cli(app: App, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": app.schema, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "pgtasks", "--app", "tests.apps.slow_app:app", *args],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_the_command_line_refuses_queues_no_worker_could_serve(
+        app: App, database_url: str, conn: psycopg.Connection[Any]) -> None:
+    paused = pgtasks_cli(app, database_url, "queues", "pause", " mail")
+    assert (paused.returncode, paused.stdout) == (2, "")
+    assert "queue=' mail': a queue name must not start or end with whitespace" in paused.stderr
+    assert "use 'mail'" in paused.stderr
+    assert conn.execute(f'SELECT count(*) FROM "{app.schema}".queues').fetchone() == (0,)
+    control = pgtasks_cli(app, database_url, "worker", "--burst", "--queues", "default,ma\x01il")
+    assert control.returncode == 2
+    assert "queue='ma\\x01il': contains the non-printable character '\\x01'" in control.stderr
+    # Spaces around the names are the shell's, not the queue's: the worker serves "default".
+    spaced = pgtasks_cli(app, database_url, "worker", "--burst", "--queues", " default , mail ")
+    assert spaced.returncode == 0, spaced.stderr
