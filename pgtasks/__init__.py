@@ -2,7 +2,7 @@
 
 from pgtasks.app import App
 from pgtasks.client.task import Call, ConfiguredTask, JobRef, Task
-from pgtasks.core.context import JobContext, current_job
+from pgtasks.core.context import JobContext, JobProgress, current_job
 from pgtasks.core.errors import (
     Cancel,
     ConfigurationError,
@@ -51,6 +51,7 @@ __all__ = [
     "JobEvent",
     "JobFailedError",
     "JobNotFoundError",
+    "JobProgress",
     "JobRef",
     "JobState",
     "JobTimeoutError",

@@ -19,6 +19,7 @@ from pgtasks.cli.output import (
     split_csv,
     table,
 )
+from pgtasks.client.results import decode_progress
 from pgtasks.core.channels import control_channel, jobs_channel
 from pgtasks.core.models import ALL_STATES as JOB_STATES
 from pgtasks.core.models import FINAL_STATES, JobState
@@ -26,6 +27,7 @@ from pgtasks.core.models import FINAL_STATES, JobState
 ALL_STATES = [str(s) for s in JOB_STATES]
 FINAL = sorted(str(s) for s in FINAL_STATES)
 BATCH = 1000
+PROGRESS_WIDTH = 32  # characters of the `jobs list` progress column; `jobs show` has the whole message
 
 
 def _in_batches(label: str, total: int, run_batch: Callable[[], int], *, hidden: bool) -> int:
@@ -80,12 +82,37 @@ def list_jobs(ctx: click.Context, states: tuple[str, ...], queues: tuple[str, ..
         rows = app.store.job_list(conn, states=_states(states), queues=split_csv(queues), tasks=split_csv(tasks),
                                   limit=limit)
     if as_json:
-        emit_json(rows)
+        emit_json([{**r, "progress": _json_or_none(r["progress"])} for r in rows])
         return
-    table(["id", "task", "queue", "state", "attempt", "run_at", "finalized_at", "last_error"],
-          [[r["id"], r["task"], r["queue"], r["state"], f"{r['attempt']}/{r['max_attempts']}", r["run_at"],
-            r["finalized_at"], f"{r['last_error_type']}: {r['last_error_message']}" if r["last_error_type"] else None]
+    table(["id", "task", "queue", "state", "attempt", "progress", "run_at", "finalized_at", "last_error"],
+          [[r["id"], r["task"], r["queue"], r["state"], f"{r['attempt']}/{r['max_attempts']}",
+            _progress_cell(r["progress"]), r["run_at"], r["finalized_at"],
+            f"{r['last_error_type']}: {r['last_error_message']}" if r["last_error_type"] else None]
            for r in rows])
+
+
+def _json_or_none(raw: str | None) -> Any:
+    return None if raw is None else msgspec.json.decode(raw)
+
+
+def _progress_cell(raw: str | None) -> str | None:
+    """The progress column of `jobs list`: `30/120 (25%) resizing`, cut to stay a column."""
+    progress = decode_progress(raw)
+    if progress is None:
+        return None
+    text = progress.describe()
+    return text if len(text) <= PROGRESS_WIDTH else text[:PROGRESS_WIDTH - 1] + "…"
+
+
+def _show_progress(raw: str | None) -> None:
+    """The progress lines of `jobs show`: the value, who reported it and when, and its meta."""
+    progress = decode_progress(raw)
+    if progress is None:
+        return
+    when = progress.at.isoformat(timespec="milliseconds") if progress.at is not None else "-"
+    click.echo(f"{'progress:':<14}{progress.describe()} (attempt {progress.attempt}, at {when})")
+    if progress.meta is not None:
+        click.echo(f"  {'meta':<20}{msgspec.json.encode(progress.meta).decode()}")
 
 
 @jobs.command("show")
@@ -102,8 +129,8 @@ def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
         ctx.exit(EXIT_NOT_FOUND)
     assert row is not None
     decoded = dict(row)
-    for key in ("args", "errors", "result"):
-        decoded[key] = None if row[key] is None else msgspec.json.decode(row[key])
+    for key in ("args", "errors", "result", "progress"):
+        decoded[key] = _json_or_none(row[key])
     if as_json:
         emit_json(decoded)
         return
@@ -117,6 +144,7 @@ def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
             click.echo(f"  {key:<20}{row[key].isoformat(timespec='milliseconds')}")
     click.echo(f"  {'waited':<20}{human_duration(row['wait_seconds'])} (created -> last attempt started)")
     click.echo(f"  {'ran':<20}{human_duration(row['run_seconds'])} (last attempt started -> finished)")
+    _show_progress(row["progress"])
     if row["result"] is not None:
         click.echo(f"{'result:':<14}{row['result']}")
     errors = decoded["errors"] or []

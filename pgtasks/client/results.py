@@ -15,6 +15,7 @@ import psycopg
 from psycopg import AsyncConnection, Connection
 
 from pgtasks.core.channels import done_channel
+from pgtasks.core.context import JobProgress
 from pgtasks.core.definition import TaskDefinition
 from pgtasks.core.errors import (
     DatabaseError,
@@ -56,6 +57,18 @@ class JobRef:
         job = read_job(self.app, self.id)
         return None if job is None else str(job["state"])
 
+    def progress(self) -> JobProgress | None:
+        """What the task last reported with `current_job().set_progress()`; None before any report
+        (or if the job no longer exists). Stored at most twice a second, so it may lag the task a little."""
+        with self.app.database.pool().connection() as conn:
+            return decode_progress(self.app.store.job_get_progress(conn, self.id))
+
+    async def aprogress(self) -> JobProgress | None:
+        """Async twin of progress()."""
+        pool = await self.app.database.apool()
+        async with pool.connection() as conn:
+            return decode_progress(await self.app.store.ajob_get_progress(conn, self.id))
+
     def wait(self, timeout: float | None = None, *, poll_interval: float = 1.0, listen: bool = True) -> Any:
         """Block until the job is final and return its result, decoded to the task's return annotation.
 
@@ -76,6 +89,11 @@ def read_job(source: JobSource, job_id: int) -> dict[str, Any] | None:
     """The job's row as a dict (args, errors and result as JSON text), or None."""
     with source.database.pool().connection() as conn:
         return source.store.job_get(conn, job_id)
+
+
+def decode_progress(raw: str | None) -> JobProgress | None:
+    """jobs.progress JSON text as a JobProgress."""
+    return None if raw is None else msgspec.json.decode(raw, type=JobProgress)
 
 
 @cache

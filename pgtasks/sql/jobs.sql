@@ -158,3 +158,18 @@ RETURNING id
 -- What JobRef.wait() needs: the state, the stored result and the last error entry.
 SELECT state::text AS state, result::text AS result, errors -> -1 AS last_error
 FROM {schema}.jobs WHERE id = %(id)s
+
+-- name: job_set_progress_many
+-- Store the latest progress of many running jobs in one statement (the worker's ProgressWriter,
+-- at most a few times a second). Fenced on (id, claims) only, not on state, so the last value a
+-- task reported just before it returned still lands after its outcome; a newer claim of the job
+-- (a rescue and another attempt) stops an older attempt's values. Setting no other column, it
+-- fires no trigger (jobs_notify_final is UPDATE OF state) and stays a HOT update.
+UPDATE {schema}.jobs AS j
+SET progress = p.progress || jsonb_build_object('at', now())
+FROM unnest(%(ids)s::bigint[], %(claims)s::int[], %(progress)s::jsonb[]) AS p(id, claims, progress)
+WHERE j.id = p.id AND j.claims = p.claims
+
+-- name: job_get_progress
+-- JobRef.progress(): the job's stored progress JSON (NULL before any report), no row if no job.
+SELECT progress::text FROM {schema}.jobs WHERE id = %(id)s

@@ -2,7 +2,7 @@
 -- Jobs matching optional filters (NULL = any), newest first: `pgtasks jobs list`.
 SELECT id, task, queue, state::text AS state, priority, attempt, max_attempts, run_at, created_at,
        attempted_at, finalized_at, errors -> -1 ->> 'type' AS last_error_type,
-       errors -> -1 ->> 'message' AS last_error_message
+       errors -> -1 ->> 'message' AS last_error_message, progress::text AS progress
 FROM {schema}.jobs
 WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::{schema}.job_state[]))
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
@@ -14,7 +14,7 @@ LIMIT %(limit)s
 -- Everything about one job, for `pgtasks jobs show` (timings are computed on the database clock).
 SELECT id, task, queue, state::text AS state, priority, attempt, max_attempts, claims, args::text AS args,
        run_at, created_at, attempted_at, attempted_by, finalized_at, expires_at, cancel_requested_at,
-       unique_key, errors::text AS errors, result::text AS result,
+       unique_key, errors::text AS errors, result::text AS result, progress::text AS progress,
        extract(epoch FROM attempted_at - created_at) AS wait_seconds,
        extract(epoch FROM finalized_at - attempted_at) AS run_seconds,
        now() AS db_now

@@ -13,7 +13,7 @@ from psycopg import AsyncConnection, Connection
 from pgtasks.core.errors import DatabaseError
 from pgtasks.core.models import ClaimedJob, EnqueueRow, Outcome
 from pgtasks.storage.base import StoreBase
-from pgtasks.storage.steps import CopyIn, Operation, every, one, select_dict
+from pgtasks.storage.steps import CopyIn, Operation, count_affected, every, one, select_dict
 
 Queries = Mapping[str, LiteralString]
 _ENCODER = msgspec.json.Encoder()
@@ -176,6 +176,19 @@ def release_unknown_claims(q: Queries, worker_id: str, known_ids: Sequence[int])
     return [int(row[0]) for row in rows]
 
 
+def set_progress_many(q: Queries, updates: Sequence[tuple[int, int, bytes]]) -> Operation[int]:
+    """Store (job id, claims, progress JSON) triples; returns how many jobs took theirs."""
+    params = {"ids": [u[0] for u in updates], "claims": [u[1] for u in updates],
+              "progress": [u[2].decode() for u in updates]}
+    return (yield from count_affected(q["job_set_progress_many"], params))
+
+
+def get_progress(q: Queries, job_id: int) -> Operation[str | None]:
+    """The job's progress JSON text; None when it has none or does not exist."""
+    row = yield one(q["job_get_progress"], {"id": job_id})
+    return None if row is None else row[0]
+
+
 class JobStore(StoreBase):
     """Enqueue, claim, outcome and read methods; the sync and `a`-prefixed async faces share one operation."""
 
@@ -219,3 +232,14 @@ class JobStore(StoreBase):
 
     async def ajob_get_outcome(self, conn: AsyncConnection[Any], job_id: int) -> tuple[str, str | None, Any] | None:
         return await self.arun(conn, get_outcome(self.queries, job_id))
+
+    async def ajob_set_progress_many(self, conn: AsyncConnection[Any],
+                                     updates: Sequence[tuple[int, int, bytes]]) -> int:
+        """Store the latest progress of running jobs, fenced on (id, claims); how many were stored."""
+        return await self.arun(conn, set_progress_many(self.queries, updates))
+
+    def job_get_progress(self, conn: Connection[Any], job_id: int) -> str | None:
+        return self.run(conn, get_progress(self.queries, job_id))
+
+    async def ajob_get_progress(self, conn: AsyncConnection[Any], job_id: int) -> str | None:
+        return await self.arun(conn, get_progress(self.queries, job_id))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -11,13 +12,54 @@ from psycopg_pool import AsyncConnectionPool
 from pgtasks.core.aio import cancel_and_wait, wait_event
 from pgtasks.core.errors import DatabaseError
 from pgtasks.core.logs import log_event
-from pgtasks.core.models import Outcome
+from pgtasks.core.models import ClaimedJob, JobState, Outcome
 from pgtasks.core.retry import reconnect_delay
 from pgtasks.storage.store import Store
 
 logger = logging.getLogger("pgtasks.worker")
 
 MAX_BATCH = 1000
+
+_EVENTS = {
+    JobState.COMPLETED: "job.completed",
+    JobState.RETRYABLE: "job.retrying",
+    JobState.DISCARDED: "job.discarded",
+    JobState.CANCELLED: "job.cancelled",
+    JobState.SCHEDULED: "job.snoozed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JobLine:
+    """A job's one log line (`job.completed job_id=... task=...`), logged once its outcome is recorded.
+
+    Built by the worker when the attempt ends, but logged by the completer after the write: an
+    outcome the fence rejects (a stale claim) was never recorded, and says so with
+    `job.outcome_rejected` alone instead of a `job.completed` that did not happen.
+    """
+
+    level: int
+    event: str
+    fields: dict[str, Any]
+
+    def emit(self) -> None:
+        log_event(logger, self.level, self.event, **self.fields)
+
+
+def job_line(job: ClaimedJob, outcome: Outcome, duration_s: float) -> JobLine:
+    """INFO for completions, cancels and snoozes, WARNING for retries, ERROR for discards."""
+    fields: dict[str, Any] = {"job_id": job.id, "task": job.task, "attempt": job.attempt,
+                              "duration_ms": round(duration_s * 1000, 2)}
+    level = logging.INFO
+    if outcome.error is not None:
+        fields["error"] = f"{outcome.error.type}: {outcome.error.message}"
+        if outcome.state is JobState.DISCARDED:
+            level = logging.ERROR
+        elif outcome.state is JobState.RETRYABLE:
+            level = logging.WARNING
+    if outcome.retry_in is not None:
+        fields["retry_in_s"] = round(outcome.retry_in, 3)
+    return JobLine(level, _EVENTS.get(outcome.state, f"job.{outcome.state.value}"), fields)
 
 
 class Completer:
@@ -31,7 +73,7 @@ class Completer:
     def __init__(self, pool: AsyncConnectionPool[Any], store: Store) -> None:
         self._pool = pool
         self._store = store
-        self._pending: dict[tuple[int, int], Outcome] = {}
+        self._pending: dict[tuple[int, int], tuple[Outcome, JobLine | None]] = {}
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -39,9 +81,10 @@ class Completer:
         self.written = 0
         self.rejected = 0
 
-    def submit(self, outcome: Outcome) -> None:
+    def submit(self, outcome: Outcome, line: JobLine | None = None) -> None:
+        """Queue `outcome` for the next write; `line` is logged once the write records it."""
         # Keyed by (job, claim): the first outcome of a claim wins, a second one is a bug upstream.
-        self._pending.setdefault((outcome.job_id, outcome.claims), outcome)
+        self._pending.setdefault((outcome.job_id, outcome.claims), (outcome, line))
         self._idle.clear()
         self._ready.set()
 
@@ -76,10 +119,10 @@ class Completer:
             self._ready.clear()
             while self._pending:
                 keys = list(self._pending)[:MAX_BATCH]
-                batch = [self._pending[k] for k in keys]
+                entries = [self._pending[k] for k in keys]
                 try:
                     async with self._pool.connection() as conn:
-                        written = await self._store.ajob_set_outcome_many(conn, batch)
+                        written = await self._store.ajob_set_outcome_many(conn, [o for o, _line in entries])
                 except DatabaseError as exc:
                     failures += 1
                     uncertain.update(keys)
@@ -94,11 +137,15 @@ class Completer:
                 for key in keys:
                     del self._pending[key]
                 self.written += len(written)
-                for key, outcome in zip(keys, batch, strict=True):
+                for key, (outcome, line) in zip(keys, entries, strict=True):
                     if outcome.job_id in written:
                         uncertain.discard(key)
+                        if line is not None:
+                            line.emit()
                     elif key in uncertain:
                         uncertain.discard(key)
+                        if line is not None:  # most likely recorded by the try that failed mid-flight
+                            line.emit()
                         log_event(logger, logging.INFO, "job.outcome_write_uncertain", job_id=outcome.job_id,
                                   claims=outcome.claims, state=outcome.state.value,
                                   reason="an earlier try failed mid-flight and may have written it")

@@ -16,7 +16,7 @@ from pgtasks.core.context import JobContext, set_current_job
 from pgtasks.core.errors import Cancel, JobTimeoutError, Retry, Snooze, UnknownTaskError
 from pgtasks.core.hooks import JobEvent
 from pgtasks.core.logs import log_event
-from pgtasks.core.models import ClaimedJob, ErrorEntry, JobState, Outcome
+from pgtasks.core.models import ClaimedJob, ErrorEntry, Outcome
 from pgtasks.core.retry import Backoff, RetryPolicy
 from pgtasks.worker.threads import ElasticThreadPool
 
@@ -58,10 +58,9 @@ class Executor:
             event = JobEvent(job.id, job.task, job.queue, job.attempt, job.max_attempts, self.worker_id)
             await hooks.run(hooks.before, event, "before_job")
         outcome = await self._run(job, event)
-        duration = time.perf_counter() - started
-        self._log(job, outcome, round(duration * 1000, 2))
+        # The job's log line is the completer's, once the outcome is recorded (see completer.JobLine).
         if event is not None:
-            event.state, event.duration = outcome.state.value, duration
+            event.state, event.duration = outcome.state.value, time.perf_counter() - started
             await hooks.run(hooks.after, event, "after_job")
         return outcome
 
@@ -168,24 +167,3 @@ class Executor:
             log_event(logger, logging.WARNING, "job.result_not_stored", job_id=job.id, task=job.task,
                       reason=str(exc))
             return None
-
-    def _log(self, job: ClaimedJob, outcome: Outcome, duration_ms: float) -> None:
-        event = {
-            JobState.COMPLETED: "job.completed",
-            JobState.RETRYABLE: "job.retrying",
-            JobState.DISCARDED: "job.discarded",
-            JobState.CANCELLED: "job.cancelled",
-            JobState.SCHEDULED: "job.snoozed",
-        }.get(outcome.state, f"job.{outcome.state.value}")
-        level = logging.INFO
-        fields: dict[str, Any] = {"job_id": job.id, "task": job.task, "attempt": job.attempt,
-                                  "duration_ms": duration_ms}
-        if outcome.error is not None:
-            fields["error"] = f"{outcome.error.type}: {outcome.error.message}"
-            if outcome.state is JobState.DISCARDED:
-                level = logging.ERROR
-            elif outcome.state is JobState.RETRYABLE:
-                level = logging.WARNING
-        if outcome.retry_in is not None:
-            fields["retry_in_s"] = round(outcome.retry_in, 3)
-        log_event(logger, level, event, **fields)

@@ -25,7 +25,7 @@ from pgtasks.storage.connections import make_async_pool
 from pgtasks.storage.database import Database
 from pgtasks.storage.store import Store
 from pgtasks.worker.cancel import CancelRegistry, CancelWatcher
-from pgtasks.worker.completer import Completer
+from pgtasks.worker.completer import Completer, job_line
 from pgtasks.worker.config import WorkerConfig
 from pgtasks.worker.executor import Executor
 from pgtasks.worker.listening import ListenPlan, describe_connection, plan_listening
@@ -445,8 +445,9 @@ class Worker:
         assert self.completer is not None
         started = time.monotonic()
         outcome = await self.executor.run(job)
-        self.fetch_ahead.observe(time.monotonic() - started)
-        self.completer.submit(outcome)
+        duration = time.monotonic() - started
+        self.fetch_ahead.observe(duration)
+        self.completer.submit(outcome, job_line(job, outcome, duration))
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
