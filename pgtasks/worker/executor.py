@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from pgtasks.core.context import JobContext, set_current_job
+from pgtasks.core.context import JobContext, ProgressSink, set_current_job
 from pgtasks.core.errors import Cancel, JobTimeoutError, Retry, Snooze, UnknownTaskError
 from pgtasks.core.hooks import JobEvent
 from pgtasks.core.logs import log_event
@@ -49,6 +49,7 @@ class Executor:
         self.worker_id = worker_id
         self.threads = threads
         self.cancels = cancels
+        self.progress: ProgressSink | None = None  # set by the worker once its pool is open
 
     async def run(self, job: ClaimedJob) -> Outcome:
         started = time.perf_counter()
@@ -76,7 +77,7 @@ class Executor:
             )
             return self._failed(job, missing, _UNKNOWN_TASK_RETRY, with_traceback=False)
         context = JobContext(job.id, job.task, job.queue, job.attempt, job.max_attempts, job.created_at,
-                             self.worker_id)
+                             self.worker_id, claims=job.claims, progress_sink=self.progress)
         if self.cancels is None:
             return await self._attempt(task, job, context, event)
         # Registered while running, so `pgtasks jobs cancel` can reach it.

@@ -32,6 +32,7 @@ from pgtasks.worker.listening import ListenPlan, describe_connection, plan_liste
 from pgtasks.worker.metrics import WorkerGauges, WorkerMetrics
 from pgtasks.worker.notifier import Notifier
 from pgtasks.worker.prefetch import STALL_SECONDS, FetchAhead
+from pgtasks.worker.progress import ProgressWriter
 from pgtasks.worker.threads import ElasticThreadPool
 
 logger = logging.getLogger("pgtasks.worker")
@@ -104,6 +105,7 @@ class Worker:
         self.threads = ElasticThreadPool()
         self.cancels = CancelRegistry()  # the running jobs an operator's cancel can reach
         self.cancel_watcher: CancelWatcher | None = None
+        self.progress_writer: ProgressWriter | None = None  # stores current_job().set_progress() reports
         self.metrics: WorkerMetrics | None = None
         self.pool: AsyncConnectionPool[Any] | None = None
         self.executor = Executor(self.registry, self.worker_id, self.threads, self.cancels)
@@ -291,6 +293,9 @@ class Worker:
         """Started after the pool opens, stopped before it closes."""
         self.cancel_watcher = CancelWatcher(pool, self.store, self.cancels, self.poll_interval)
         await self.cancel_watcher.start()
+        self.progress_writer = ProgressWriter(pool, self.store)
+        self.progress_writer.start()
+        self.executor.progress = self.progress_writer
         if self.config.metrics_port is not None:
             metrics = WorkerMetrics(worker_id=self.worker_id, hooks=self.registry.hooks, port=self.config.metrics_port,
                                     gauges=self.gauges, queue_stats=self._queue_stats)
@@ -309,6 +314,10 @@ class Worker:
         if self.cancel_watcher is not None:
             await self.cancel_watcher.stop()
             self.cancel_watcher = None
+        if self.progress_writer is not None:  # after the outcomes: the last reports still land
+            self.executor.progress = None
+            await self.progress_writer.stop()
+            self.progress_writer = None
 
     def gauges(self) -> WorkerGauges:
         """This worker's state as its metrics show it."""
