@@ -1,7 +1,9 @@
 """The quickstart demo: enqueue inside transactions (one commits, one rolls back), run a worker, show what ran.
 
 Run it with `python examples/quickstart.py`. With no PGTASKS_DATABASE_URL set, pgtasks starts an
-embedded PostgreSQL in ./.pgtasks/postgres and migrates it; the worker process shares it.
+embedded PostgreSQL in the project's .pgtasks/postgres (found walking up from the current folder, as
+git finds .git) and migrates it; the worker process, and any `pgtasks` command run from a folder of
+the project, share it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pgtasks
+from pgtasks.storage.embedded import stop_command
 
 app = pgtasks.App()
 
@@ -45,7 +48,8 @@ def main() -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS quickstart_users (id serial PRIMARY KEY, email text NOT NULL)")
         conn.execute("TRUNCATE quickstart_users RESTART IDENTITY")
         conn.execute(f'TRUNCATE "{app.schema}".jobs')
-    where = "embedded PostgreSQL in ./.pgtasks/postgres" if app.is_embedded else "PGTASKS_DATABASE_URL"
+    where = f"embedded PostgreSQL in {app.database.embedded_location().data_dir}" if app.is_embedded \
+        else "PGTASKS_DATABASE_URL"
     print(f"database: {where}")
 
     signup("alice@example.com")
@@ -74,7 +78,9 @@ def main() -> None:
         print(f"  job {job_id}: {task:<32} {state:<10} attempts={attempt} result={result}")
     print(f"users: {users}")
     if app.is_embedded:
-        print("the embedded PostgreSQL keeps running for your next run; stop it with: pgtasks embedded stop")
+        # The command as it works when pasted: the bare `pgtasks` only when the venv is active.
+        print("the embedded PostgreSQL keeps running for your next run and for `pgtasks` commands; stop it with: "
+              f"{stop_command(app.database.embedded_location())}")
     app.close()
 
 

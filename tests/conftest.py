@@ -3,6 +3,8 @@ fresh, migrated schema per test so tests never see each other's jobs."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import uuid
 from collections.abc import Generator, Iterator
@@ -16,20 +18,90 @@ from pgtasks import App
 from tests.requirements import REQUIRE_ALL_ENV, require_all
 
 ROOT = Path(__file__).resolve().parent.parent
+# The suite's own embedded server, used when PGTASKS_TEST_DATABASE_URL is not set.
+TEST_SERVER_DIR = ROOT / ".pgtasks" / "test-postgres"
+SERVER_NOTE = pytest.StashKey[str]()  # what the session did with that server, for the summary
 
 # The PgBouncer fixtures (pgbouncer, target, target_app) live in their own module; a private
 # PostgreSQL that tests may restart, PgBouncer in front of it, and the faults, in tests/servers.py.
 pytest_plugins = ["tests.pgbouncer_fixtures", "tests.servers"]
 
 
+class SharedTestServer:
+    """The suite's embedded server, shared by the test sessions of this checkout that run at once.
+
+    Each session registers its pid while it runs; the last one to finish stops the server. So a run
+    leaves nothing running behind it, and never stops a server that another run still uses.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.sessions = data_dir.parent / "test-sessions"  # one empty file per live session, named by pid
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Across processes: registering and starting, or leaving and stopping, is one step."""
+        self.sessions.mkdir(parents=True, exist_ok=True)
+        with open(self.sessions / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
+
+    def join(self) -> str:
+        from pgtasks.storage.embedded import embedded_dsn
+
+        with self._exclusive():
+            (self.sessions / str(os.getpid())).touch()
+            return embedded_dsn(self.data_dir)
+
+    def leave(self) -> str:
+        """Unregister; stop the server unless another live session uses it. Says which, for the summary."""
+        from pgtasks.storage.embedded import stop_embedded
+
+        shown = self.data_dir.relative_to(ROOT)
+        with self._exclusive():
+            (self.sessions / str(os.getpid())).unlink(missing_ok=True)
+            others = self._live_sessions()
+            if others:
+                return (f"pgtasks: the test suite's embedded PostgreSQL in {shown} keeps running for "
+                        f"{len(others)} other test session(s) (pid {', '.join(map(str, others))}); "
+                        "the last one to finish stops it")
+            stopped = stop_embedded(self.data_dir)
+        return (f"pgtasks: stopped the test suite's embedded PostgreSQL in {shown}" if stopped
+                else f"pgtasks: the test suite's embedded PostgreSQL in {shown} was not running")
+
+    def _live_sessions(self) -> list[int]:
+        """The pids of the other registered sessions; a killed session's entry is dropped."""
+        live = []
+        for entry in self.sessions.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                os.kill(int(entry.name), 0)
+            except ProcessLookupError:
+                entry.unlink(missing_ok=True)
+                continue
+            except PermissionError:  # alive, run by another user
+                pass
+            live.append(int(entry.name))
+        return sorted(live)
+
+
 @pytest.fixture(scope="session")
-def database_url() -> str:
+def database_url(pytestconfig: pytest.Config) -> Iterator[str]:
     url = os.environ.get("PGTASKS_TEST_DATABASE_URL")
     if url:
-        return url
-    from pgtasks.storage.embedded import embedded_dsn
+        yield url
+        return
+    server = SharedTestServer(TEST_SERVER_DIR)
+    yield server.join()
+    # A session fixture ends after the PgBouncer fixtures that forward to this server.
+    pytestconfig.stash[SERVER_NOTE] = server.leave()
 
-    return embedded_dsn(ROOT / ".pgtasks" / "test-postgres")
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    note = terminalreporter.config.stash.get(SERVER_NOTE, None)
+    if note is not None:
+        terminalreporter.write_line(note)
 
 
 @pytest.fixture

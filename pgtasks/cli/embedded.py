@@ -1,10 +1,47 @@
-"""`pgtasks embedded`: where the zero-setup database lives, and stopping it."""
+"""`pgtasks embedded`: which zero-setup database this folder uses and why, and stopping it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from pgtasks.storage.embedded import default_data_dir, stop_embedded
+from pgtasks.cli.base import CliState
+from pgtasks.storage.embedded import EmbeddedLocation, locate, stop_command, stop_embedded
+
+DATA_DIR_OPTION = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="The server's data directory, when it is not the one found from here (see `pgtasks embedded where`)",
+)
+
+
+def _location(state: CliState, data_dir: Path | None) -> EmbeddedLocation:
+    """--data-dir, else the app's embedded_dir (with --app), else the one found from the current folder."""
+    if data_dir is not None:
+        return locate(data_dir, chosen_by="--data-dir")
+    if state.app_path:
+        return state.app().database.embedded_location()
+    return locate()
+
+
+def _state_of(location: EmbeddedLocation) -> str:
+    pid = location.running_pid
+    if pid is not None:
+        return f"running (pid {pid})"
+    if location.exists:
+        return "stopped (the next command that needs the database starts it)"
+    return "not created yet (the first command that needs the database creates it here)"
+
+
+def _not_in_use(state: CliState) -> str | None:
+    """Why no command here uses the embedded server (a database URL is configured), else None."""
+    if state.database_url:
+        return "--database-url (or $PGTASKS_DATABASE_URL) names the database"
+    if state.app_path:
+        source = state.app().database.database_url_source
+        if source is not None:
+            return f"the app's {source} names the database"
+    return None
 
 
 @click.group()
@@ -13,9 +50,11 @@ def embedded() -> None:
 
 
 @embedded.command()
-def stop() -> None:
-    """Stop the embedded server of this project directory."""
-    directory = default_data_dir()
+@DATA_DIR_OPTION
+@click.pass_obj
+def stop(state: CliState, data_dir: Path | None) -> None:
+    """Stop the embedded server of this project (found as `pgtasks embedded where` says)."""
+    directory = _location(state, data_dir).data_dir
     if stop_embedded(directory):
         click.echo(f"stopped the embedded PostgreSQL in {directory}")
     else:
@@ -23,6 +62,18 @@ def stop() -> None:
 
 
 @embedded.command()
-def where() -> None:
-    """Print the data directory of this project's embedded server."""
-    click.echo(str(default_data_dir()))
+@DATA_DIR_OPTION
+@click.pass_obj
+def where(state: CliState, data_dir: Path | None) -> None:
+    """Print the data directory of this project's embedded server (the first line), and why it is that one.
+
+    Starts nothing and creates nothing.
+    """
+    location = _location(state, data_dir)
+    click.echo(str(location.data_dir))
+    click.echo(f"  why:    {location.reason}")
+    click.echo(f"  state:  {_state_of(location)}")
+    not_in_use = _not_in_use(state)
+    if not_in_use is not None:
+        click.echo(f"  in use: no, {not_in_use}")
+    click.echo(f"  stop:   {stop_command(location)}")

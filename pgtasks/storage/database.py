@@ -18,6 +18,7 @@ from pgtasks.core.errors import ConfigurationError
 from pgtasks.core.logs import log_event
 from pgtasks.storage import migrations
 from pgtasks.storage.connections import check_dsn, close_with_loop, connection_kwargs, make_async_pool, make_pool
+from pgtasks.storage.embedded import EmbeddedLocation, locate, start_embedded
 
 DATABASE_URL_ENV = "PGTASKS_DATABASE_URL"
 logger = logging.getLogger("pgtasks")
@@ -49,6 +50,7 @@ class Database:
         self._lock = threading.Lock()
         self._dsn: str | None = None
         self._is_embedded = False
+        self._embedded_location: EmbeddedLocation | None = None
         self._pool: ConnectionPool | None = None
         self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
         # Per loop: the task that closes that loop's pool when the loop shuts down (see close_with_loop).
@@ -74,6 +76,22 @@ class Database:
         self.dsn  # noqa: B018 - resolve first
         return self._is_embedded
 
+    @property
+    def database_url_source(self) -> str | None:
+        """What names the database ("database_url", "$PGTASKS_DATABASE_URL"); None: the embedded one.
+
+        Connects nothing: `pgtasks embedded where` asks it to say whether the embedded server is in use.
+        """
+        if self._database_url:
+            return "database_url"
+        return f"${DATABASE_URL_ENV}" if os.environ.get(DATABASE_URL_ENV) else None
+
+    def embedded_location(self) -> EmbeddedLocation:
+        """Where this app's embedded server lives: the one it started, else the one found from here now."""
+        if self._embedded_location is not None:
+            return self._embedded_location
+        return locate(self.embedded_dir, chosen_by="App(embedded_dir=...)")
+
     def use_database_url(self, database_url: str) -> None:
         """Point at another database (the CLI's --database-url); only before first use."""
         check_dsn(database_url)
@@ -89,9 +107,11 @@ class Database:
         env = os.environ.get(DATABASE_URL_ENV)
         if env:
             return check_dsn(env, name=DATABASE_URL_ENV)
-        from pgtasks.storage.embedded import embedded_dsn  # noqa: PLC0415 - an optional extra, slow to import
-
-        dsn = embedded_dsn(self.embedded_dir)
+        location = self.embedded_location()
+        dsn = start_embedded(location)
+        # Kept: a later embedded_location() names the server this app uses, even if the process
+        # has changed folder since.
+        self._embedded_location = location
         self._is_embedded = True
         with psycopg.connect(dsn, **connection_kwargs(self.application_name)) as conn:
             applied = migrations.migrate(conn, self.schema)
