@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 import msgspec
+from psycopg import Connection
 
+from pgtasks.app import App
 from pgtasks.cli.base import CliState
 from pgtasks.cli.output import (
     EXIT_NOT_FOUND,
@@ -45,7 +47,52 @@ def _in_batches(label: str, total: int, run_batch: Callable[[], int], *, hidden:
 state_option = click.option("--state", "states", multiple=True, metavar="STATE",
                             help=f"Filter by state (repeat or comma-separate): {', '.join(ALL_STATES)}.")
 queue_option = click.option("--queue", "queues", multiple=True, metavar="QUEUE", help="Filter by queue (repeatable).")
-task_option = click.option("--task", "tasks", multiple=True, metavar="TASK", help="Filter by task name (repeatable).")
+task_option = click.option("--task", "tasks", multiple=True, metavar="TASK",
+                           help="Filter by task name (repeatable): the full name, or a unique last part of it "
+                                "(`send` for `mail.tasks.send`).")
+NAMES_SHOWN = 20  # task names an unmatched --task lists
+
+
+class NoSuchTask(click.ClickException):
+    """A --task name that names no task: exit 1, "nothing matched" (docs/operations.md)."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+def match_task(name: str, known: Sequence[str]) -> str:
+    """`name` if a task has that name, else the one task whose name ends in `.name`.
+
+    Only whole dotted parts match (`send` finds `mail.send`, never `resend`), so a short name
+    cannot pick an unrelated task.
+    """
+    if name in known:
+        return name
+    matches = [task for task in known if task.endswith("." + name)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise click.BadParameter(f"{name!r} matches several tasks: {', '.join(matches)}; give more of the name",
+                                 param_hint="--task")
+    listed = ", ".join(known[:NAMES_SHOWN]) + (f" and {len(known) - NAMES_SHOWN} more" if len(known) > NAMES_SHOWN
+                                                else "")
+    raise NoSuchTask(f"--task {name}: nothing matched: no task is named {name!r} or ends in '.{name}'; "
+                     f"tasks: {listed or 'none (no jobs yet; pass --app to include the registered tasks)'}")
+
+
+def _tasks(app: App, conn: Connection[Any], values: Sequence[str]) -> list[str] | None:
+    """The --task values as full task names (see match_task). Names the App registers are taken as
+    they are; only another name makes this read the task names of the jobs table."""
+    names = split_csv(values)
+    registered = set(app.registry.tasks)
+    if names is None or registered.issuperset(names):
+        return names
+    known = sorted(registered | set(app.store.job_task_names(conn)))
+    matched = [match_task(name, known) for name in names]
+    for given, full in zip(names, matched, strict=True):
+        if given != full:
+            click.echo(f"--task {given}: matched {full}", err=True)
+    return matched
+
 
 
 def _states(values: Sequence[str]) -> list[str] | None:
@@ -79,8 +126,8 @@ def list_jobs(ctx: click.Context, states: tuple[str, ...], queues: tuple[str, ..
     """List jobs, newest first."""
     app = _app(ctx)
     with app.connect() as conn:
-        rows = app.store.job_list(conn, states=_states(states), queues=split_csv(queues), tasks=split_csv(tasks),
-                                  limit=limit)
+        rows = app.store.job_list(conn, states=_states(states), queues=split_csv(queues),
+                                  tasks=_tasks(app, conn, tasks), limit=limit)
     if as_json:
         emit_json([{**r, "progress": _json_or_none(r["progress"])} for r in rows])
         return
@@ -177,6 +224,7 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], states: tuple[str, ...],
     channel = jobs_channel(app.schema)
     retried: list[int] = []
     with app.connect() as conn:
+        task_list = _tasks(app, conn, tasks)
         if job_ids:
             retried = app.store.job_retry_many(conn, ids=list(job_ids), states=state_list, queues=queue_list,
                                                tasks=task_list, limit=len(job_ids), channel=channel)
@@ -249,8 +297,9 @@ def purge(ctx: click.Context, states: tuple[str, ...], queues: tuple[str, ...], 
     if JobState.RUNNING in state_list:
         raise click.BadParameter("running jobs cannot be purged; cancel them first", param_hint="--state")
     seconds = parse_duration(older_than) if older_than else None
-    queue_list, task_list = split_csv(queues), split_csv(tasks)
+    queue_list = split_csv(queues)
     with app.connect() as conn:
+        task_list = _tasks(app, conn, tasks)
         total = app.store.job_count_filtered(conn, states=state_list, queues=queue_list, tasks=task_list,
                                              older_than=seconds)
         if total == 0:

@@ -1,4 +1,4 @@
-"""`pgtasks queues`: per-queue counts and lag, and pausing / resuming a queue for every worker."""
+"""`pgtasks queues`: per-queue counts and lag; pausing, resuming and removing a queue for every worker."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import click
 
 from pgtasks.app import App
 from pgtasks.cli.base import CliState
-from pgtasks.cli.output import emit_json, human_duration, json_option, table
+from pgtasks.cli.output import EXIT_NOT_FOUND, emit_json, human_duration, json_option, table
 from pgtasks.cli.watch import watch_option, watched
 from pgtasks.core.channels import jobs_channel
 from pgtasks.core.options import validate_queue
+from pgtasks.ops.queues import QueueUse, in_use, queue_uses, used_names
 
 
 def _app(ctx: click.Context) -> Any:
@@ -20,7 +21,21 @@ def _app(ctx: click.Context) -> Any:
 
 @click.group()
 def queues() -> None:
-    """Queue depth and lag; pause and resume queues (honoured by every worker at its next fetch)."""
+    """Queue depth and lag; pause, resume and remove queues (honoured by every worker at its next fetch)."""
+
+
+def _unused_warning(uses: dict[str, QueueUse], name: str) -> str | None:
+    """A warning when no job, worker or task of the App uses `name` (a typo, most likely), else None."""
+    if in_use(uses, name):
+        return None
+    known = ", ".join(used_names(uses)) or "none yet"
+    return (f"no job, worker or registered task uses queue {name!r} (queues in use: {known}); if it is a typo, "
+            f"forget it with `pgtasks queues remove {name}`")
+
+
+def _warn(warning: str | None) -> None:
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @queues.command("list")
@@ -53,9 +68,11 @@ def pause(ctx: click.Context, name: str, as_json: bool) -> None:
     app = _app(ctx)
     validate_queue(name)
     with app.connect() as conn:
+        warning = _unused_warning(queue_uses(app, conn), name)  # read before the pause adds its entry
         paused_at = app.store.queue_pause(conn, name)
+    _warn(warning)
     if as_json:
-        emit_json({"queue": name, "paused": True, "paused_at": paused_at})
+        emit_json({"queue": name, "paused": True, "paused_at": paused_at, "in_use": warning is None})
     else:
         click.echo(f"queue {name} paused (since {paused_at.isoformat(timespec='seconds')}); "
                    "workers start none of its jobs from their next fetch on")
@@ -70,8 +87,44 @@ def resume(ctx: click.Context, name: str, as_json: bool) -> None:
     app = _app(ctx)
     validate_queue(name)
     with app.connect() as conn:
+        warning = _unused_warning(queue_uses(app, conn), name)
         was_paused = app.store.queue_resume(conn, name, channel=jobs_channel(app.schema))
+    _warn(warning)
     if as_json:
         emit_json({"queue": name, "paused": False, "was_paused": was_paused})
     else:
         click.echo(f"queue {name} resumed" if was_paused else f"queue {name} was not paused")
+
+
+@queues.command("remove")
+@click.argument("name")
+@json_option
+@click.pass_context
+def remove(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Forget queue NAME's entry (its pause state), e.g. a typo given to `queues pause`.
+
+    Refused (exit 1) while NAME is paused with jobs waiting, since removing the entry would resume
+    them; a queue with unfinished jobs or workers stays listed until they are gone.
+    """
+    app = _app(ctx)
+    validate_queue(name)
+    with app.connect() as conn:
+        removal = app.store.queue_remove(conn, name)
+        still_used = in_use(queue_uses(app, conn), name)
+    if as_json:
+        emit_json({"queue": name, "outcome": removal.outcome, "waiting": removal.waiting, "in_use": still_used})
+    else:
+        click.echo(_removal_message(name, removal.outcome, removal.waiting, still_used),
+                   err=removal.outcome != "removed")
+    if removal.outcome != "removed":
+        ctx.exit(EXIT_NOT_FOUND)
+
+
+def _removal_message(name: str, outcome: str, waiting: int, still_used: bool) -> str:
+    if outcome == "refused":
+        return (f"queue {name} is paused with {waiting} job(s) waiting: removing its entry would resume them; "
+                f"run `pgtasks queues resume {name}` first, or cancel or purge those jobs")
+    listed = (" (it stays in `queues list` while jobs, workers or tasks use it)" if still_used else "")
+    if outcome == "absent":
+        return f"queue {name} has no entry to remove{listed}"
+    return f"queue {name} removed{listed}"

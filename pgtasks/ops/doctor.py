@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import Connection
 
 from pgtasks.core.errors import PgtasksError
+from pgtasks.ops.queues import QueueUse, queue_uses
 from pgtasks.storage import migrations
 from pgtasks.storage.poolmode import PoolMode, adetect_pool_mode
 
@@ -160,6 +161,36 @@ def check_queues(app: App, conn: Connection[Any], options: DoctorOptions) -> Fin
     return Finding("queue_lag", OK, f"{len(rows)} queue(s), none lagging over {options.max_lag:.0f}s{note}", data=data)
 
 
+def check_queue_use(app: App, conn: Connection[Any], options: DoctorOptions) -> list[Finding]:
+    """Queues whose jobs wait with no live worker serving them (however short the wait: nothing
+    will run them), and queue entries nothing uses (a pause of a typo)."""
+    uses = queue_uses(app, conn, stale_after=options.stale_after)
+    return [_unserved_finding([u for u in uses.values() if u.unserved]),
+            _stray_finding([u for u in uses.values() if u.stray])]
+
+
+def _unserved_finding(unserved: list[QueueUse]) -> Finding:
+    data = {"unserved": {u.name: {"waiting": u.waiting, "paused": u.paused, "tasks": list(u.tasks),
+                                  "silent_workers": list(u.silent_workers)} for u in unserved}}
+    if not unserved:
+        return Finding("unserved_queues", OK, "every queue with waiting jobs has a live worker", data=data)
+    listed = ", ".join(f"{u.name!r} ({u.waiting} waiting{', paused' if u.paused else ''})" for u in unserved[:5])
+    names = ",".join(u.name for u in unserved)
+    return Finding("unserved_queues", WARN, f"{len(unserved)} queue(s) have jobs waiting and no live worker "
+                   f"serving them: {listed}", f"start a worker for them (`pgtasks --app module:app worker "
+                   f"--queues {names}`) or add them to a worker's --queues", data)
+
+
+def _stray_finding(stray: list[QueueUse]) -> Finding:
+    data = {"stray": [u.name for u in stray]}
+    if not stray:
+        return Finding("queue_entries", OK, "no queue entry left unused", data=data)
+    names = ", ".join(repr(u.name) for u in stray[:5])
+    return Finding("queue_entries", WARN, f"{len(stray)} queue entr{'y' if len(stray) == 1 else 'ies'} that no "
+                   f"job, worker or task uses: {names}", "a typo or a retired queue: forget each with "
+                   f"`pgtasks queues remove NAME` (e.g. `pgtasks queues remove {stray[0].name}`)", data)
+
+
 def check_vacuum(app: App, conn: Connection[Any], options: DoctorOptions) -> list[Finding]:
     findings = []
     health = app.store.doctor_table_health(conn, app.schema)
@@ -222,10 +253,11 @@ def run_checks(app: App, options: DoctorOptions | None = None) -> list[Finding]:
             lambda: check_leader(app, conn),
             lambda: check_workers(app, conn, options),
             lambda: check_queues(app, conn, options),
+            lambda: check_queue_use(app, conn, options),
             lambda: check_vacuum(app, conn, options),
         ]
         if migrated.status == FAIL:
-            for name in ("leader", "workers", "queue_lag", "vacuum"):
+            for name in ("leader", "workers", "queue_lag", "unserved_queues", "queue_entries", "vacuum"):
                 findings.append(Finding(name, SKIP, "skipped: the schema is not migrated"))
         else:
             for check in schema_checks:

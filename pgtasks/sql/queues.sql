@@ -14,6 +14,20 @@ FROM (SELECT name, paused_at FROM {schema}.queues WHERE name = %(name)s FOR UPDA
 WHERE q.name = old.name
 RETURNING old.paused_at IS NOT NULL AS was_paused
 
+-- name: queue_entry_for_removal
+-- The queue's entry, locked until queue_remove decides, with its jobs waiting to run (counted
+-- through jobs_fetch_idx): removing the entry of a paused queue would resume those jobs.
+SELECT q.paused_at,
+       (SELECT count(*) FROM {schema}.jobs AS j
+        WHERE j.queue = q.name AND j.state IN ('available', 'scheduled', 'retryable'))::int AS waiting
+FROM {schema}.queues AS q
+WHERE q.name = %(name)s
+FOR UPDATE OF q
+
+-- name: queue_remove
+-- Forget a queue's entry (its pause state): a name paused by mistake leaves `queues list` and doctor.
+DELETE FROM {schema}.queues WHERE name = %(name)s
+
 -- name: queue_list_paused
 SELECT name, paused_at FROM {schema}.queues WHERE paused_at IS NOT NULL ORDER BY name
 
@@ -41,6 +55,11 @@ SELECT coalesce(c.queue, q.name) AS queue,
        q.paused_at
 FROM counts AS c FULL JOIN {schema}.queues AS q ON q.name = c.queue
 ORDER BY 1
+
+-- name: job_task_names
+-- Every task name that has jobs, for matching a short `--task` name. It reads the whole task
+-- column (no index holds it): the ops commands run it only for a name the App has not registered.
+SELECT DISTINCT task FROM {schema}.jobs ORDER BY task
 
 -- name: stats_by_state
 -- Jobs per state over the whole table (a full count: an operator's command, not a metric).

@@ -7,6 +7,7 @@ import logging
 import signal
 import time
 from collections import deque
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -41,6 +42,15 @@ logger = logging.getLogger("pgtasks.worker")
 JOB_RECANCEL_AFTER = 5.0
 # While the listener is down, poll at least this often so wakeups are not missed for long.
 DEGRADED_POLL_INTERVAL = 0.25
+
+
+def unserved_tasks(registry: Registry[Any], queues: Collection[str]) -> dict[str, list[str]]:
+    """The registered tasks whose declared queue is not in `queues`, by queue, sorted."""
+    unserved: dict[str, list[str]] = {}
+    for name, task in sorted(registry.tasks.items()):
+        if task.config.queue not in queues:
+            unserved.setdefault(task.config.queue, []).append(name)
+    return dict(sorted(unserved.items()))
 
 
 class WorkerHost(Protocol):
@@ -198,6 +208,7 @@ class Worker:
             await self._start_listening(pool, dsn)
             await self.maintenance.start()
             await self._log_started(pool)
+            self._warn_unserved_queues()
             self.started.set()
             await self._fetch_loop(pool)
         finally:
@@ -245,6 +256,17 @@ class Worker:
         self.notifier.subscribe(control_channel(self.store.schema), self._on_control)
         self.notifier.start()
         await self.notifier.wait_connected(5.0)
+
+    def _warn_unserved_queues(self) -> None:
+        """A task declared with queue="mail" run by a worker of the default queue would wait in
+        silence: say so once at start (unless other workers serve those queues, which only
+        `pgtasks doctor` can tell)."""
+        unserved = unserved_tasks(self.registry, self._queue_set)
+        if unserved:
+            log_event(logger, logging.WARNING, "worker.unserved_queues", worker_id=self.worker_id,
+                      queues=",".join(unserved), tasks=",".join(t for names in unserved.values() for t in names),
+                      hint=f"their jobs wait for a worker of those queues: add them to --queues "
+                           f"({','.join([*self.queues, *unserved])}) or run another worker for them")
 
     def _make_maintenance(self, pool: AsyncConnectionPool[Any]) -> Maintenance:
         completer = self.completer
