@@ -37,6 +37,10 @@ from pgtasks.core.logs import configure_logging
               help="Serve Prometheus metrics on this port (needs pgtasks[metrics]); 0 picks a free one.")
 @click.option("--claim-ahead/--no-claim-ahead", default=True, show_default=True,
               help="While jobs are short (<= 50 ms), claim up to a batch beyond the free slots.")
+@click.option("--wait-for-database", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
+              envvar="PGTASKS_WAIT_FOR_DATABASE",
+              help="At start, keep retrying an unreachable database this long (a line per try) before exiting "
+                   "2; 0 exits at once [env: PGTASKS_WAIT_FOR_DATABASE]")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]))
@@ -44,7 +48,7 @@ from pgtasks.core.logs import configure_logging
 def worker(ctx: click.Context, queues: str, concurrency: int, poll_interval: float, listen: bool | None,
            listen_dsn: str | None, grace: float, pool_size: int, burst: bool, leader_ttl: float,
            heartbeat_interval: float, rescue_after: float, log_level: str, log_format: str,
-           claim_ahead: bool, metrics_port: int | None = None) -> None:
+           claim_ahead: bool, wait_for_database: float, metrics_port: int | None = None) -> None:
     """Run a worker: claim jobs with SKIP LOCKED, run them, record outcomes."""
     configure_logging(log_level, log_format)
     app = ctx.find_object(CliState).app(required=True)  # type: ignore[union-attr]
@@ -53,4 +57,4 @@ def worker(ctx: click.Context, queues: str, concurrency: int, poll_interval: flo
                    queues=queue_list, concurrency=concurrency, poll_interval=poll_interval, listen=listen,
                    listen_dsn=listen_dsn, grace=grace, pool_size=pool_size, burst=burst,
                    leader_ttl=leader_ttl, heartbeat_interval=heartbeat_interval, rescue_after=rescue_after,
-                   claim_ahead=claim_ahead)
+                   claim_ahead=claim_ahead, wait_for_database=wait_for_database)

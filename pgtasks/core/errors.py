@@ -52,6 +52,13 @@ class ConnectionLostError(DatabaseError):
 
 
 
+class DatabaseUnreachableError(ConnectionLostError):
+    """No connection to PostgreSQL could be opened: refused, timed out (connect_timeout), or the
+    server rejected the user, password or database. The message names the target (host, port,
+    database, user; never the password) and what to check; the psycopg error is the __cause__."""
+
+
+
 class PoolExhaustedError(ConnectionLostError):
     """The pooler had no free server connection in time (PgBouncer 08P01 query_wait_timeout); retryable."""
 

@@ -4,24 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
+import os
+import re
 import select
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, Connection
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from pgtasks.core.errors import ConfigurationError, ConnectionLostError, StatementPoolingError
+from pgtasks.core.errors import (
+    ConfigurationError,
+    ConnectionLostError,
+    DatabaseUnreachableError,
+    StatementPoolingError,
+)
 from pgtasks.core.logs import log_event
 
 logger = logging.getLogger("pgtasks.connections")
 
 # Seconds a pool closed at event-loop shutdown waits for connections to come back.
 POOL_CLOSE_TIMEOUT = 5.0
+
+# Seconds a new connection may take unless the DSN (or PGCONNECT_TIMEOUT) says otherwise. libpq's
+# own default is to wait forever, which for a dropped packet means the OS's TCP timeout (minutes):
+# a wrong host would hang every command instead of failing with a message.
+DEFAULT_CONNECT_TIMEOUT = 5
+# Between a worker's attempts to reach the database at start (--wait-for-database): first, cap.
+WAIT_RETRY_FIRST, WAIT_RETRY_CAP = 1.0, 10.0
 
 
 def connection_kwargs(application_name: str) -> dict[str, Any]:
@@ -61,6 +77,92 @@ def redact(dsn: str) -> str:
     if "password" in params:
         params["password"] = "***"  # noqa: S105 - the redaction mask, not a password
     return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def with_connect_timeout(dsn: str, seconds: int | None = None) -> str:
+    """The DSN with a connect timeout: `seconds` if given, else the DSN's own connect_timeout (or
+    $PGCONNECT_TIMEOUT), else DEFAULT_CONNECT_TIMEOUT. 0 means wait forever, as in libpq."""
+    if seconds is None and (conninfo_to_dict(dsn).get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT")):
+        return dsn
+    return make_conninfo(dsn, connect_timeout=DEFAULT_CONNECT_TIMEOUT if seconds is None else seconds)
+
+
+def describe_target(dsn: str) -> str:
+    """Where a DSN points, for error messages: host, port, database and user, never the password.
+
+    Settings the DSN leaves out are shown as libpq resolves them ($PGHOST ... or its defaults), so
+    the message says where the connection really went."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparseable DSN>"
+    user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+    host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "(local Unix socket)"
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
+    return f"host={host} port={port} dbname={dbname} user={user}"
+
+
+# psycopg's "connection failed: connection to server at "h", port p failed: " says again what
+# describe_target() says; the reason after it is the part worth reading.
+_CONNECT_PREFIX = re.compile(r'^(connection failed: )?(connection to server (at|on) .*? failed: )?')
+
+
+def unreachable(dsn: str, exc: BaseException) -> DatabaseUnreachableError:
+    """The one-line error for a connection that could not be opened: where, why, and what to check."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    # libpq's hint (indented on the next line) in brackets: "Connection refused (Is the server running ...?)"
+    reason = _CONNECT_PREFIX.sub("", lines[0]).replace("FATAL:  ", "").rstrip(".")
+    if lines[1:]:
+        reason += f" ({' '.join(lines[1:])})"
+    timeout = conninfo_to_dict(dsn).get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT")
+    if isinstance(exc, psycopg.errors.ConnectionTimeout) or "timeout expired" in reason:
+        reason = (f"no answer within connect_timeout={timeout}s; check the host and port and any firewall "
+                  "between, or allow longer (connect_timeout in the DSN, or `pgtasks --connect-timeout`)")
+    return DatabaseUnreachableError(
+        f"cannot connect to PostgreSQL at {describe_target(dsn)}: {reason}. Check the database URL "
+        "(--database-url, PGTASKS_DATABASE_URL or App(database_url=...)) and that the server is up")
+
+
+def connect(dsn: str, application_name: str) -> Connection[Any]:
+    """A new pooler-safe connection; DatabaseUnreachableError, naming the target, if none can be opened."""
+    try:
+        return psycopg.connect(dsn, **connection_kwargs(application_name))
+    except psycopg.OperationalError as exc:
+        raise unreachable(dsn, exc) from exc
+
+
+async def aconnect(dsn: str, application_name: str) -> AsyncConnection[Any]:
+    """The asyncio twin of connect()."""
+    try:
+        return await AsyncConnection.connect(dsn, **connection_kwargs(application_name))
+    except psycopg.OperationalError as exc:
+        raise unreachable(dsn, exc) from exc
+
+
+async def await_database(dsn: str, *, application_name: str, wait: float) -> None:
+    """Return once one connection opens; retry for up to `wait` seconds, logging each failed try
+    with the seconds until the next one and until giving up; then raise DatabaseUnreachableError.
+
+    A worker calls it before it opens its pool: with wait=0 an unreachable database is one line and
+    a quick exit, not the pool's reconnect log lines and a PoolTimeout half a minute later."""
+    deadline = time.monotonic() + wait
+    pause = WAIT_RETRY_FIRST
+    while True:
+        try:
+            conn = await aconnect(dsn, application_name)
+        except DatabaseUnreachableError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            pause = min(pause, left)
+            log_event(logger, logging.WARNING, "database.unreachable", retry_in_s=round(pause, 1),
+                      gives_up_in_s=round(left, 1), error=str(exc))
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, WAIT_RETRY_CAP)
+            continue
+        await conn.close()
+        return
 
 
 def went_stale(conn: Connection[Any] | AsyncConnection[Any]) -> bool:
@@ -115,7 +217,8 @@ class CheckedConnectionPool(ConnectionPool):
             try:
                 conn = super().getconn(timeout)
             except PoolTimeout as exc:
-                raise ConnectionLostError(f"no database connection from pool {self.name!r}: {exc}") from exc
+                raise ConnectionLostError(f"no database connection from pool {self.name!r} "
+                                          f"({describe_target(str(self.conninfo))}): {exc}") from exc
             if not went_stale(conn):
                 return conn
             log_event(logger, logging.INFO, "connection.stale_dropped", pool=self.name)
@@ -132,7 +235,8 @@ class CheckedAsyncConnectionPool(AsyncConnectionPool):
             try:
                 conn = await super().getconn(timeout)
             except PoolTimeout as exc:
-                raise ConnectionLostError(f"no database connection from pool {self.name!r}: {exc}") from exc
+                raise ConnectionLostError(f"no database connection from pool {self.name!r} "
+                                          f"({describe_target(str(self.conninfo))}): {exc}") from exc
             if not went_stale(conn):
                 return conn
             log_event(logger, logging.INFO, "connection.stale_dropped", pool=self.name)

@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from psycopg import AsyncConnection, Connection
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -17,7 +16,15 @@ from pgtasks.core.aio import cancel_and_wait
 from pgtasks.core.errors import ConfigurationError
 from pgtasks.core.logs import log_event
 from pgtasks.storage import migrations
-from pgtasks.storage.connections import check_dsn, close_with_loop, connection_kwargs, make_async_pool, make_pool
+from pgtasks.storage.connections import (
+    aconnect,
+    check_dsn,
+    close_with_loop,
+    connect,
+    make_async_pool,
+    make_pool,
+    with_connect_timeout,
+)
 from pgtasks.storage.embedded import EmbeddedLocation, locate, start_embedded
 
 DATABASE_URL_ENV = "PGTASKS_DATABASE_URL"
@@ -47,6 +54,9 @@ class Database:
         self.embedded_dir = embedded_dir
         self._database_url = database_url
         self._listen_dsn = listen_dsn
+        # Seconds a connection may take to open; None: the DSN's connect_timeout, else
+        # DEFAULT_CONNECT_TIMEOUT (see with_connect_timeout). The CLI's --connect-timeout sets it.
+        self.connect_timeout: int | None = None
         self._lock = threading.Lock()
         self._dsn: str | None = None
         self._is_embedded = False
@@ -69,7 +79,9 @@ class Database:
     @property
     def listen_dsn(self) -> str:
         """The DSN a LISTEN connection uses: listen_dsn if set, else the main DSN."""
-        return self._listen_dsn or self.dsn
+        if self._listen_dsn:
+            return with_connect_timeout(self._listen_dsn, self.connect_timeout)
+        return self.dsn
 
     @property
     def is_embedded(self) -> bool:
@@ -96,24 +108,24 @@ class Database:
         """Point at another database (the CLI's --database-url); only before first use."""
         check_dsn(database_url)
         with self._lock:
-            if self._dsn is not None and self._dsn != database_url:
+            if self._dsn is not None and self._dsn != with_connect_timeout(database_url, self.connect_timeout):
                 raise ConfigurationError("use_database_url(): the app is already connected; call it before first use")
             self._database_url = database_url
             self._dsn = None
 
     def _resolve(self) -> str:
         if self._database_url:
-            return self._database_url
+            return with_connect_timeout(self._database_url, self.connect_timeout)
         env = os.environ.get(DATABASE_URL_ENV)
         if env:
-            return check_dsn(env, name=DATABASE_URL_ENV)
+            return with_connect_timeout(check_dsn(env, name=DATABASE_URL_ENV), self.connect_timeout)
         location = self.embedded_location()
         dsn = start_embedded(location)
         # Kept: a later embedded_location() names the server this app uses, even if the process
         # has changed folder since.
         self._embedded_location = location
         self._is_embedded = True
-        with psycopg.connect(dsn, **connection_kwargs(self.application_name)) as conn:
+        with connect(dsn, self.application_name) as conn:
             applied = migrations.migrate(conn, self.schema)
         if applied:
             log_event(logger, logging.INFO, "migrate.applied", versions=[m.version for m in applied])
@@ -122,12 +134,14 @@ class Database:
     # -- connections -------------------------------------------------------------------------------
 
     def connect(self) -> Connection[Any]:
-        """A new pooler-safe connection (autocommit, no prepared statements); the caller closes it."""
-        return psycopg.connect(self.dsn, **connection_kwargs(self.application_name))
+        """A new pooler-safe connection (autocommit, no prepared statements); the caller closes it.
+
+        DatabaseUnreachableError, naming host, port, database and user, when none can be opened."""
+        return connect(self.dsn, self.application_name)
 
     async def aconnect(self) -> AsyncConnection[Any]:
         dsn = await asyncio.to_thread(lambda: self.dsn)
-        return await AsyncConnection.connect(dsn, **connection_kwargs(self.application_name))
+        return await aconnect(dsn, self.application_name)
 
     def pool(self) -> ConnectionPool:
         """The sync pool, opened on first use."""
@@ -135,6 +149,9 @@ class Database:
             pool = self._pool
         if pool is None:
             dsn = self.dsn
+            # One connection opened and closed before the pool exists: an unreachable database is
+            # a DatabaseUnreachableError now, not a PoolTimeout after the pool's 30 s wait.
+            connect(dsn, self.application_name).close()
             with self._lock:
                 if self._pool is None:
                     self._pool = make_pool(dsn, application_name=self.application_name,
@@ -157,6 +174,7 @@ class Database:
                 del self._async_pools[stale]
                 self._async_pool_closers.pop(stale, None)
             dsn = await asyncio.to_thread(lambda: self.dsn)
+            await (await aconnect(dsn, self.application_name)).close()  # as in pool(): fail fast, by name
             pool = make_async_pool(dsn, application_name=self.application_name,
                                    max_size=self.pool_size, name="pgtasks-async-enqueue")
             await pool.open()

@@ -41,6 +41,8 @@ class WorkerConfig:
     - canary_interval / canary_timeout: how often the listener is proven alive, and how long to wait.
     - metrics_port: serve Prometheus metrics there. claim_ahead: claim beyond free slots while jobs are short.
     - leader_ttl, heartbeat_interval, rescue_after, retention, elect: see MaintenanceConfig.
+    - wait_for_database: seconds to keep retrying at start while the database is unreachable (a
+      line per try says when the next one comes); 0, the default, exits at once with the reason.
     """
 
     queues: Sequence[str] = ("default",)
@@ -61,6 +63,7 @@ class WorkerConfig:
     retention: Retention | None = None
     elect: bool | None = None  # None: stand for election unless burst
     claim_ahead: bool = True
+    wait_for_database: float = 0.0
 
     def __post_init__(self) -> None:
         queues = self.queues
@@ -81,6 +84,7 @@ class WorkerConfig:
             check_dsn(self.listen_dsn, name="listen_dsn")
         if self.metrics_port is not None:
             _positive_int("metrics_port", self.metrics_port, 0)
+        self._set("wait_for_database", to_seconds("wait_for_database", self.wait_for_database, zero_ok=True))
         self.maintenance()  # leadership settings fail here too, not at start
 
     def _set(self, name: str, value: Any) -> None:

@@ -22,7 +22,7 @@ from pgtasks.core.registry import Registry
 from pgtasks.core.retry import reconnect_delay
 from pgtasks.leadership.maintenance import Maintenance
 from pgtasks.storage import migrations
-from pgtasks.storage.connections import make_async_pool
+from pgtasks.storage.connections import await_database, make_async_pool
 from pgtasks.storage.database import Database
 from pgtasks.storage.store import Store
 from pgtasks.worker.cancel import CancelRegistry, CancelWatcher
@@ -190,11 +190,14 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._force = asyncio.Event()
+        database = self.app.database
+        dsn = await asyncio.to_thread(lambda: database.dsn)
+        # One line (and exit) or a retry countdown, instead of the pool's reconnect noise. Before
+        # the signal handlers: a SIGTERM while it waits ends the process, which holds nothing yet.
+        await await_database(dsn, application_name=database.application_name, wait=self.config.wait_for_database)
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
-        database = self.app.database
-        dsn = await asyncio.to_thread(lambda: database.dsn)
         pool = make_async_pool(dsn, application_name=database.application_name, max_size=self.pool_size,
                                name="pgtasks-worker")
         await pool.open(wait=True, timeout=30.0)
