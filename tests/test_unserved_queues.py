@@ -166,6 +166,7 @@ def test_pausing_a_name_nothing_uses_warns_and_remove_forgets_it(target: Target,
     assert typo.stderr.startswith("warning: no job, worker or registered task uses queue 'mial' "
                                   "(queues in use: default, mail)")
     assert "pgtasks queues remove mial" in typo.stderr
+    assert typo.stderr.rstrip().endswith("; pass --app to count the queues your tasks declare")  # no --app here
     assert "mial" in queue_names(dsn, schema)
     assert "uses queue 'mial'" in cli(dsn, schema, "queues", "resume", "mial").stderr
 
@@ -263,4 +264,6 @@ def test_task_names_include_the_apps_registered_tasks(database_url: str, schema:
     assert missing.exit_code == 1 and missing.stderr.endswith("tasks: mail.tasks.send, reports.build\n")
     registered = cli(database_url, schema, "queues", "pause", "mail", app_path=MAIL_APP)
     assert registered.exit_code == 0 and registered.stderr == ""  # a registered task declares "mail"
+    unknown = cli(database_url, schema, "queues", "pause", "mial", app_path=MAIL_APP)
+    assert "(queues in use: default, mail)" in unknown.stderr and "pass --app" not in unknown.stderr  # the tasks'
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from psycopg import Connection
 
 from pgtasks.app import App
 from pgtasks.cli.base import CliState
@@ -12,7 +13,7 @@ from pgtasks.cli.output import EXIT_NOT_FOUND, emit_json, human_duration, json_o
 from pgtasks.cli.watch import watch_option, watched
 from pgtasks.core.channels import jobs_channel
 from pgtasks.core.options import validate_queue
-from pgtasks.ops.queues import QueueUse, in_use, queue_uses, used_names
+from pgtasks.ops.queues import in_use, queue_uses, used_names
 
 
 def _app(ctx: click.Context) -> Any:
@@ -24,13 +25,16 @@ def queues() -> None:
     """Queue depth and lag; pause, resume and remove queues (honoured by every worker at its next fetch)."""
 
 
-def _unused_warning(uses: dict[str, QueueUse], name: str) -> str | None:
+def _unused_warning(app: App, conn: Connection[Any], name: str) -> str | None:
     """A warning when no job, worker or task of the App uses `name` (a typo, most likely), else None."""
+    uses = queue_uses(app, conn)
     if in_use(uses, name):
         return None
     known = ", ".join(used_names(uses)) or "none yet"
+    # Without --app the CLI has a bare App: the queues the user's tasks declare are unknown to it.
+    unknown_tasks = "" if app.registry.tasks else "; pass --app to count the queues your tasks declare"
     return (f"no job, worker or registered task uses queue {name!r} (queues in use: {known}); if it is a typo, "
-            f"forget it with `pgtasks queues remove {name}`")
+            f"forget it with `pgtasks queues remove {name}`{unknown_tasks}")
 
 
 def _warn(warning: str | None) -> None:
@@ -68,7 +72,7 @@ def pause(ctx: click.Context, name: str, as_json: bool) -> None:
     app = _app(ctx)
     validate_queue(name)
     with app.connect() as conn:
-        warning = _unused_warning(queue_uses(app, conn), name)  # read before the pause adds its entry
+        warning = _unused_warning(app, conn, name)  # read before the pause adds its entry
         paused_at = app.store.queue_pause(conn, name)
     _warn(warning)
     if as_json:
@@ -87,7 +91,7 @@ def resume(ctx: click.Context, name: str, as_json: bool) -> None:
     app = _app(ctx)
     validate_queue(name)
     with app.connect() as conn:
-        warning = _unused_warning(queue_uses(app, conn), name)
+        warning = _unused_warning(app, conn, name)
         was_paused = app.store.queue_resume(conn, name, channel=jobs_channel(app.schema))
     _warn(warning)
     if as_json:
