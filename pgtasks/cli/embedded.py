@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pgtasks.cli.base import CliState
+from pgtasks.cli.output import emit_json, json_option
 from pgtasks.storage.embedded import EmbeddedLocation, locate, stop_command, stop_embedded
 
 DATA_DIR_OPTION = click.option(
@@ -51,11 +52,15 @@ def embedded() -> None:
 
 @embedded.command()
 @DATA_DIR_OPTION
+@json_option
 @click.pass_obj
-def stop(state: CliState, data_dir: Path | None) -> None:
+def stop(state: CliState, data_dir: Path | None, as_json: bool) -> None:
     """Stop the embedded server of this project (found as `pgtasks embedded where` says)."""
     directory = _location(state, data_dir).data_dir
-    if stop_embedded(directory):
+    stopped = stop_embedded(directory)
+    if as_json:
+        emit_json({"data_dir": str(directory), "stopped": stopped})
+    elif stopped:
         click.echo(f"stopped the embedded PostgreSQL in {directory}")
     else:
         click.echo(f"no embedded PostgreSQL is running in {directory}")
@@ -63,13 +68,18 @@ def stop(state: CliState, data_dir: Path | None) -> None:
 
 @embedded.command()
 @DATA_DIR_OPTION
+@json_option
 @click.pass_obj
-def where(state: CliState, data_dir: Path | None) -> None:
+def where(state: CliState, data_dir: Path | None, as_json: bool) -> None:
     """Print the data directory of this project's embedded server (the first line), and why it is that one.
 
     Starts nothing and creates nothing.
     """
     location = _location(state, data_dir)
+    if as_json:
+        emit_json({"data_dir": str(location.data_dir), "why": location.reason, "running_pid": location.running_pid,
+                   "exists": location.exists, "not_in_use": _not_in_use(state), "stop": stop_command(location)})
+        return
     click.echo(str(location.data_dir))
     click.echo(f"  why:    {location.reason}")
     click.echo(f"  state:  {_state_of(location)}")
