@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("storage", "sql"),
     ("client", "leadership"),
     ("worker",),
+    ("otel",),
     ("app",),
     ("ops",),
     ("testing", "cli"),

@@ -25,6 +25,7 @@ class JobEvent:
     state: str | None = None  # the outcome: completed, retryable, discarded, cancelled, scheduled (after_job)
     duration: float | None = None  # seconds the attempt took (after_job)
     error: BaseException | None = None  # the exception the task raised, if any (on_error, after_job)
+    traceparent: str | None = None  # the W3C trace context stored with the job at enqueue, if any
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -43,6 +43,7 @@ class ClaimedJob(msgspec.Struct, frozen=True):
     run_at: datetime
     created_at: datetime
     expired: bool
+    traceparent: str | None = None  # the W3C trace context of the enqueue (pgtasks.otel), if traced
 
 
 class ErrorEntry(msgspec.Struct, frozen=True):
@@ -107,6 +108,7 @@ class EnqueueRow(msgspec.Struct, frozen=True):
     expires_at: datetime | None = None
     expires_in: float | None = None
     unique_key: str | None = None
+    traceparent: str | None = None  # set by pgtasks.otel's enqueuer: the producer span's W3C trace context
 
 
 # -- leadership, periodic fires, heartbeats, maintenance -------------------------------------

@@ -1,12 +1,13 @@
 -- name: job_insert
 -- Insert one job. run_at comes from the database clock (countdown) unless an eta is given, so
 -- client clock skew cannot make a job early. A live duplicate unique_key inserts nothing.
-INSERT INTO {schema}.jobs AS j (task, queue, args, state, priority, max_attempts, run_at, expires_at, unique_key)
+INSERT INTO {schema}.jobs AS j (task, queue, args, state, priority, max_attempts, run_at, expires_at, unique_key,
+                                traceparent)
 SELECT %(task)s, %(queue)s, %(args)s::jsonb,
        CASE WHEN v.run_at > now() THEN 'scheduled' ELSE 'available' END::{schema}.job_state,
        %(priority)s, %(max_attempts)s, v.run_at,
        coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)),
-       %(unique_key)s
+       %(unique_key)s, %(traceparent)s
 FROM (SELECT coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => coalesce(%(delay)s::float8, 0)))
       AS run_at) AS v
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'scheduled', 'running', 'retryable')
@@ -14,7 +15,8 @@ DO NOTHING
 RETURNING j.id
 
 -- name: job_insert_now
--- job_insert's common case: a job to run now, with no unique_key, eta, countdown or expiry. A
+-- job_insert's common case: a job to run now, with no unique_key, eta, countdown, expiry or
+-- traceparent (a traced enqueue takes job_insert, so tracing costs nothing while it is off). A
 -- plain INSERT that the column defaults complete (state 'available', run_at = now()), without the
 -- ON CONFLICT arbiter and the run_at arithmetic: about a quarter cheaper a call, which is most of
 -- a one-job enqueue's cost besides the commit (docs/performance.md).
@@ -23,7 +25,8 @@ VALUES (%(task)s, %(queue)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s)
 RETURNING id
 
 -- name: job_insert_many_now
--- job_insert_many's common case (every row runs now, none has a unique_key or an expiry): the rows
+-- job_insert_many's common case (every row runs now, none has a unique_key, an expiry or a
+-- traceparent): the rows
 -- travel as one JSON array that the server unpacks, ~2x cheaper to send than ten typed arrays.
 -- Rows are inserted, and so returned, in input order.
 INSERT INTO {schema}.jobs (task, queue, args, priority, max_attempts)
@@ -55,19 +58,21 @@ WITH input AS (
     SELECT * FROM unnest(
         %(tasks)s::text[], %(queues)s::text[], %(args)s::jsonb[], %(priorities)s::smallint[],
         %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(delays)s::float8[],
-        %(expires_ats)s::timestamptz[], %(expires_ins)s::float8[], %(unique_keys)s::text[]
+        %(expires_ats)s::timestamptz[], %(expires_ins)s::float8[], %(unique_keys)s::text[],
+        %(traceparents)s::text[]
     ) WITH ORDINALITY AS t(task, queue, args, priority, max_attempts, run_at, delay, expires_at,
-                           expires_in, unique_key, ord)
+                           expires_in, unique_key, traceparent, ord)
 ), prepared AS (
-    SELECT ord, task, queue, args, priority, max_attempts, unique_key,
+    SELECT ord, task, queue, args, priority, max_attempts, unique_key, traceparent,
            coalesce(run_at, now() + make_interval(secs => coalesce(delay, 0))) AS run_at,
            coalesce(expires_at, now() + make_interval(secs => expires_in)) AS expires_at
     FROM input
 )
-INSERT INTO {schema}.jobs (task, queue, args, state, priority, max_attempts, run_at, expires_at, unique_key)
+INSERT INTO {schema}.jobs (task, queue, args, state, priority, max_attempts, run_at, expires_at, unique_key,
+                           traceparent)
 SELECT task, queue, args,
        CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END::{schema}.job_state,
-       priority, max_attempts, run_at, expires_at, unique_key
+       priority, max_attempts, run_at, expires_at, unique_key, traceparent
 FROM prepared ORDER BY ord
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL
     AND state IN ('available', 'scheduled', 'running', 'retryable')
@@ -111,7 +116,8 @@ SET state = 'running', attempt = j.attempt + 1, claims = j.claims + 1,
 FROM claimable
 WHERE j.id = claimable.id
 RETURNING j.id, j.task, j.queue, j.args::text AS args, j.priority, j.attempt, j.max_attempts, j.claims,
-          j.run_at, j.created_at, (j.expires_at IS NOT NULL AND j.expires_at <= coalesce(%(now)s::timestamptz, now())) AS expired
+          j.run_at, j.created_at, (j.expires_at IS NOT NULL AND j.expires_at <= coalesce(%(now)s::timestamptz, now())) AS expired,
+          j.traceparent
 
 -- name: job_set_outcome_many
 -- Write the outcomes of many finished attempts in one statement. Each row is fenced on
