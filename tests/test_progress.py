@@ -192,7 +192,7 @@ def test_a_value_that_cannot_be_stored_is_refused_in_the_task(kwargs: dict[str, 
         encode_progress(kwargs.get("done"), kwargs.get("total"), kwargs.get("message"), kwargs.get("meta"), 1)  # type: ignore[arg-type]
 
 
-def test_eager_mode_keeps_the_report_on_the_context(app: App) -> None:
+def test_eager_mode_keeps_the_report_on_the_context_and_the_ref(app: App) -> None:
     seen: list[JobProgress | None] = []
 
     @app.task(name="e")
@@ -200,9 +200,18 @@ def test_eager_mode_keeps_the_report_on_the_context(app: App) -> None:
         current_job().set_progress(1, 2, "half")
         seen.append(current_job().progress)
 
+    @app.task(name="ae")
+    async def ae() -> None:
+        current_job().set_progress(5, message="async")
+
+    async def run_async() -> JobProgress | None:
+        return await (await ae.adelay()).aprogress()
+
     with eager(app):
-        e.delay()
-    assert seen == [JobProgress(1, 2, "half", None, 1)]
+        ref = e.delay()
+        from_async = asyncio.run(run_async())
+    assert seen == [JobProgress(1, 2, "half", None, 1)] and ref.progress() == seen[0]
+    assert from_async == JobProgress(5, None, "async", None, 1)
 
 
 def test_jobs_list_and_show_print_the_progress(app: App) -> None:

@@ -15,7 +15,7 @@ import msgspec
 from psycopg import AsyncConnection, Connection
 
 from pgtasks.client.results import JobRef, decode_result
-from pgtasks.core.context import JobContext, reset_current_job, set_current_job
+from pgtasks.core.context import JobContext, JobProgress, reset_current_job, set_current_job
 from pgtasks.core.definition import TaskDefinition
 from pgtasks.core.errors import Cancel, ConfigurationError, JobCancelledError, JobDiscardedError, Retry, Snooze
 from pgtasks.core.models import EnqueueRow
@@ -37,9 +37,17 @@ class EagerJobRef(JobRef):
     error_message: str | None = None
     queue: str = field(default="default")
     args: dict[str, Any] = field(default_factory=dict)
+    context: JobContext | None = field(default=None, repr=False, compare=False)  # what the task saw
 
     def state(self) -> str | None:
         return self.outcome
+
+    def progress(self) -> JobProgress | None:
+        """The task's last current_job().set_progress(), kept in memory (nothing is stored in eager mode)."""
+        return None if self.context is None else self.context.progress
+
+    async def aprogress(self) -> JobProgress | None:
+        return self.progress()
 
     def wait(self, timeout: float | None = None, *, poll_interval: float = 1.0, listen: bool = True) -> Any:
         if self.outcome == "cancelled":
@@ -106,9 +114,10 @@ class EagerEnqueuer:
     def _context(self, task: TaskDefinition[Any, Any], row: EnqueueRow, job_id: int) -> JobContext:
         return JobContext(job_id, task.name, row.queue, 1, row.max_attempts, datetime.now(UTC), "eager")
 
-    def _settle(self, task: TaskDefinition[Any, Any], row: EnqueueRow, job_id: int, run: Any) -> EagerJobRef:
+    def _settle(self, task: TaskDefinition[Any, Any], row: EnqueueRow, job_id: int, run: Any,
+                context: JobContext) -> EagerJobRef:
         args = msgspec.json.decode(row.args)
-        common: dict[str, Any] = {"queue": row.queue, "args": args}
+        common: dict[str, Any] = {"queue": row.queue, "args": args, "context": context}
         try:
             value = run()
         except Snooze as snooze:
@@ -147,7 +156,7 @@ class EagerEnqueuer:
             finally:
                 reset_current_job(token)
 
-        return self._settle(task, row, job_id, call)
+        return self._settle(task, row, job_id, call, context)
 
     async def arun(self, task: TaskDefinition[Any, Any], row: EnqueueRow) -> EagerJobRef:
         job_id = next(_ids)
@@ -172,7 +181,7 @@ class EagerEnqueuer:
                 raise outcome["error"]
             return outcome.get("value")
 
-        return self._settle(task, row, job_id, replay)
+        return self._settle(task, row, job_id, replay, context)
 
 
 @contextlib.contextmanager
