@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from pgtasks.app import App
+from pgtasks.cli.output import EXIT_USAGE, JSON_REQUESTED, CommandFailed, emit_json, error_document
 from pgtasks.core.errors import PgtasksError
 from pgtasks.storage.database import DATABASE_URL_ENV
 
@@ -22,6 +23,7 @@ class CliState:
     app_path: str | None
     database_url: str | None
     schema: str | None
+    connect_timeout: int | None = None
     _app: App | None = None
 
     def app(self, *, required: bool = False) -> App:
@@ -32,12 +34,14 @@ class CliState:
             elif required:
                 raise click.UsageError(
                     "this command needs your tasks: pass --app module:attribute (or set PGTASKS_APP), "
-                    "e.g. `pgtasks --app myproject.tasks:app worker`"
+                    f"e.g. `pgtasks --app myproject.tasks:app {_subcommand()}`"
                 )
             else:
                 self._app = App(schema=self.schema)
             if self.database_url:
                 self._app.use_database_url(self.database_url)
+            if self.connect_timeout is not None:
+                self._app.database.connect_timeout = self.connect_timeout
             if self.schema and self.schema != self._app.schema:
                 raise click.UsageError(
                     f"--schema {self.schema} differs from the app's schema {self._app.schema!r}; drop one of them"
@@ -66,15 +70,41 @@ def load_app(path: str) -> App:
     return target
 
 
+def _subcommand() -> str:
+    """The running command as typed after `pgtasks` (`periodic`, `jobs list`), for examples."""
+    ctx = click.get_current_context(silent=True)
+    return " ".join(ctx.command_path.split()[1:]) if ctx is not None else "worker"
+
+
 class PgtasksGroup(click.Group):
-    """Turns pgtasks errors into a one-line message and exit code 2 instead of a traceback."""
+    """Every error a command raises becomes one line on stderr, or with --json one JSON document on
+    stdout, and its exit code: 2 for pgtasks errors (configuration, database), 1 for a command that
+    found nothing to do (CommandFailed). Never a traceback."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Before any parsing: a usage error in the subcommand's own options must still be JSON.
+        ctx.meta[JSON_REQUESTED] = "--json" in args
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except CommandFailed as exc:
+            _report(ctx, exc.kind, exc.format_message(), exc.exit_code, text=exc.format_message())
         except PgtasksError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(2)
+            _report(ctx, type(exc).__name__, str(exc), EXIT_USAGE, text=f"Error: {exc}")
+        except click.ClickException as exc:
+            if not ctx.meta.get(JSON_REQUESTED):
+                raise  # click prints usage errors itself, with the usage line
+            _report(ctx, type(exc).__name__, exc.format_message(), exc.exit_code, text="")
+
+
+def _report(ctx: click.Context, kind: str, message: str, exit_code: int, *, text: str) -> None:
+    if ctx.meta.get(JSON_REQUESTED):
+        emit_json(error_document(kind, message, exit_code))
+    else:
+        click.echo(text, err=True)
+    ctx.exit(exit_code)
 
 
 @click.group(cls=PgtasksGroup)
@@ -84,8 +114,12 @@ class PgtasksGroup(click.Group):
               help="PostgreSQL DSN; overrides the app's [env: PGTASKS_DATABASE_URL]")
 @click.option("--schema", default=None, envvar="PGTASKS_SCHEMA",
               help="Schema holding the pgtasks tables (default: the app's, or pgtasks) [env: PGTASKS_SCHEMA]")
+@click.option("--connect-timeout", type=click.IntRange(min=0), default=None, envvar="PGTASKS_CONNECT_TIMEOUT",
+              metavar="SECONDS", help="Seconds a database connection may take to open; 0 waits forever "
+              "(default: the DSN's connect_timeout, else 5) [env: PGTASKS_CONNECT_TIMEOUT]")
 @click.version_option(package_name="pgtasks")
 @click.pass_context
-def main(ctx: click.Context, app_path: str | None, database_url: str | None, schema: str | None) -> None:
+def main(ctx: click.Context, app_path: str | None, database_url: str | None, schema: str | None,
+         connect_timeout: int | None) -> None:
     """pgtasks: background tasks on PostgreSQL."""
-    ctx.obj = CliState(app_path, database_url, schema)
+    ctx.obj = CliState(app_path, database_url, schema, connect_timeout)

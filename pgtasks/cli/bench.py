@@ -39,7 +39,9 @@ def bench_command(ctx: click.Context, jobs: int, enqueue_jobs: int | None, laten
     """
     state = ctx.find_object(CliState)
     assert state is not None
-    dsn = state.app().dsn
+    app = state.app()
+    dsn = app.dsn
+    app.connect().close()  # an unreachable database is its one error line, not a banner and then the error
     config = bench.SuiteConfig(jobs=jobs, enqueue_jobs=enqueue_jobs, latency_jobs=latency_jobs,
                                latency_interval=latency_interval, concurrency=concurrency, chunk=chunk,
                                no_listen=no_listen, workloads=workloads or bench.WORKLOADS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pgtasks.cli.base import CliState
-from pgtasks.cli.output import EXIT_NOT_FOUND, emit_json, json_option
+from pgtasks.cli.output import EXIT_NOT_FOUND, EXIT_USAGE, emit_json, json_option
 from pgtasks.ops.doctor import FAIL, WARN, DoctorOptions, run_checks
 
 _MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
@@ -27,11 +27,15 @@ def doctor(ctx: click.Context, listen: bool | None, max_lag: float, stale_after:
            strict: bool, as_json: bool) -> None:
     """Check the database, schema, leader, workers, queues, vacuum, connections and LISTEN.
 
-    Exit status: 0 healthy (warnings allowed unless --strict), 1 a check failed, 2 usage error.
+    Exit status: 0 healthy (warnings allowed unless --strict), 1 a check failed, 2 usage error or
+    the database could not be reached (nothing was checked).
     """
-    app = ctx.find_object(CliState).app()  # type: ignore[union-attr]
+    state = ctx.find_object(CliState)
+    assert state is not None
+    app = state.app()
     findings = run_checks(app, DoctorOptions(listen=listen, max_lag=max_lag, stale_after=stale_after,
-                                             long_transaction=long_transaction))
+                                             long_transaction=long_transaction, database_url=state.database_url))
+    unreachable = findings[0].check == "connection" and findings[0].status == FAIL
     failed = [f for f in findings if f.status == FAIL or (strict and f.status == WARN)]
     if as_json:
         emit_json({"ok": not failed, "findings": [f.as_dict() for f in findings]})
@@ -40,6 +44,7 @@ def doctor(ctx: click.Context, listen: bool | None, max_lag: float, stale_after:
             click.echo(f"[{_MARKS.get(finding.status, finding.status)}] {finding.check:<18} {finding.message}")
             if finding.advice and finding.status in (FAIL, WARN):
                 click.echo(f"       {'':<18} -> {finding.advice}")
-        click.echo("healthy" if not failed else f"{len(failed)} problem(s) found")
+        if not unreachable:  # its one [FAIL] line says it all
+            click.echo("healthy" if not failed else f"{len(failed)} problem(s) found")
     if failed:
-        ctx.exit(EXIT_NOT_FOUND)
+        ctx.exit(EXIT_USAGE if unreachable else EXIT_NOT_FOUND)

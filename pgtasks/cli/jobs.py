@@ -15,6 +15,7 @@ from pgtasks.cli.base import CliState
 from pgtasks.cli.output import (
     EXIT_NOT_FOUND,
     emit_json,
+    fail,
     human_duration,
     json_option,
     parse_duration,
@@ -94,7 +95,6 @@ def _tasks(app: App, conn: Connection[Any], values: Sequence[str]) -> list[str] 
     return matched
 
 
-
 def _states(values: Sequence[str]) -> list[str] | None:
     states = split_csv(values)
     for state in states or ():
@@ -172,8 +172,7 @@ def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
     with app.connect() as conn:
         row = app.store.job_detail(conn, job_id)
     if row is None:
-        click.echo(f"job {job_id} not found", err=True)
-        ctx.exit(EXIT_NOT_FOUND)
+        fail(f"job {job_id} not found")
     assert row is not None
     decoded = dict(row)
     for key in ("args", "errors", "result", "progress"):
@@ -243,7 +242,8 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], states: tuple[str, ...],
     if as_json:
         emit_json({"retried": retried, "skipped": skipped})
     else:
-        click.echo(f"retried {len(retried)} job(s)" + (f": {', '.join(map(str, retried))}" if job_ids else ""))
+        click.echo(f"retried {len(retried)} job(s)" + (f": {', '.join(map(str, retried))}" if retried and job_ids
+                                                       else ""))
         if skipped:
             click.echo(f"not retried (unknown, running or available, or its unique_key is taken): "
                        f"{', '.join(map(str, skipped))}", err=True)
@@ -311,8 +311,7 @@ def purge(ctx: click.Context, states: tuple[str, ...], queues: tuple[str, ...], 
         if not yes:
             prompt = f"delete {total} job(s) in states {', '.join(state_list)}?"
             if not sys.stdin.isatty():
-                click.echo(f"refusing to {prompt[:-1]} without confirmation: pass --yes", err=True)
-                ctx.exit(EXIT_NOT_FOUND)
+                fail(f"refusing to {prompt[:-1]} without confirmation: pass --yes", kind="Refused")
             click.confirm(prompt, abort=True, err=True)
         deleted = _in_batches("purging", total, lambda: app.store.job_purge_many(
             conn, states=state_list, queues=queue_list, tasks=task_list, older_than=seconds, limit=BATCH),

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import click
-import msgspec
 
 from pgtasks.cli.base import CliState
+from pgtasks.cli.output import emit_json, json_option
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the lease row as one JSON object.")
+@json_option
 @click.pass_context
 def leader(ctx: click.Context, as_json: bool) -> None:
     """Show the elected leader (exit 1 when no worker currently holds the lease)."""
@@ -17,7 +17,7 @@ def leader(ctx: click.Context, as_json: bool) -> None:
     with app.connect() as conn:
         lease = app.store.leader_get(conn)
     if as_json:
-        click.echo(msgspec.json.encode(lease).decode())
+        emit_json(lease)  # null when no leader was ever elected
     elif lease is None:
         click.echo(f"schema {app.schema}: no leader has been elected yet (no worker has run)")
     else:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import msgspec
 
-_JSON = msgspec.json.Encoder()
+# decimal_format="number": numeric columns (extract(epoch ...) is numeric) are JSON numbers, not strings.
+_JSON = msgspec.json.Encoder(decimal_format="number")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -19,11 +20,42 @@ EXIT_OK = 0
 EXIT_NOT_FOUND = 1  # nothing matched / the job is not there / the action did not apply / doctor found a problem
 EXIT_USAGE = 2  # bad options, configuration or database errors (click and PgtasksGroup use 2 as well)
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print one JSON document on stdout instead of text, errors included.")
+# ctx.meta key: --json was among the command line's arguments (errors raised before or while the
+# subcommand parses its options still owe a JSON document then).
+JSON_REQUESTED = "pgtasks.json"
 
 
 def emit_json(value: Any) -> None:
     click.echo(_JSON.encode(value).decode())
+
+
+class CommandFailed(click.ClickException):
+    """A command that ran but could not do what was asked: nothing matched (kind NotFound), or it
+    refused (kind Refused). Exit 1, as docs/operations.md says; the root group prints `message` on
+    stderr, or with --json `{"error": {...}}` on stdout."""
+
+    exit_code = EXIT_NOT_FOUND
+
+    def __init__(self, message: str, *, kind: str = "NotFound") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def fail(message: str, *, kind: str = "NotFound") -> NoReturn:
+    raise CommandFailed(message, kind=kind)
+
+
+def error_document(kind: str, message: str, exit_code: int) -> dict[str, Any]:
+    """What --json prints for any error: `type` is the pgtasks or click exception class, or
+    NotFound / Refused for a command that ran and found nothing to do."""
+    return {"error": {"type": kind, "message": message, "exit_code": exit_code}}
+
+
+def queue_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A queue_stats row for --json, with the `paused` boolean next to `paused_at`."""
+    return {**row, "paused": row["paused_at"] is not None}
 
 
 def parse_duration(value: str) -> float:

@@ -9,7 +9,7 @@ from psycopg import Connection
 
 from pgtasks.app import App
 from pgtasks.cli.base import CliState
-from pgtasks.cli.output import EXIT_NOT_FOUND, emit_json, human_duration, json_option, table
+from pgtasks.cli.output import EXIT_NOT_FOUND, emit_json, human_duration, json_option, queue_json, table
 from pgtasks.cli.watch import watch_option, watched
 from pgtasks.core.channels import jobs_channel
 from pgtasks.core.options import validate_queue
@@ -20,9 +20,15 @@ def _app(ctx: click.Context) -> Any:
     return ctx.find_object(CliState).app()  # type: ignore[union-attr]
 
 
-@click.group()
-def queues() -> None:
-    """Queue depth and lag; pause, resume and remove queues (honoured by every worker at its next fetch)."""
+@click.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def queues(ctx: click.Context, as_json: bool) -> None:
+    """Queue depth and lag; pause, resume and remove queues (honoured by every worker at its next fetch).
+
+    Alone, `pgtasks queues` lists them, as `pgtasks queues list` does."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_queues, as_json=as_json)
 
 
 def _unused_warning(app: App, conn: Connection[Any], name: str) -> str | None:
@@ -56,7 +62,7 @@ def _print_queues(app: App, as_json: bool) -> None:
     with app.connect() as conn:
         rows = app.store.queue_stats(conn)
     if as_json:
-        emit_json([{**row, "paused": row["paused_at"] is not None} for row in rows])
+        emit_json([queue_json(row) for row in rows])
         return
     table(["queue", "available", "scheduled", "running", "retryable", "lag", "paused"],
           [[r["queue"], r["available"], r["scheduled"], r["running"], r["retryable"], human_duration(r["lag_seconds"]),

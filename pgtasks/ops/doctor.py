@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from psycopg import Connection
 
-from pgtasks.core.errors import PgtasksError
+from pgtasks.core.errors import DatabaseUnreachableError, PgtasksError
 from pgtasks.ops.queues import QueueUse, queue_uses
 from pgtasks.storage import migrations
+from pgtasks.storage.connections import redact
 from pgtasks.storage.poolmode import PoolMode, adetect_pool_mode
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ class DoctorOptions:
     stale_after: float = 30.0  # seconds without a heartbeat before a worker counts as gone
     long_transaction: float = 300.0  # seconds a transaction may stay open before it is reported
     pool_timeout: float = 5.0  # seconds the pool-mode detection may take
+    database_url: str | None = None  # as given on the command line: quoted (password masked) in advice
 
 
 @dataclass(slots=True)
@@ -71,7 +74,14 @@ def check_server(app: App, conn: Connection[Any]) -> list[Finding]:
     return findings
 
 
-def check_migrations(app: App, conn: Connection[Any]) -> Finding:
+def migrate_command(app: App, options: DoctorOptions) -> str:
+    """The `pgtasks ... migrate` to copy: with the --database-url that was checked (its password
+    masked), so it migrates this database and not the app's default one."""
+    url = f" --database-url {shlex.quote(redact(options.database_url))}" if options.database_url else ""
+    return f"pgtasks{url} --schema {app.schema} migrate"
+
+
+def check_migrations(app: App, conn: Connection[Any], options: DoctorOptions) -> Finding:
     expected = migrations.latest_version()
     try:
         current = app.store.migration_current_version(conn)
@@ -80,10 +90,11 @@ def check_migrations(app: App, conn: Connection[Any]) -> Finding:
     data = {"current": current, "expected": expected, "schema": app.schema}
     if current == 0:
         return Finding("migrations", FAIL, f"schema {app.schema!r} is not migrated (no pgtasks tables)",
-                       f"run `pgtasks --schema {app.schema} migrate` (or App.migrate())", data)
+                       f"run `{migrate_command(app, options)}` (or App.migrate())", data)
     if current < expected:
         return Finding("migrations", FAIL, f"schema {app.schema!r} is at migration {current}, this pgtasks needs "
-                       f"{expected}", "run `pgtasks migrate`; workers refuse to start until then", data)
+                       f"{expected}", f"run `{migrate_command(app, options)}`; workers refuse to start until then",
+                       data)
     if current > expected:
         return Finding("migrations", WARN, f"schema {app.schema!r} is at migration {current}, newer than this "
                        f"pgtasks ({expected})", "upgrade pgtasks here to the version that migrated the schema", data)
@@ -211,6 +222,12 @@ def check_vacuum(app: App, conn: Connection[Any], options: DoctorOptions) -> lis
                                     "and look for long transactions below", data))
         else:
             findings.append(Finding("vacuum", OK, f"{dead} dead / {live} live rows in {table}", data=data))
+    return findings
+
+
+def check_vacuum_blockers(app: App, conn: Connection[Any], options: DoctorOptions) -> list[Finding]:
+    """Long transactions and replication slots: server-wide, so they run on an unmigrated schema too."""
+    findings = []
     long_ones = app.store.doctor_long_transactions(conn, options.long_transaction)
     if long_ones:
         listed = ", ".join(f"pid {t['pid']} ({t['application_name'] or '?'}, {t['age_seconds']:.0f}s, {t['state']})"
@@ -241,14 +258,17 @@ def run_checks(app: App, options: DoctorOptions | None = None) -> list[Finding]:
     options = options or DoctorOptions()
     try:
         conn = _connect(app)
+    except DatabaseUnreachableError as exc:
+        return [Finding("connection", FAIL, str(exc))]  # it names the target and what to check
     except PgtasksError as exc:
         return [Finding("connection", FAIL, f"cannot connect: {exc}",
                         "check --database-url / PGTASKS_DATABASE_URL and that the server is up")]
     findings = [Finding("connection", OK, "connected")]
     with conn:
         findings += check_server(app, conn)
-        migrated = check_migrations(app, conn)
+        migrated = check_migrations(app, conn, options)
         findings.append(migrated)
+        findings += _run_guarded([lambda: check_vacuum_blockers(app, conn, options)])
         schema_checks: list[Callable[[], Finding | list[Finding]]] = [
             lambda: check_leader(app, conn),
             lambda: check_workers(app, conn, options),
@@ -260,12 +280,19 @@ def run_checks(app: App, options: DoctorOptions | None = None) -> list[Finding]:
             for name in ("leader", "workers", "queue_lag", "unserved_queues", "queue_entries", "vacuum"):
                 findings.append(Finding(name, SKIP, "skipped: the schema is not migrated"))
         else:
-            for check in schema_checks:
-                try:
-                    result = check()
-                except PgtasksError as exc:
-                    findings.append(Finding("error", FAIL, f"a check failed: {exc}"))
-                    continue
-                findings += result if isinstance(result, list) else [result]
+            findings += _run_guarded(schema_checks)
     findings += check_pool_mode(app, options)
+    return findings
+
+
+def _run_guarded(checks: list[Callable[[], Finding | list[Finding]]]) -> list[Finding]:
+    """Run each check; one that raises becomes a failed finding and the others still run."""
+    findings: list[Finding] = []
+    for check in checks:
+        try:
+            result = check()
+        except PgtasksError as exc:
+            findings.append(Finding("error", FAIL, f"a check failed: {exc}"))
+            continue
+        findings += result if isinstance(result, list) else [result]
     return findings
