@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,6 +132,17 @@ def test_the_bare_command_is_printed_only_when_path_finds_this_venvs_pgtasks(tmp
     active = run(where, cwd=tmp_path, PATH=os.pathsep.join([VENV_BIN, user_env()["PATH"]]))
     assert inactive.stdout.splitlines()[-1] == f"  stop:   {VENV_BIN}/pgtasks embedded stop", inactive.stderr
     assert active.stdout.splitlines()[-1] == "  stop:   pgtasks embedded stop", active.stderr
+
+
+def test_without_a_pgtasks_script_the_hint_runs_the_module(tmp_path: Path) -> None:
+    """An interpreter with no `pgtasks` script beside it (pgtasks imported from a source tree)."""
+    (tmp_path / "pyproject.toml").touch()
+    (tmp_path / "bin").mkdir()
+    python = tmp_path / "bin" / "python"
+    python.symlink_to(sys.executable)
+    source = os.pathsep.join([str(ROOT), sysconfig.get_paths()["purelib"]])
+    where = run([str(python), "-m", "pgtasks", "embedded", "where"], cwd=tmp_path, PYTHONPATH=source)
+    assert where.stdout.splitlines()[-1] == "  stop:   bin/python -m pgtasks embedded stop", where.stderr
 
 
 # -- progress while a start takes long -----------------------------------------------------------
