@@ -14,9 +14,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgtasks import App, Fixed
+from pgtasks.cli import main
+from pgtasks.core.logs import JsonFormatter
 from pgtasks.testing import drain
 from tests.helpers import logged, wait_for, worker_thread
 from tests.pgbouncer_fixtures import Target
@@ -50,8 +53,11 @@ def test_start_up_lines_are_short_one_value_a_field_and_name_the_database_like_a
         target: Target, app: App) -> None:
     # A password in the DSN (trust auth ignores it) must not reach the logs in any form.
     dsn = make_conninfo(target.dsn, password="not-for-logs")
-    params = conninfo_to_dict(target.dsn)
-    where = f"{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
+    # As libpq resolves it (a Unix-socket DSN names no port, the default applies).
+    with psycopg.connect(target.dsn) as probe:
+        info = probe.info
+        where = f"{info.user}@{info.host}:{info.port}/{info.dbname}"
+    assert conninfo_to_dict(target.dsn)["dbname"] in where
 
     text = burst_worker(dsn, app.schema)
     as_json = burst_worker(dsn, app.schema, "--log-format", "json")
@@ -63,7 +69,7 @@ def test_start_up_lines_are_short_one_value_a_field_and_name_the_database_like_a
     # Each field is one token: no value with spaces or '=' in it (the old lines had both).
     for line in (connections, started):
         assert all(token.count("=") == 1 for token in line.split()[1:]), line
-        assert len(line) < 160, line
+        assert len(line.replace(where, "")) < 140, line  # a Unix socket's path may be long; the rest is not
     assert started.endswith(f" database={where}")
 
     records = events(as_json.stderr)
@@ -130,3 +136,66 @@ def test_each_recorded_outcome_logs_its_one_line_at_its_level(
         ("WARNING", "job.retrying", job, 1, "ValueError: not yet"),
         ("ERROR", "job.discarded", job, 2, "ValueError: not yet")]
     assert lines[0][2]["retry_in_s"] == 0.0
+
+
+# -- tracebacks start at the user's code ------------------------------------------------------------
+
+
+def check_input(value: int) -> None:
+    raise ValueError(f"bad value {value}")
+
+
+def stored_traceback(conn: psycopg.Connection[Any], schema: str, job_id: int) -> str:
+    row = conn.execute(f'SELECT errors FROM "{schema}".jobs WHERE id = %s', (job_id,)).fetchone()
+    assert row is not None
+    [entry] = row[0]
+    return str(entry["traceback"])
+
+
+def frames(traceback_text: str) -> list[str]:
+    """'file:function' of each frame of a formatted traceback."""
+    lines = [line for line in traceback_text.splitlines() if line.startswith('  File "')]
+    return [Path(line.split('"')[1]).name + ":" + line.rsplit(" in ", 1)[1] for line in lines]
+
+
+def test_tracebacks_in_jobs_show_and_the_log_start_at_the_task(
+        app: App, conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pgtasks")
+
+    @app.task(name="logs.sync_fails", max_attempts=1)
+    def sync_fails(value: int) -> None:
+        check_input(value)
+
+    @app.task(name="logs.async_fails", max_attempts=1)
+    async def async_fails(value: int) -> None:
+        check_input(value)
+
+    @app.task(name="logs.misconfigures", max_attempts=1)
+    def misconfigures() -> None:
+        Fixed(-1)  # fails inside pgtasks, called by the task: those frames stay
+
+    sync_job, async_job, misconfigured = sync_fails.delay(1).id, async_fails.delay(2).id, misconfigures.delay().id
+    drain(app)
+
+    assert frames(stored_traceback(conn, app.schema, sync_job)) == [
+        "test_worker_logs.py:sync_fails", "test_worker_logs.py:check_input"]
+    assert frames(stored_traceback(conn, app.schema, async_job)) == [
+        "test_worker_logs.py:async_fails", "test_worker_logs.py:check_input"]
+    assert frames(stored_traceback(conn, app.schema, misconfigured)) == [
+        "test_worker_logs.py:misconfigures", "<string>:__init__", "retry.py:__post_init__"]  # a dataclass
+
+    shown = CliRunner().invoke(main, ["--database-url", app.dsn, "--schema", app.schema, "jobs", "show",
+                                      str(sync_job)])
+    assert shown.exit_code == 0, shown.output
+    output = shown.output.splitlines()
+    tail = output[output.index("    Traceback (most recent call last):"):]
+    assert tail[1].strip().endswith(", in sync_fails") and tail[-1] == "    ValueError: bad value 1"
+
+    # The discard's log line carries the same traceback, under the line (text) or as `exception` (JSON).
+    [record] = [r for r in caplog.records if r.__dict__.get("event") == "job.discarded"
+                and r.__dict__["fields"]["job_id"] == sync_job]
+    assert record.exc_text == stored_traceback(conn, app.schema, sync_job).rstrip("\n")
+    text = logging.Formatter("%(message)s").format(record)
+    assert text.splitlines()[0].startswith(f"job.discarded job_id={sync_job} ")
+    assert text.splitlines()[1:] == record.exc_text.splitlines()
+    assert json.loads(JsonFormatter().format(record))["exception"] == record.exc_text
