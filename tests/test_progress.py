@@ -153,6 +153,21 @@ def test_reports_from_many_threads_cost_one_statement_per_interval(app: App) -> 
     assert all((p := ref.progress()) is not None and p.message == "last" for ref in refs)
 
 
+def test_a_report_after_the_worker_stopped_is_dropped_without_failing_the_task(app: App) -> None:
+    """A sync task abandoned after its timeout can outlive the worker: set_progress() must not
+    raise for the closed event loop."""
+
+    async def body(pool: Any) -> ProgressWriter:
+        writer = ProgressWriter(pool, app.store)
+        writer.start()
+        await writer.stop()
+        return writer
+
+    writer = run_with_pool(app, body)  # its loop is closed now
+    writer.report(1, 1, encode_progress(1, None, None, None, 1))
+    assert writer.writes == 0
+
+
 def test_a_report_from_an_older_claim_is_not_stored(app: App, conn: psycopg.Connection[Any]) -> None:
     """Fenced on claims: an attempt that lost its job (rescued, claimed again) cannot overwrite the
     progress of the attempt that runs now."""
@@ -185,6 +200,7 @@ def test_a_report_from_an_older_claim_is_not_stored(app: App, conn: psycopg.Conn
     ({"done": 1, "total": math.inf}, ValueError, "total=inf"),
     ({"done": 1, "message": 5}, TypeError, "message=5"),
     ({"done": 1, "meta": {"when": object()}}, TypeError, "cannot be stored as JSON"),
+    ({"done": 1, "meta": "x" * 70_000}, ValueError, "more than 65536"),
 ])
 def test_a_value_that_cannot_be_stored_is_refused_in_the_task(kwargs: dict[str, Any], error: type[Exception],
                                                                names: str) -> None:

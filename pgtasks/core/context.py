@@ -13,6 +13,9 @@ import msgspec
 from pgtasks.core.errors import PgtasksError
 
 _PROGRESS_ENCODER = msgspec.json.Encoder()
+# Progress is rewritten up to twice a second for as long as a job runs: a report is a status line
+# and a little detail, not a result. Bigger values belong in the result or a table of their own.
+PROGRESS_MAX_BYTES = 64 * 1024
 
 
 class JobProgress(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -68,10 +71,14 @@ def encode_progress(done: float, total: float | None, message: str | None, meta:
     if message is not None and not isinstance(message, str):
         raise TypeError(f"set_progress(message={message!r}): expected a str or None")
     try:
-        return _PROGRESS_ENCODER.encode(JobProgress(done, total, message, meta, attempt))
+        payload = _PROGRESS_ENCODER.encode(JobProgress(done, total, message, meta, attempt))
     except (TypeError, msgspec.EncodeError) as exc:
         raise TypeError(f"set_progress(meta={meta!r}) cannot be stored as JSON: {exc}; pass plain "
                         f"dicts, lists, strings and numbers") from None
+    if len(payload) > PROGRESS_MAX_BYTES:
+        raise ValueError(f"set_progress(): the report is {len(payload)} bytes as JSON, more than "
+                         f"{PROGRESS_MAX_BYTES}; keep message and meta short (store big data in the result)")
+    return payload
 
 
 @dataclass(slots=True)

@@ -42,6 +42,7 @@ class ProgressWriter:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -49,6 +50,10 @@ class ProgressWriter:
 
     def report(self, job_id: int, claims: int, payload: bytes) -> None:
         """Keep `payload` as the job's latest progress; wakes the writer when nothing was pending."""
+        if self._closed:
+            # A sync task abandoned after its timeout may still report after the worker stopped:
+            # its attempt is over, and set_progress() must not fail it for a closed event loop.
+            return
         with self._lock:
             was_idle = not self._pending
             self._pending[job_id] = (claims, payload)
@@ -58,6 +63,7 @@ class ProgressWriter:
 
     async def stop(self) -> None:
         """Write what is still pending (the last values of jobs that just ended), then stop."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
