@@ -98,3 +98,15 @@ def test_stop_stops_the_running_server_and_says_when_none_runs(data_dir: Path, t
         psycopg.connect(dsn, connect_timeout=5).close()
     again = pgtasks_cli("embedded", "stop", cwd=tmp_path, data_dir=data_dir)
     assert (again.returncode, again.stdout) == (0, f"no embedded PostgreSQL is running in {data_dir}\n")
+
+
+def test_where_names_the_project_server_that_a_subfolders_pgtasks_hides(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").touch()
+    (tmp_path / ".pgtasks").mkdir()
+    (tmp_path / "src" / ".pgtasks").mkdir(parents=True)  # left by an older pgtasks run in src/
+    hiding = where_lines(pgtasks_cli("embedded", "where", cwd=tmp_path / "src", data_dir=None))
+    assert hiding["dir"] == str(tmp_path / "src" / ".pgtasks" / "postgres")
+    assert hiding["note"] == (f"it hides {tmp_path / '.pgtasks'}, further up in the project; to use that one, "
+                              f"stop this server and delete {tmp_path / 'src' / '.pgtasks'}")
+    at_root = where_lines(pgtasks_cli("embedded", "where", cwd=tmp_path, data_dir=None))
+    assert at_root["dir"] == str(tmp_path / ".pgtasks" / "postgres") and "note" not in at_root

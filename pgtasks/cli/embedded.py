@@ -8,7 +8,7 @@ import click
 
 from pgtasks.cli.base import CliState
 from pgtasks.cli.output import emit_json, json_option
-from pgtasks.storage.embedded import EmbeddedLocation, locate, stop_command, stop_embedded
+from pgtasks.storage.embedded import EmbeddedLocation, hidden_above, locate, stop_command, stop_embedded
 
 DATA_DIR_OPTION = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -87,3 +87,6 @@ def where(state: CliState, data_dir: Path | None, as_json: bool) -> None:
     if not_in_use is not None:
         click.echo(f"  in use: no, {not_in_use}")
     click.echo(f"  stop:   {stop_command(location)}")
+    for hidden in hidden_above(location):
+        click.echo(f"  note:   it hides {hidden}, further up in the project; to use that one, stop this server "
+                   f"and delete {location.data_dir.parent}")

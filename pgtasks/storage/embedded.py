@@ -102,10 +102,31 @@ def _reason_to_stop_at(folder: Path, here: Path) -> str | None:
     walked = "" if folder == here else f", walking up from {here}"
     if (folder / STATE_DIR).is_dir():
         return f"found {folder / STATE_DIR}{walked}"
-    for marker in PROJECT_MARKERS:
-        if (folder / marker).exists():
-            return f"found the project root {folder} by its {marker}{walked}"
-    return None
+    marker = _project_marker(folder)
+    return None if marker is None else f"found the project root {folder} by its {marker}{walked}"
+
+
+def hidden_above(location: EmbeddedLocation) -> list[Path]:
+    """The `.pgtasks/` folders of the same project above the one `location` found, which it hides.
+
+    A `.pgtasks/` in a subfolder, as older pgtasks versions left when run there, wins over the
+    project root's; `pgtasks embedded where` names what it hides. Folders beyond the project root
+    belong to other projects and are not listed.
+    """
+    found = location.data_dir.parent.parent
+    if location.configured or _project_marker(found) is not None:
+        return []
+    hidden = []
+    for folder in found.parents:
+        if (folder / STATE_DIR).is_dir():
+            hidden.append(folder / STATE_DIR)
+        if _project_marker(folder) is not None:
+            break
+    return hidden
+
+
+def _project_marker(folder: Path) -> str | None:
+    return next((marker for marker in PROJECT_MARKERS if (folder / marker).exists()), None)
 
 
 def _absolute(path: Path) -> Path:
