@@ -11,6 +11,14 @@ import msgspec
 
 def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
     """Log `event` with `fields`; the text form reads `event k=v ...`, the JSON form keeps them as keys."""
+    emit_event(logger, level, event, fields)
+
+
+def emit_event(logger: logging.Logger, level: int, event: str, fields: dict[str, Any], *,
+               exc_text: str | None = None) -> None:
+    """log_event() with the fields as a dict, and optionally `exc_text`: an already formatted
+    traceback (a job's, kept as text on its error entry), which text formatters print under the
+    line and the JSON one as `exception`, as for a logged exception."""
     if not logger.isEnabledFor(level):
         return
     template = event + "".join(f" {key}=%s" for key in fields)
@@ -18,6 +26,8 @@ def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> 
     # for a file and line no pgtasks format shows: the event name says where a line comes from.
     record = logger.makeRecord(logger.name, level, __file__, 0, template, tuple(fields.values()), None,
                                func="log_event", extra={"event": event, "fields": fields})
+    if exc_text:
+        record.exc_text = exc_text.rstrip("\n")
     logger.handle(record)
 
 
@@ -40,6 +50,8 @@ class JsonFormatter(logging.Formatter):
             payload["message"] = record.getMessage()
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            payload["exception"] = record.exc_text
         return self._encoder.encode({k: _jsonable(v) for k, v in payload.items()}).decode()
 
 

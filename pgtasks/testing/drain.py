@@ -112,8 +112,12 @@ def drain(app: App, queues: Sequence[str] | None = None, *, with_scheduled: bool
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(adrain(app, queues, with_scheduled=with_scheduled, max_rounds=max_rounds, **options))
-    raise ConfigurationError("drain() was called inside a running event loop; use `await adrain(app)`")
+        pass  # no loop running: the expected case
+    else:
+        raise ConfigurationError("drain() was called inside a running event loop; use `await adrain(app)`")
+    # Not inside the except block: there, the RuntimeError would become the __context__ of every
+    # exception raised in the run, and each failed async task's traceback would start with it.
+    return asyncio.run(adrain(app, queues, with_scheduled=with_scheduled, max_rounds=max_rounds, **options))
 
 
 @contextlib.contextmanager

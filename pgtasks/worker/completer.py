@@ -11,7 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgtasks.core.aio import cancel_and_wait, wait_event
 from pgtasks.core.errors import DatabaseError
-from pgtasks.core.logs import log_event
+from pgtasks.core.logs import emit_event, log_event
 from pgtasks.core.models import ClaimedJob, JobState, Outcome
 from pgtasks.core.retry import reconnect_delay
 from pgtasks.storage.store import Store
@@ -41,13 +41,18 @@ class JobLine:
     level: int
     event: str
     fields: dict[str, Any]
+    traceback: str | None = None
 
     def emit(self) -> None:
-        log_event(logger, self.level, self.event, **self.fields)
+        emit_event(logger, self.level, self.event, self.fields, exc_text=self.traceback)
 
 
 def job_line(job: ClaimedJob, outcome: Outcome, duration_s: float) -> JobLine:
-    """INFO for completions, cancels and snoozes, WARNING for retries, ERROR for discards."""
+    """INFO for completions, cancels and snoozes, WARNING for retries, ERROR for discards.
+
+    A discard carries the last attempt's traceback; a retry only its one-line error, so a flaky
+    task does not flood the log (every attempt's traceback is in `pgtasks jobs show`).
+    """
     fields: dict[str, Any] = {"job_id": job.id, "task": job.task, "attempt": job.attempt,
                               "duration_ms": round(duration_s * 1000, 2)}
     level = logging.INFO
@@ -59,7 +64,8 @@ def job_line(job: ClaimedJob, outcome: Outcome, duration_s: float) -> JobLine:
             level = logging.WARNING
     if outcome.retry_in is not None:
         fields["retry_in_s"] = round(outcome.retry_in, 3)
-    return JobLine(level, _EVENTS.get(outcome.state, f"job.{outcome.state.value}"), fields)
+    traceback = outcome.error.traceback if outcome.error and outcome.state is JobState.DISCARDED else None
+    return JobLine(level, _EVENTS.get(outcome.state, f"job.{outcome.state.value}"), fields, traceback)
 
 
 class Completer:

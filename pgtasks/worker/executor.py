@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import time
 import traceback
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -30,14 +32,31 @@ _RESULT_ENCODER = msgspec.json.Encoder()
 _UNKNOWN_TASK_RETRY = Backoff(base=5.0, max_delay=600.0)
 
 
+# Frames in files under this directory are pgtasks' own (executor, thread pool, ...).
+_PACKAGE_DIR = str(Path(__file__).resolve().parent.parent) + os.sep
+
+
 def _error(job: ClaimedJob, exc: BaseException, *, with_traceback: bool = True) -> ErrorEntry:
     return ErrorEntry(
         attempt=job.attempt,
         at=datetime.now(UTC),
         type="TimeoutError" if isinstance(exc, JobTimeoutError) else type(exc).__qualname__,
         message=str(exc),
-        traceback="".join(traceback.format_exception(exc)) if with_traceback else None,
+        traceback=user_traceback(exc) if with_traceback else None,
     )
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The formatted traceback from the first frame outside pgtasks: the task function first.
+
+    The frames above it (the executor invoking the task, the thread pool running it) are the same
+    for every job and only push the user's code down. Frames of pgtasks called *by* the task stay,
+    and a failure inside pgtasks itself (no user frame at all) keeps every frame.
+    """
+    first = exc.__traceback__
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        first = first.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, first or exc.__traceback__))
 
 
 class Executor:
