@@ -57,7 +57,7 @@ def test_start_up_lines_are_short_one_value_a_field_and_name_the_database_like_a
     with psycopg.connect(target.dsn) as probe:
         info = probe.info
         where = f"{info.user}@{info.host}:{info.port}/{info.dbname}"
-    assert conninfo_to_dict(target.dsn)["dbname"] in where
+    assert str(conninfo_to_dict(target.dsn)["dbname"]) in where
 
     text = burst_worker(dsn, app.schema)
     as_json = burst_worker(dsn, app.schema, "--log-format", "json")
