@@ -136,9 +136,9 @@ def test_periodic_json_is_one_document(app: App) -> None:
 
 
 def test_periodic_without_app_shows_an_example_for_periodic(app: App) -> None:
-    result = run(app, "periodic")
-    assert result.exit_code == 2
-    assert "pgtasks --app myproject.tasks:app periodic`" in result.stderr, result.stderr
+    done = pgtasks_cli(app, "periodic")  # as `python -m pgtasks`: the example must not repeat `-m pgtasks`
+    assert done.returncode == 2
+    assert "e.g. `pgtasks --app myproject.tasks:app periodic`" in done.stderr, done.stderr
 
 
 def test_migrate_and_leader_json(app: App) -> None:

@@ -71,9 +71,16 @@ def load_app(path: str) -> App:
 
 
 def _subcommand() -> str:
-    """The running command as typed after `pgtasks` (`periodic`, `jobs list`), for examples."""
+    """The running command as typed after `pgtasks` (`periodic`, `jobs list`), for examples.
+
+    From the context chain, not ctx.command_path: the root's name is however pgtasks was started
+    (`pgtasks`, `python -m pgtasks`), so its words cannot be counted off."""
     ctx = click.get_current_context(silent=True)
-    return " ".join(ctx.command_path.split()[1:]) if ctx is not None else "worker"
+    names: list[str] = []
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(names) or "worker"
 
 
 class PgtasksGroup(click.Group):
