@@ -20,12 +20,14 @@ from typing import Any
 import click
 import msgspec
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import pgtasks
 from pgtasks import App
 from pgtasks.cli import main
 from pgtasks.storage.connections import DEFAULT_CONNECT_TIMEOUT, describe_target, redact, with_connect_timeout
 from tests.conftest import ROOT
+from tests.pgbouncer_fixtures import Target
 from tests.tcp_proxy import database_proxy
 
 # Port 1 refuses at once; the password is there to prove it never shows.
@@ -218,3 +220,16 @@ def test_doctor_on_an_unmigrated_schema_still_checks_the_server_and_its_advice_m
     assert migrated.returncode == 0 and "applied 0001" in migrated.stdout, migrated.stderr
     again, _ = pgtasks_cli("--database-url", database_url, "--schema", schema, "doctor", "--json")
     assert {f["check"]: f for f in msgspec.json.decode(again.stdout)["findings"]}["migrations"]["status"] == "ok"
+
+
+def test_a_database_the_server_or_pooler_refuses_is_one_line_through_every_path(target: Target) -> None:
+    """A wrong database name, straight to PostgreSQL and through PgBouncer's session and transaction
+    pools: the same one line and exit 2, naming where it went (the pooler's port, for a pooler)."""
+    params = conninfo_to_dict(target.dsn)
+    wrong = make_conninfo(target.dsn, dbname="pgt_no_such_db")
+    done, _ = pgtasks_cli("--database-url", wrong, "jobs", "list")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and done.stdout == "", done.stderr
+    assert f"port={params.get('port') or 5432} dbname=pgt_no_such_db" in lines[0], lines[0]
+    assert "pgt_no_such_db" in lines[0].split(": ", 1)[1] and "Traceback" not in done.stderr
