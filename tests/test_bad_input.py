@@ -64,7 +64,7 @@ def refuse_all(take: Task[..., Any]) -> None:
 
 
 def test_bad_declarations_are_configuration_errors_and_register_nothing(app: App) -> None:
-    with pytest.raises(ConfigurationError, match=r"name='t\\x00nul': contains the non-printable character"):
+    with pytest.raises(ConfigurationError, match=r"name='t\\x00nul': must not contain a NUL character"):
         app.task(name="t\x00nul")(lambda: None)
     for queue in (" mail", "mail ", "mail,sms"):
         with pytest.raises(ConfigurationError, match=f"queue={queue!r}"):
@@ -106,9 +106,8 @@ def test_the_command_line_refuses_queues_no_worker_could_serve(
     assert "queue=' mail': a queue name must not start or end with whitespace" in paused.stderr
     assert "use 'mail'" in paused.stderr
     assert conn.execute(f'SELECT count(*) FROM "{app.schema}".queues').fetchone() == (0,)
-    control = pgtasks_cli(app, database_url, "worker", "--burst", "--queues", "default,ma\x01il")
-    assert control.returncode == 2
-    assert "queue='ma\\x01il': contains the non-printable character '\\x01'" in control.stderr
+    comma = pgtasks_cli(app, database_url, "queues", "resume", "mail,sms")
+    assert comma.returncode == 2 and "queue='mail,sms': a queue name must not contain a comma" in comma.stderr
     # Spaces around the names are the shell's, not the queue's: the worker serves "default".
     spaced = pgtasks_cli(app, database_url, "worker", "--burst", "--queues", " default , mail ")
     assert spaced.returncode == 0, spaced.stderr

@@ -114,22 +114,22 @@ def test_an_unencodable_object_names_its_parameter() -> None:
 # -- names and queues -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["t\x00nul", "two\nlines", "tab\there", ""])
-def test_a_task_name_with_a_control_character_is_a_configuration_error(name: str) -> None:
+@pytest.mark.parametrize("name", ["t\x00nul", "\x00", ""])
+def test_an_empty_task_name_or_one_with_a_nul_is_a_configuration_error(name: str) -> None:
     with pytest.raises(ConfigurationError, match="name="):
         TaskDefinition(take, TaskConfig.create(name))
 
 
 def test_app_task_refuses_a_nul_in_the_name() -> None:
     app = App("postgresql://unused@127.0.0.1:1/unused")
-    with pytest.raises(ConfigurationError, match=r"name='t\\x00nul': contains the non-printable character '\\x00'"):
+    with pytest.raises(ConfigurationError, match=r"name='t\\x00nul': must not contain a NUL character"):
         app.task(name="t\x00nul")(take)
     assert app.tasks == {}
 
 
 UNSERVABLE_QUEUES = [(" mail", "whitespace.*use 'mail'"), ("mail ", "whitespace.*use 'mail'"),
                      ("\tmail", "whitespace"), ("mail,sms", "comma.*use e.g. 'mail-sms'"), (",", "comma"),
-                     ("ma\x00il", "non-printable"), ("ma\nil", "non-printable")]
+                     ("ma\x00il", "NUL character")]
 
 
 @pytest.mark.parametrize(("queue", "message"), UNSERVABLE_QUEUES)
@@ -155,7 +155,8 @@ def test_worker_queues_as_one_string_read_like_the_command_line() -> None:
     assert WorkerConfig(queues="mail, sms ,default").queues == ("mail", "sms", "default")
 
 
-@pytest.mark.parametrize("queue", ["default", "mail.high", "tenant:42/reports", "émail", "with inner space"])
+# A tab or newline inside a name is odd but servable: `--queues $'a\tb'` passes it through.
+@pytest.mark.parametrize("queue", ["default", "mail.high", "tenant:42/reports", "émail", "with inner space", "a\tb"])
 def test_servable_queue_names_are_still_accepted(queue: str) -> None:
     assert TaskConfig.create("t", queue=queue).queue == queue
     assert WorkerConfig(queues=[queue]).queues == (queue,)
