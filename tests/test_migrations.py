@@ -105,8 +105,8 @@ def rows_by_state(conn: psycopg.Connection[Any], schema: str) -> dict[str, dict[
 
 def test_upgrading_from_0001_keeps_every_row_and_workers_run_the_ready_ones(database_url: str, schema: str) -> None:
     """A schema created by migration 0001 holds a job in each of the seven states. Migrating it to
-    the latest version keeps every row as it was, gives the new column its default (no cancel
-    requested), and a worker of this version then runs exactly the jobs that are due."""
+    the latest version keeps every row as it was, gives the new columns their defaults (no cancel
+    requested, no progress, no traceparent), and a worker of this version then runs exactly the jobs that are due."""
     app = App(database_url, schema=schema)
     ran: list[int] = []
 
@@ -127,9 +127,10 @@ def test_upgrading_from_0001_keeps_every_row_and_workers_run_the_ready_ones(data
     assert sorted(before) == sorted(ROWS_AT_0001)
     assert upgraded == list(range(2, migrations.latest_version() + 1))
     assert counts == dict.fromkeys(new_tables, (0,))
-    assert set(after["available"]) - set(before["available"]) == {"cancel_requested_at"}
+    added = {"cancel_requested_at", "progress", "traceparent"}  # by 0003 and 0004, NULL on old rows
+    assert set(after["available"]) - set(before["available"]) == added
     assert {s: {k: row[k] for k in before[s]} for s, row in after.items()} == before  # every row, as it was
-    assert {s: row["cancel_requested_at"] for s, row in after.items()} == dict.fromkeys(before)
+    assert {s: {k: row[k] for k in added} for s, row in after.items()} == dict.fromkeys(before, dict.fromkeys(added))
 
     outcomes = run_ready_jobs(app, queues=["default"])
     available, retryable = before["available"]["id"], before["retryable"]["id"]
