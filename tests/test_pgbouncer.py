@@ -150,7 +150,7 @@ def test_enqueue_and_drain_1000_jobs_with_a_clean_log(
     listens = target.mode is not PoolMode.TRANSACTION
     assert fields(budget)["database_mode"] == target.mode.value
     assert fields(budget)["pool"] == 4
-    assert fields(budget)["listener"] == int(listens)
+    assert fields(budget)["listener_mode"] == (target.mode.value if listens else "none")
     assert fields(budget)["server_connections_max"] == 4 + int(listens)
     assert worker.listening is listens
     assert len(events(caplog, "worker.poll_only")) == int(not listens)
