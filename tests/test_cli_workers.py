@@ -24,8 +24,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner, Result
 
 from pgtasks import App
+from pgtasks.cli import main
 from pgtasks.testing import worker_thread
 from tests.helpers import run_with_pool, wait_for
 
@@ -120,17 +122,20 @@ def heartbeat_at(app: App, worker_id: str, seen: datetime) -> None:
 def test_workers_hides_silent_rows_unless_all_and_exits_1_when_none_is_live(app: App) -> None:
     heartbeat_at(app, "crashed:1", datetime.now(UTC) - timedelta(minutes=5))
 
-    none = run_cli(app, "workers")
-    assert none.returncode == 1
+    def workers(*args: str) -> Result:  # in-process: nothing here depends on a process of its own
+        return CliRunner().invoke(main, ["--database-url", app.dsn, "--schema", app.schema, "workers", *args])
+
+    none = workers()
+    assert none.exit_code == 1
     assert none.stdout.strip() == (f"schema {app.schema}: no worker has sent a heartbeat in the last 60.0s "
                                    "(start one with `pgtasks --app MODULE:APP worker`)")
-    assert json.loads(run_cli(app, "workers", "--json").stdout) == []
+    assert json.loads(workers("--json").stdout) == []
 
-    everything = run_cli(app, "workers", "--all")
-    assert everything.returncode == 0, everything.stderr
+    everything = workers("--all")
+    assert everything.exit_code == 0, everything.output
     line = next(line for line in everything.stdout.splitlines() if line.startswith("crashed:1"))
     assert "gone-host" in line and "(silent)" in line
-    assert "(silent)" not in run_cli(app, "workers", "--all", "--silent-after", "10m").stdout
+    assert "(silent)" not in workers("--all", "--silent-after", "10m").stdout
 
 
 # -- --watch ----------------------------------------------------------------------------------------
