@@ -246,3 +246,37 @@ def test_a_leader_cut_off_by_a_frozen_network_steps_down_before_anyone_else_is_e
     a_down = next(t for name, leading, t in events if name == "a" and not leading)
     b_up = next(t for name, leading, t in events if name == "b" and leading)
     assert a_down < b_up, events
+
+
+def test_an_election_whose_reply_was_lost_is_still_resigned(app: App, conn: psycopg.Connection[Any],
+                                                            database_url: str) -> None:
+    """The election committed but its reply never arrived (here: dropped after the commit; at a
+    shutdown: the elector's task cancelled in the round trip). The process does not know it
+    leads, yet the lease is its own: resign() must expire it, or every follower waits a TTL."""
+    from pgtasks.core.errors import ConnectionLostError
+    from tests.tcp_proxy import database_proxy
+
+    def election(sql: str, tag: str) -> bool:
+        return "INSERT INTO" in sql and ".leader AS l" in sql and tag == "INSERT 0 1"
+
+    async def body(dsn: str, proxy: Any) -> tuple[Any, Any, bool, Any]:
+        pool = make_async_pool(dsn, application_name="lost-election", max_size=1, name="lost-election")
+        await pool.open(wait=True)
+        elector = Elector(pool, app.store, "lost-reply", ttl=30)
+        try:
+            drop = proxy.drop_reply(election)
+            with pytest.raises(ConnectionLostError):
+                await elector.run_once()
+            drop.wait(5)
+            unknown = (elector.term, elector.is_leader, lease_row(conn, app.schema))
+            resigned = await elector.resign()
+            return unknown, drop.tag, resigned, lease_row(conn, app.schema)
+        finally:
+            await pool.close()
+
+    with database_proxy(database_url) as (proxy, dsn):
+        (term, leading, before), tag, resigned, after = asyncio.run(body(dsn, proxy))
+    assert tag == "INSERT 0 1" and (term, leading) == (None, False)  # committed; the process never heard
+    assert before is not None and before[0] == "lost-reply" and before[4] is True
+    assert resigned is True
+    assert after is not None and after[0] == "lost-reply" and after[4] is False

@@ -6,11 +6,24 @@ import threading
 from typing import Any
 
 import psycopg
+import pytest
 
-from pgtasks import App
+from pgtasks import App, Worker
 from pgtasks.worker import prefetch
+from pgtasks.worker import worker as worker_module
 from pgtasks.worker.prefetch import FetchAhead
 from tests.helpers import drain, jobs, wait_for, worker_thread
+
+# How long no-op jobs may take, as the worker times them, and still count as short here. On a
+# loaded machine a thread hand-off alone can take longer than the production bound (50 ms), and
+# the claim-ahead these tests need would then (rightly) not happen.
+LOADED_MACHINE_WAIT = 2.0  # below STALL_S, so that a stall still closes the allowance
+# The stall guard, widened so that a starved test thread still sees the jobs waiting locally.
+STALL_S = 3.0
+
+
+def claims_ahead_on_a_loaded_machine(worker: Worker) -> None:
+    worker.fetch_ahead.max_local_wait = LOADED_MACHINE_WAIT
 
 
 def test_allowance_is_sized_so_a_job_waits_about_max_local_wait() -> None:
@@ -90,10 +103,13 @@ def _short_then_blocking(app: App) -> tuple[Any, Any, threading.Event, list[str]
     return quick, block, release, started
 
 
-def test_jobs_claimed_ahead_are_returned_unstarted_on_shutdown(app: App, conn: psycopg.Connection[Any]) -> None:
+def test_jobs_claimed_ahead_are_returned_unstarted_on_shutdown(app: App, conn: psycopg.Connection[Any],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "STALL_SECONDS", STALL_S)  # the stop comes first, not the stall guard
     quick, block, release, started = _short_then_blocking(app)
     quick.delay_many([()] * 4)
     with worker_thread(app, concurrency=1, poll_interval=0.05, grace=30) as worker:
+        claims_ahead_on_a_loaded_machine(worker)
         wait_for(lambda: started.count("quick") == 4)
         assert worker.fetch_ahead.allowance() >= 1
         block.delay()
@@ -111,17 +127,20 @@ def test_jobs_claimed_ahead_are_returned_unstarted_on_shutdown(app: App, conn: p
     assert started.count("quick") == 4, "the jobs claimed ahead never ran"
 
 
-def test_jobs_claimed_ahead_go_back_when_the_slots_stall(app: App, conn: psycopg.Connection[Any]) -> None:
+def test_jobs_claimed_ahead_go_back_when_the_slots_stall(app: App, conn: psycopg.Connection[Any],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "STALL_SECONDS", STALL_S)
     quick, block, release, started = _short_then_blocking(app)
     quick.delay_many([()] * 4)
     with worker_thread(app, concurrency=1, poll_interval=1, grace=30) as worker:
+        claims_ahead_on_a_loaded_machine(worker)
         wait_for(lambda: started.count("quick") == 4)
         block.delay()
         quick.delay_many([()] * 3)
         wait_for(lambda: "block" in started and len(worker._ready) == 3, interval=0.001)
         # No slot frees up: after STALL_SECONDS they are given back while `block` still runs.
         wait_for(lambda: [r["state"] for r in jobs(conn, app.schema) if r["id"] > 5] == ["available"] * 3,
-                 timeout=prefetch.STALL_SECONDS + 5)
+                 timeout=STALL_S + 10)
         assert not worker._ready and worker.fetch_ahead.allowance() == 0
         assert started.count("quick") == 4 and "block" in started
         release.set()

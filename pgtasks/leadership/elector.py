@@ -70,6 +70,7 @@ class Elector(IntervalService):
         self._lapse: asyncio.TimerHandle | None = None
         self._lapse_task: asyncio.Task[None] | None = None
         self.terms_won = 0
+        self._attempted = False  # an election was sent at least once (its reply may never have come)
 
     @property
     def is_leader(self) -> bool:
@@ -82,6 +83,7 @@ class Elector(IntervalService):
         return max(0.0, self._trusted_until - self._clock()) if self.term is not None else 0.0
 
     async def run_once(self, now: datetime | None = None) -> None:
+        self._attempted = True
         sent = self._clock()
         held = self.term
         lease: LeaderLease | None = None
@@ -122,17 +124,19 @@ class Elector(IntervalService):
             self.poke()
 
     async def resign(self, now: datetime | None = None) -> bool:
-        """Stop acting as leader, expire our lease and notify followers; False if we were not leading.
+        """Stop acting as leader, expire our lease and notify followers; False if we held none.
 
         Never raises for database errors: if the resignation cannot be written, the lease simply
-        expires after the TTL (we stopped acting first, so nothing runs twice meanwhile).
+        expires after the TTL (we stopped acting first, so nothing runs twice meanwhile). Without
+        a term of ours it still resigns any lease under our id: an election whose reply never
+        arrived (cancelled by the shutdown, or lost with the connection) may have won one.
         """
         term, self.term = self.term, None
         self._trusted_until = 0.0
         self._disarm_lapse()
         await self._set_acting(False)
-        if term is None:
-            return False
+        if term is None and not self._attempted:
+            return False  # never asked for the lease: nothing can be ours
         try:
             async with self._pool.connection() as conn:
                 resigned = await self._store.aleader_resign(conn, leader_id=self.leader_id, term=term,
@@ -141,7 +145,8 @@ class Elector(IntervalService):
             log_event(logger, logging.WARNING, "leader.resign_failed", leader_id=self.leader_id, term=term,
                       error=str(exc), consequence=f"followers take over when the lease expires (<= {self.ttl}s)")
             return False
-        log_event(logger, logging.INFO, "leader.resigned", leader_id=self.leader_id, term=term, written=resigned)
+        if term is not None or resigned:
+            log_event(logger, logging.INFO, "leader.resigned", leader_id=self.leader_id, term=term, written=resigned)
         return resigned
 
     # -- the trust window ----------------------------------------------------------------------

@@ -22,11 +22,16 @@ RETURNING leader_id, term, elected_at, expires_at
 
 -- name: leader_resign
 -- Give the lease up (graceful shutdown) and tell followers on the leader channel, in the same
--- statement, so one of them is elected at once instead of after the TTL. Scoped to the term.
+-- statement, so one of them is elected at once instead of after the TTL. Scoped to the term; with
+-- a NULL term, to any unexpired lease of this leader_id: an election whose reply was lost (its
+-- task cancelled by the shutdown, or its connection cut) may have made this process leader
+-- without its knowing. leader_id is unique per process, so no other process's lease matches.
 WITH resigned AS (
     UPDATE {schema}.leader
     SET expires_at = coalesce(%(now)s::timestamptz, now())
-    WHERE leader_id = %(leader_id)s AND term = %(term)s
+    WHERE leader_id = %(leader_id)s
+      AND (term = %(term)s::bigint
+           OR (%(term)s::bigint IS NULL AND expires_at > coalesce(%(now)s::timestamptz, now())))
     RETURNING term
 )
 SELECT term, pg_notify(%(channel)s, 'resigned ' || term::text) FROM resigned

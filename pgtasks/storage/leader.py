@@ -35,9 +35,10 @@ class LeaderStore(StoreBase):
         params = {"leader_id": leader_id, "term": term, "ttl": ttl, "now": now}
         return await self.arun(conn, _lease(self.queries, "leader_attempt_reelect", params))
 
-    async def aleader_resign(self, conn: AsyncConnection[Any], *, leader_id: str, term: int, channel: str,
+    async def aleader_resign(self, conn: AsyncConnection[Any], *, leader_id: str, term: int | None, channel: str,
                              now: datetime | None = None) -> bool:
-        """Expire our lease of `term` now and notify `channel`; False if it was no longer ours."""
+        """Expire our lease of `term` (None: any unexpired lease of `leader_id`) now and notify `channel`;
+        False if there was none."""
         params = {"leader_id": leader_id, "term": term, "channel": channel, "now": now}
         return await self.arun(conn, _row_exists(self.queries["leader_resign"], params))
 
