@@ -113,6 +113,12 @@ def schema(database_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def env(database_url: str, schema: str) -> dict[str, str]:
+    """The environment for a `pgtasks` subprocess on the test's database and schema."""
+    return {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": schema, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture
 def app(database_url: str, schema: str) -> Iterator[App]:
     application = App(database_url, schema=schema)
     application.migrate()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,12 +17,6 @@ from pgtasks import App
 from pgtasks.cli import main
 from tests.conftest import ROOT
 from tests.helpers import jobs, wait_for
-
-
-@pytest.fixture
-def env(database_url: str, schema: str) -> dict[str, str]:
-    return {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": schema,
-            "PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture

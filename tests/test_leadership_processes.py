@@ -3,7 +3,6 @@ schedule, the leader is SIGKILLed, a worker is SIGKILLed in the middle of a long
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -73,11 +72,6 @@ class Workers:
                 proc.wait()
         for log in self._files:
             log.close()
-
-
-@pytest.fixture
-def env(database_url: str, schema: str) -> dict[str, str]:
-    return {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": schema, "PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture

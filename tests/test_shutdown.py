@@ -9,7 +9,6 @@ blocks its thread on an Event that is never set, so the process can only exit by
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -97,12 +96,6 @@ class WorkerProcess:
         self._reader.join(10)  # the pipe is at EOF once the process is gone
         if self.proc.stdout is not None and not self._reader.is_alive():
             self.proc.stdout.close()
-
-
-@pytest.fixture
-def env(database_url: str, schema: str) -> dict[str, str]:
-    return {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": schema,
-            "PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture

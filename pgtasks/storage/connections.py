@@ -202,6 +202,10 @@ def _readable(fd: int) -> bool:
     return bool(readable)
 
 
+def _no_connection(pool: str, conninfo: str, exc: PoolTimeout) -> ConnectionLostError:
+    return ConnectionLostError(f"no database connection from pool {pool!r} ({describe_target(conninfo)}): {exc}")
+
+
 class CheckedConnectionPool(ConnectionPool):
     """A ConnectionPool that never hands out a connection the other side already closed.
 
@@ -217,8 +221,7 @@ class CheckedConnectionPool(ConnectionPool):
             try:
                 conn = super().getconn(timeout)
             except PoolTimeout as exc:
-                raise ConnectionLostError(f"no database connection from pool {self.name!r} "
-                                          f"({describe_target(str(self.conninfo))}): {exc}") from exc
+                raise _no_connection(self.name, str(self.conninfo), exc) from exc
             if not went_stale(conn):
                 return conn
             log_event(logger, logging.INFO, "connection.stale_dropped", pool=self.name)
@@ -235,8 +238,7 @@ class CheckedAsyncConnectionPool(AsyncConnectionPool):
             try:
                 conn = await super().getconn(timeout)
             except PoolTimeout as exc:
-                raise ConnectionLostError(f"no database connection from pool {self.name!r} "
-                                          f"({describe_target(str(self.conninfo))}): {exc}") from exc
+                raise _no_connection(self.name, str(self.conninfo), exc) from exc
             if not went_stale(conn):
                 return conn
             log_event(logger, logging.INFO, "connection.stale_dropped", pool=self.name)
