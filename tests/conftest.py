@@ -16,6 +16,7 @@ import pytest
 
 from pgtasks import App
 from tests.requirements import REQUIRE_ALL_ENV, require_all
+from tests.tcp_proxy import FreezableProxy, database_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 # The suite's own embedded server, used when PGTASKS_TEST_DATABASE_URL is not set.
@@ -116,6 +117,21 @@ def schema(database_url: str) -> Iterator[str]:
 def env(database_url: str, schema: str) -> dict[str, str]:
     """The environment for a `pgtasks` subprocess on the test's database and schema."""
     return {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": schema, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture
+def proxied(database_url: str) -> Iterator[tuple[FreezableProxy, str]]:
+    """A proxy in front of the test database (tests/tcp_proxy.py), and the DSN through it."""
+    with database_proxy(database_url) as pair:
+        yield pair
+
+
+@pytest.fixture
+def proxied_app(proxied: tuple[FreezableProxy, str], app: App) -> Iterator[App]:
+    """An App on the `app` fixture's schema whose every connection goes through the proxy."""
+    application = App(proxied[1], schema=app.schema)
+    yield application
+    application.close()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -21,7 +20,7 @@ import pytest
 
 from pgtasks import App
 from tests.helpers import jobs, logged, wait_for, worker_thread
-from tests.tcp_proxy import FreezableProxy, ReplyMatcher, database_proxy
+from tests.tcp_proxy import FreezableProxy, ReplyMatcher
 
 TASK = "lost_replies.work"
 # Generous on a loaded 2-core machine: each wait is for one round trip, a backoff of at most a
@@ -65,20 +64,6 @@ class Runs:
             return dict(self._counts)
 
 
-@pytest.fixture
-def proxied(database_url: str) -> Iterator[tuple[FreezableProxy, str]]:
-    with database_proxy(database_url) as pair:
-        yield pair
-
-
-@pytest.fixture
-def worker_app(proxied: tuple[FreezableProxy, str], app: App) -> Iterator[App]:
-    """An App on the same schema whose every connection goes through the proxy."""
-    application = App(proxied[1], schema=app.schema)
-    yield application
-    application.close()
-
-
 def enqueue(app: App, n: int) -> dict[int, int]:
     """Enqueue n jobs through the direct App; returns {job id: argument}."""
     @app.task(name=TASK)
@@ -104,7 +89,7 @@ def all_completed(conn: psycopg.Connection[Any], schema: str) -> bool:
 
 
 def test_a_fetch_whose_reply_is_lost_after_commit_is_put_back_and_each_job_runs_once(
-    app: App, worker_app: App, proxied: tuple[FreezableProxy, str], conn: psycopg.Connection[Any],
+    app: App, proxied_app: App, proxied: tuple[FreezableProxy, str], conn: psycopg.Connection[Any],
     schema: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """pgbouncer.md: "If a fetch's claims committed but the reply was lost, the worker puts those
@@ -113,14 +98,14 @@ def test_a_fetch_whose_reply_is_lost_after_commit_is_put_back_and_each_job_runs_
     proxy = proxied[0]
     runs = Runs()
 
-    @worker_app.task(name=TASK)
+    @proxied_app.task(name=TASK)
     def work(i: int) -> int:
         runs.record(i)
         return i
 
     args = enqueue(app, 5)
     drop = proxy.drop_reply(commits_of(app, *FETCH), partition=True)
-    with worker_thread(worker_app, **worker_options()) as worker:
+    with worker_thread(proxied_app, **worker_options()) as worker:
         drop.wait(WAIT_S)
         # The claims committed: every job is the worker's, on its first attempt, and none runs,
         # because the worker never heard of them.
@@ -142,7 +127,7 @@ def test_a_fetch_whose_reply_is_lost_after_commit_is_put_back_and_each_job_runs_
 
 
 def test_an_outcome_write_whose_reply_is_lost_after_commit_is_retried_as_a_no_op(
-    app: App, worker_app: App, proxied: tuple[FreezableProxy, str], conn: psycopg.Connection[Any],
+    app: App, proxied_app: App, proxied: tuple[FreezableProxy, str], conn: psycopg.Connection[Any],
     schema: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """pgbouncer.md: "An outcome write whose reply was lost is retried; the fence (`claims`,
@@ -152,7 +137,7 @@ def test_an_outcome_write_whose_reply_is_lost_after_commit_is_retried_as_a_no_op
     runs = Runs()
     finish = threading.Event()
 
-    @worker_app.task(name=TASK)
+    @proxied_app.task(name=TASK)
     def work(i: int) -> int:
         runs.record(i)
         finish.wait(WAIT_S)  # all jobs run at once, then finish together into one or a few writes
@@ -160,7 +145,7 @@ def test_an_outcome_write_whose_reply_is_lost_after_commit_is_retried_as_a_no_op
 
     args = enqueue(app, 4)
     drop = proxy.drop_reply(commits_of(app, *OUTCOME), partition=True)
-    with worker_thread(worker_app, **worker_options()):
+    with worker_thread(proxied_app, **worker_options()):
         wait_for(lambda: runs.counts() == {i: 1 for i in args.values()}, timeout=WAIT_S)
         finish.set()
         drop.wait(WAIT_S)

@@ -32,7 +32,7 @@ from pgtasks.client.task import Task
 from tests.apps import stale_app as stale_app_module
 from tests.conftest import ROOT
 from tests.helpers import is_leader, jobs, logged, wait_for, worker_thread
-from tests.tcp_proxy import FreezableProxy, database_proxy
+from tests.tcp_proxy import FreezableProxy
 
 TASK = "stale_completion.work"
 HEARTBEAT_S = 0.5
@@ -68,16 +68,9 @@ def maintenance_options() -> dict[str, Any]:
 
 
 @pytest.fixture
-def proxied(database_url: str) -> Iterator[tuple[FreezableProxy, str]]:
-    with database_proxy(database_url) as pair:
-        yield pair
-
-
-@pytest.fixture
-def stale_app(proxied: tuple[FreezableProxy, str], app: App) -> Iterator[App]:
-    application = App(proxied[1], schema=app.schema)
-    yield application
-    application.close()
+def stale_app(proxied_app: App) -> App:
+    """The worker that will be cut off: every connection of it goes through the proxy."""
+    return proxied_app
 
 
 def register(app: App, stale_app: App, attempts: Attempts) -> Task[[], str]:
