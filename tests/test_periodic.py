@@ -335,3 +335,43 @@ def test_two_processes_that_both_believe_they_lead_enqueue_each_tick_once(
     assert min(per_process) > 0, per_process  # and both really competed for the ticks
     tick_jobs = conn.execute(f"SELECT id FROM \"{schema}\".jobs WHERE task = 'periodic.tick' ORDER BY id").fetchall()
     assert sorted(int(r[2] or 0) for r in enqueued) == [r[0] for r in tick_jobs]  # no job without its fire record
+
+
+class _LeadsUntilAFire:
+    """Stands in for the elector (only `is_leader` and `term` are read): leadership is lost the
+    moment the scheduler has recorded its first tick, in the middle of a catch-up pass."""
+
+    def __init__(self) -> None:
+        self.is_leader = True
+        self.term = 1
+
+
+def test_leadership_lost_mid_catch_up_stops_the_pass_between_ticks(app: App, conn: psycopg.Connection[Any],
+                                                                   schema: str) -> None:
+    @app.periodic(cron="* * * * *", name="catch-up-all", catch_up="all")
+    @app.task
+    def job() -> None: ...
+
+    elector = _LeadsUntilAFire()
+
+    async def body(pool: Any) -> list[Fire]:
+        scheduler = PeriodicScheduler(app.registry, app.store, pool, grace=timedelta(seconds=10),
+                                      elector=elector)  # type: ignore[arg-type]
+        await scheduler.tick(now=T0 + timedelta(seconds=30))  # first sighting
+        fire = app.store.aperiodic_fire
+
+        async def fire_then_lose_the_lease(*args: Any, **kwargs: Any) -> Any:
+            result = await fire(*args, **kwargs)
+            elector.is_leader = False
+            return result
+
+        app.store.aperiodic_fire = fire_then_lose_the_lease  # type: ignore[method-assign]
+        try:
+            return await scheduler.tick(now=T0 + 5 * MINUTE + timedelta(seconds=30))  # five ticks due
+        finally:
+            del app.store.aperiodic_fire
+
+    fires = run_with_pool(app, body)
+    assert [(f.outcome, f.fire_time) for f in fires] == [("enqueued", T0 + MINUTE)]
+    assert [r[1] for r in fires_of(conn, schema, "catch-up-all")] == ["registered", "enqueued"]
+    assert job_count(conn, schema) == 1
