@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 from tests.helpers import wait_for
 from tests.requirements import require_module
 
-SUPPORT = ["__init__.py", "conftest.py", "requirements.py", "pgbouncer_fixtures.py", "servers.py"]
+SUPPORT = ["__init__.py", "conftest.py", "requirements.py", "pgbouncer_fixtures.py", "servers.py", "tcp_proxy.py"]
 
 # A test that holds its session open until the outer test lets it go (files: across processes).
 HOLDING_TEST = '''
