@@ -23,12 +23,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("otel",),
     ("app",),
     ("ops",),
+    ("dashboard",),
     ("testing", "cli"),
     ("__init__", "__main__"),
 ]
 LAYER_OF = {part: index for index, parts in enumerate(LAYERS) for part in parts}
 # Imported only by the layers above the composition root.
-APP_IMPORTERS = {"ops", "testing", "cli", "__init__"}
+APP_IMPORTERS = {"ops", "dashboard", "testing", "cli", "__init__"}
 DRIVERS = ("psycopg", "psycopg_pool")
 
 

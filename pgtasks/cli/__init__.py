@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pgtasks.cli.base import main
 from pgtasks.cli.bench import bench_command
+from pgtasks.cli.dashboard import dashboard
 from pgtasks.cli.doctor import doctor
 from pgtasks.cli.embedded import embedded
 from pgtasks.cli.jobs import jobs
@@ -26,5 +27,6 @@ main.add_command(queues)
 main.add_command(stats)
 main.add_command(doctor)
 main.add_command(workers)
+main.add_command(dashboard)
 
 __all__ = ["main"]

@@ -8,6 +8,7 @@ Benchmark queries live apart, in pgtasks.storage.bench.
 
 from __future__ import annotations
 
+from pgtasks.storage.dashboard import DashboardStore
 from pgtasks.storage.doctor import DoctorStore
 from pgtasks.storage.jobs import COPY_MIN_ROWS, JobStore
 from pgtasks.storage.leader import LeaderStore
@@ -23,5 +24,5 @@ __all__ = ["COPY_MIN_ROWS", "Store"]
 
 
 class Store(JobStore, LeaderStore, PeriodicStore, WorkerStore, MaintenanceStore, QueueStore, OperationsStore,
-            DoctorStore, MigrationStore, SessionStore):
+            DoctorStore, DashboardStore, MigrationStore, SessionStore):
     """Named queries for one schema (see the module docstring)."""

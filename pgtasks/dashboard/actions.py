@@ -1,0 +1,104 @@
+"""The dashboard's state-changing actions, each logged with who did what to how many jobs.
+
+Bulk actions work on a selection of ids or on everything matching the jobs page's filters. The
+latter runs in batches of `BATCH` ids walked newest first by keyset, each batch its own short
+transaction, so a million-row retry never holds a million locks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from pgtasks.core.channels import control_channel, jobs_channel
+from pgtasks.core.logs import log_event
+from pgtasks.core.options import validate_queue
+from pgtasks.dashboard.filters import JobFilter
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+
+    from pgtasks.app import App
+
+logger = logging.getLogger("pgtasks.dashboard")
+
+BATCH = 1000
+JobAction = Literal["retry", "cancel", "delete"]
+JOB_ACTIONS: tuple[JobAction, ...] = ("retry", "cancel", "delete")
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    action: str
+    requested: int  # ids selected, or jobs the filter matched when confirmed
+    affected: int  # jobs the action changed (others were in a state it does not apply to)
+
+    def summary(self) -> str:
+        verb = {"retry": "retried", "cancel": "cancelled or asked to cancel", "delete": "deleted"}.get(
+            self.action, self.action)
+        skipped = self.requested - self.affected
+        tail = f"; {skipped} left as they were (not in a state this applies to)" if skipped > 0 else ""
+        return f"{self.affected} job{'s' if self.affected != 1 else ''} {verb}{tail}"
+
+
+def _apply(app: App, action: JobAction, who: str) -> Callable[[Connection[object], Sequence[int]], int]:
+    schema = app.schema
+
+    def apply(conn: Connection[object], ids: Sequence[int]) -> int:
+        if action == "retry":
+            return len(app.store.job_retry_many(conn, ids=ids, limit=len(ids), channel=jobs_channel(schema)))
+        if action == "cancel":
+            done = app.store.job_cancel_many(conn, ids, reason=f"cancelled from the dashboard by {who}",
+                                             control=control_channel(schema))
+            return len(done)
+        return len(app.store.dashboard_job_delete_many(conn, ids))
+    return apply
+
+
+def run_on_ids(app: App, action: JobAction, ids: Sequence[int], *, who: str) -> ActionResult:
+    apply = _apply(app, action, who)
+    affected = 0
+    with app.database.pool().connection() as conn:
+        for start in range(0, len(ids), BATCH):
+            affected += apply(conn, ids[start:start + BATCH])
+    result = ActionResult(action, len(ids), affected)
+    log_event(logger, logging.INFO, "dashboard.action", who=who, action=action, target="selection",
+              requested=result.requested, affected=affected, ids=list(ids[:20]), more_ids=max(0, len(ids) - 20))
+    return result
+
+
+def count_matching(app: App, f: JobFilter) -> int:
+    with app.database.pool().connection() as conn:
+        return app.store.dashboard_job_match_count(conn, f.query)
+
+
+def run_on_filter(app: App, action: JobAction, f: JobFilter, *, who: str) -> ActionResult:
+    """Apply `action` to every job the filter matches now, batch by batch."""
+    apply = _apply(app, action, who)
+    matched = affected = 0
+    before: int | None = None
+    with app.database.pool().connection() as conn:
+        while True:
+            ids = app.store.dashboard_job_match_ids(conn, f.query, before=before, limit=BATCH)
+            if not ids:
+                break
+            matched += len(ids)
+            affected += apply(conn, ids)
+            before = min(ids)
+    result = ActionResult(action, matched, affected)
+    log_event(logger, logging.INFO, "dashboard.action", who=who, action=action, target="filter",
+              filter=f.url_query(cursor=False), requested=matched, affected=affected)
+    return result
+
+
+def set_paused(app: App, queue: str, paused: bool, *, who: str) -> None:
+    validate_queue(queue)
+    with app.database.pool().connection() as conn:
+        if paused:
+            app.store.queue_pause(conn, queue)
+        else:
+            app.store.queue_resume(conn, queue, channel=jobs_channel(app.schema))
+    log_event(logger, logging.INFO, "dashboard.action", who=who, action="pause" if paused else "resume",
+              target="queue", queue=queue)

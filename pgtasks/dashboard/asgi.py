@@ -1,0 +1,320 @@
+"""The dashboard as an ASGI application: routes, pages and actions over one App.
+
+`asgi_app(app)` returns a Starlette application to serve alone (`pgtasks dashboard`) or to mount
+in a FastAPI, Starlette or Django (ASGI) project. Pages are rendered on the server; htmx swaps
+the live regions when the event stream says what changed, and uPlot draws the charts. Database
+work runs in Starlette's thread pool on the App's sync pool, so a slow query never blocks the
+event loop that serves the event streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from pgtasks.core.options import validate_queue
+from pgtasks.dashboard import actions, data
+from pgtasks.dashboard.auth import (
+    CSRF_FIELD,
+    Access,
+    Authorize,
+    Forbidden,
+    Guard,
+    access_of,
+    check_write,
+    csrf_token,
+    who,
+)
+from pgtasks.dashboard.filters import STATES, FilterError, parse, parse_ids
+from pgtasks.dashboard.live import LiveFeed
+from pgtasks.dashboard.render import register_filters
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from starlette.types import ASGIApp
+
+    from pgtasks.app import App
+
+T = TypeVar("T")
+HERE = Path(__file__).parent
+KEEPALIVE = 15.0  # seconds between comments on an idle event stream, so proxies keep it open
+
+
+class Dashboard:
+    """The state one dashboard process shares between requests: the App, the overview cache, the live feed."""
+
+    def __init__(self, app: App, *, read_only: bool, refresh_interval: float, listen: bool | None) -> None:
+        self.app = app
+        self.read_only = read_only
+        self.refresh_interval = refresh_interval
+        self.cache = data.TimedCache()
+        self.feed = LiveFeed(app.database, app.store, refresh_interval=refresh_interval, listen=listen)
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        register_filters(self.templates.env)
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    def page(self, request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
+        base = request.scope.get("root_path", "").rstrip("/")
+        ctx = {"request": request, "base": base, "csrf": csrf_token(request), "csrf_field": CSRF_FIELD,
+               "can_write": access_of(request) is Access.FULL, "read_only": access_of(request) is Access.READ,
+               "live": self.feed.describe(), "schema": self.app.schema, "refresh_interval": self.refresh_interval,
+               "url": request.url.path + (f"?{request.url.query}" if request.url.query else ""), **context}
+        return self.templates.TemplateResponse(request, template, ctx, status_code=status)
+
+    def problem(self, request: Request, message: str, status: int) -> Response:
+        return self.page(request, "problem.html", {"message": message, "title": "Problem"}, status)
+
+    # -- pages ------------------------------------------------------------------------------
+
+    async def overview(self, request: Request) -> Response:
+        ov = await self.db(data.overview, self.app, self.cache, self.refresh_interval)
+        charts = {"hour": ov.hour, "day": ov.day}
+        return self.page(request, "overview.html", {"title": "Overview", "ov": ov, "charts": charts,
+                                                    "states": STATES})
+
+    async def doctor(self, request: Request) -> Response:
+        findings = await self.db(data.doctor_findings, self.app, self.cache)
+        return self.page(request, "doctor.html", {"findings": findings})
+
+    async def queues(self, request: Request) -> Response:
+        rows = await self.db(data.queues, self.app)
+        return self.page(request, "queues.html", {"title": "Queues", "queues": rows})
+
+    async def jobs(self, request: Request) -> Response:
+        try:
+            f = parse(_multi(request))
+        except FilterError as exc:
+            return self.problem(request, str(exc), 400)
+        page, choices = await asyncio.gather(self.db(data.job_page, self.app, f),
+                                             self.db(data.filter_choices, self.app))
+        for name in f.queues:
+            if name not in choices["queues"]:
+                choices["queues"].append(name)
+        for name in f.tasks:
+            if name not in choices["tasks"]:
+                choices["tasks"].append(name)
+        return self.page(request, "jobs.html", {"title": "Jobs", "f": f, "jobs": page, "choices": choices,
+                                                "states": STATES})
+
+    async def job(self, request: Request) -> Response:
+        job_id = _path_id(request)
+        if job_id is None:
+            return self.problem(request, f"{request.path_params['job_id']!r} is not a job id", 404)
+        job = await self.db(data.job_detail, self.app, job_id)
+        if job is None:
+            return self.problem(request, f"no job {job_id} in schema {self.app.schema} (finished jobs are deleted "
+                                         "after their retention)", 404)
+        return self.page(request, "job.html", {"title": f"Job {job_id}", "job": job})
+
+    async def workers(self, request: Request) -> Response:
+        rows = await self.db(data.workers, self.app)
+        return self.page(request, "workers.html", {"title": "Workers", "workers": rows,
+                                                   "silent_after": data.SILENT_AFTER})
+
+    async def periodic(self, request: Request) -> Response:
+        info = await self.db(data.periodic, self.app)
+        return self.page(request, "periodic.html", {"title": "Periodic", **info})
+
+    # -- actions ----------------------------------------------------------------------------
+
+    async def _writable(self, request: Request) -> Form:
+        form = await _form(request)
+        check_write(request, form.first(CSRF_FIELD))
+        return form
+
+    async def job_bulk(self, request: Request) -> Response:
+        """Retry, cancel or delete the selected jobs, or all matching the filter: first a confirmation
+        that says how many, then (with `confirm`) the action itself."""
+        try:
+            form = await self._writable(request)
+            action = _action(form.first("action"))
+            f = parse(_multi(request))
+            scope = form.first("scope", "selection")
+            ids = parse_ids(form.getlist("ids"))
+        except Forbidden as exc:
+            return self.problem(request, str(exc), exc.status)
+        except FilterError as exc:
+            return self.problem(request, str(exc), 400)
+        confirmed = form.first("confirm") is not None
+        person = who(request)
+        if scope == "filter":
+            if not confirmed:
+                count = await self.db(actions.count_matching, self.app, f)
+                return self.page(request, "confirm.html", {"action": action, "scope": "filter", "count": count,
+                                                           "f": f, "ids": []})
+            result = await self.db(actions.run_on_filter, self.app, action, f, who=person)
+        elif scope == "selection":
+            if not ids:
+                return self.problem(request, "no jobs selected: tick some rows, or act on all matching the filter",
+                                    400)
+            if not confirmed:
+                return self.page(request, "confirm.html", {"action": action, "scope": "selection",
+                                                           "count": len(ids), "f": f, "ids": ids})
+            result = await self.db(actions.run_on_ids, self.app, action, ids, who=person)
+        else:
+            return self.problem(request, f"scope={scope!r}: use 'selection' or 'filter'", 400)
+        self._changed()
+        return self.page(request, "action_done.html", {"result": result, "f": f})
+
+    async def job_action(self, request: Request) -> Response:
+        job_id = _path_id(request)
+        try:
+            await self._writable(request)
+            action = _action(request.path_params["action"])
+        except Forbidden as exc:
+            return self.problem(request, str(exc), exc.status)
+        except FilterError as exc:
+            return self.problem(request, str(exc), 400)
+        if job_id is None:
+            return self.problem(request, f"{request.path_params['job_id']!r} is not a job id", 404)
+        result = await self.db(actions.run_on_ids, self.app, action, [job_id], who=who(request))
+        self._changed()
+        base = request.scope.get("root_path", "").rstrip("/")
+        target = f"{base}/jobs" if action == "delete" and result.affected else f"{base}/jobs/{job_id}"
+        return _redirect(request, target)
+
+    async def queue_action(self, request: Request) -> Response:
+        """POST /queues/pause or /queues/resume with the queue's name in the form (any name, even with a slash)."""
+        if request.path_params["action"] not in ("pause", "resume"):
+            return self.problem(request, f"no queue action {request.path_params['action']!r}: pause or resume", 404)
+        try:
+            form = await self._writable(request)
+            name = form.first("queue") or ""
+            validate_queue(name)
+        except Forbidden as exc:
+            return self.problem(request, str(exc), exc.status)
+        except ValueError as exc:
+            return self.problem(request, str(exc), 400)
+        paused = request.path_params["action"] == "pause"
+        await self.db(actions.set_paused, self.app, name, paused, who=who(request))
+        self._changed()
+        base = request.scope.get("root_path", "").rstrip("/")
+        return _redirect(request, f"{base}/queues")
+
+    def _changed(self) -> None:
+        self.cache.clear()
+        self.feed.changed("jobs", "queues")
+
+    # -- live -------------------------------------------------------------------------------
+
+    async def events(self, request: Request) -> Response:
+        queue = await self.feed.subscribe()
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                yield f"retry: 2000\nevent: hello\ndata: {json.dumps(self.feed.describe())}\n\n"
+                while True:
+                    try:
+                        topics = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    yield f"event: change\ndata: {json.dumps(sorted(topics))}\n\n"
+            finally:
+                self.feed.unsubscribe(queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+class Form(dict[str, list[str]]):
+    """An urlencoded form body: every name with all its values."""
+
+    def first(self, key: str, default: str | None = None) -> str | None:
+        values = super().get(key, [])
+        return values[0] if values else default
+
+    def getlist(self, key: str) -> list[str]:
+        return super().get(key, [])
+
+
+async def _form(request: Request) -> Form:
+    # The dashboard's forms are all urlencoded; parsing them here spares a multipart dependency.
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind not in ("application/x-www-form-urlencoded", ""):
+        raise FilterError(f"content-type {kind!r}: the dashboard's actions take an urlencoded form")
+    form = Form()
+    for key, value in parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True):
+        form.setdefault(key, []).append(value)
+    return form
+
+
+def _multi(request: Request) -> dict[str, list[str]]:
+    params: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        params.setdefault(key, []).append(value)
+    return params
+
+
+def _path_id(request: Request) -> int | None:
+    text = str(request.path_params["job_id"])
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _action(value: object) -> actions.JobAction:
+    for action in actions.JOB_ACTIONS:
+        if value == action:
+            return action
+    raise FilterError(f"action={value!r}: use one of {', '.join(actions.JOB_ACTIONS)}")
+
+
+def _redirect(request: Request, target: str) -> Response:
+    if request.headers.get("hx-request"):
+        return Response(status_code=204, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)
+
+
+def asgi_app(app: App, *, read_only: bool = False, authorize: Authorize | None = None,
+             refresh_interval: float = 2.0, listen: bool | None = None) -> ASGIApp:
+    """The dashboard of `app` as an ASGI application.
+
+    read_only: no actions for anyone. authorize(request) -> True (full access), "read" (read-only)
+    or False (refused), sync or async; None lets every request in (bind to 127.0.0.1, or put your
+    own authentication in front). refresh_interval: seconds between the live feed's polls and the
+    lifetime of the cached overview. listen: None detects whether LISTEN works on the App's
+    listen DSN (push updates) or not (polling); True requires it; False always polls.
+    """
+    if refresh_interval <= 0:
+        raise ValueError(f"refresh_interval={refresh_interval!r}: must be > 0 seconds")
+    board = Dashboard(app, read_only=read_only, refresh_interval=refresh_interval, listen=listen)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        # Only when served alone: a mounted app gets no lifespan events, and its feed ends with the loop.
+        yield
+        await board.feed.aclose()
+
+    routes = [
+        Route("/", board.overview, name="overview"),
+        Route("/fragments/doctor", board.doctor),
+        Route("/queues", board.queues),
+        Route("/queues/{action:str}", board.queue_action, methods=["POST"]),
+        Route("/jobs", board.jobs),
+        Route("/jobs/action", board.job_bulk, methods=["POST"]),
+        Route("/jobs/{job_id}", board.job),
+        Route("/jobs/{job_id}/{action}", board.job_action, methods=["POST"]),
+        Route("/workers", board.workers),
+        Route("/periodic", board.periodic),
+        Route("/events", board.events),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    starlette = Starlette(routes=routes, lifespan=lifespan)
+    guard = Guard(starlette, authorize=authorize, read_only=read_only)
+    guard.dashboard = board  # type: ignore[attr-defined] # for tests and the CLI: the feed, the cache
+    return guard

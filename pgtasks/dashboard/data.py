@@ -1,0 +1,206 @@
+"""What the dashboard's pages show, read through the App's Store, with the overview cached.
+
+Each function takes the App and returns plain data for a template. The overview's parts are
+cached per process for `refresh_interval` seconds (the day chart, whose resolution is a minute,
+for 60 s): however many tabs are open, the database computes each once per interval.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pgtasks.dashboard.filters import JobFilter
+from pgtasks.ops.doctor import OK, DoctorOptions, Finding, run_checks
+
+if TYPE_CHECKING:
+    from pgtasks.app import App
+
+T = TypeVar("T")
+
+HOUR, DAY = 3600, 86400
+DAY_CHART_TTL = 60.0
+DOCTOR_TTL = 60.0
+SILENT_AFTER = 30.0  # seconds without a heartbeat before a worker is no longer shown as live
+SEARCH_SCAN = 20_000  # jobs an argument search reads per page at most (the next page goes on)
+RECENT_FIRES = 10
+
+
+class TimedCache:
+    """Values computed at most once per `ttl` per key; callers arriving meanwhile wait for that one."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[float, Any]] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.computed = 0
+
+    def get(self, key: str, ttl: float, compute: Callable[[], T]) -> T:
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            hit = self._values.get(key)
+            if hit is not None and time.monotonic() - hit[0] < ttl:
+                value: T = hit[1]
+                return value
+            value = compute()
+            self.computed += 1
+            self._values[key] = (time.monotonic(), value)
+            return value
+
+    def clear(self) -> None:
+        with self._guard:
+            self._values.clear()
+
+
+def _series(rows: list[dict[str, Any]], seconds: int, now: datetime) -> dict[str, list[float]]:
+    """Per-minute columns for a uPlot chart, with the minutes that had nothing filled with zeros."""
+    end = now.replace(second=0, microsecond=0)
+    minutes = [end - timedelta(minutes=i) for i in range(seconds // 60, -1, -1)]
+    by_minute = {r["minute"].astimezone(UTC): r for r in rows}
+    out: dict[str, list[float]] = {"t": [m.timestamp() for m in minutes]}
+    for name in ("completed", "retried", "discarded"):
+        out[name] = [float(by_minute[m][name]) if m in by_minute else 0.0 for m in minutes]
+    return out
+
+
+@dataclass(slots=True)
+class Overview:
+    hour: dict[str, list[float]]
+    day: dict[str, list[float]]
+    counts: dict[str, int]
+    estimated: frozenset[str]
+    counts_note: str | None
+    durations: list[dict[str, Any]]
+    leader: Any
+    workers: list[dict[str, Any]]
+    totals_hour: dict[str, int] = field(default_factory=dict)
+
+
+def overview(app: App, cache: TimedCache, refresh_interval: float) -> Overview:
+    def chart(seconds: int) -> dict[str, list[float]]:
+        now = datetime.now(UTC)
+        with app.database.pool().connection() as conn:
+            rows = app.store.dashboard_throughput(conn, seconds, now=now)
+        return _series(rows, seconds, now)
+
+    def live() -> tuple[Any, ...]:
+        with app.database.pool().connection() as conn:
+            counts = app.store.dashboard_state_counts(conn)
+            durations = app.store.dashboard_durations(conn, HOUR)
+            leader = app.store.leader_get(conn)
+            workers = app.store.worker_status(conn, silent_after=SILENT_AFTER)
+        return counts, durations, leader, workers
+
+    hour = cache.get("chart:hour", refresh_interval, lambda: chart(HOUR))
+    day = cache.get("chart:day", max(refresh_interval, DAY_CHART_TTL), lambda: chart(DAY))
+    counts, durations, leader, workers = cache.get("overview", refresh_interval, live)
+    totals = {name: int(sum(hour[name])) for name in ("completed", "retried", "discarded")}
+    return Overview(hour=hour, day=day, counts=counts.counts, estimated=counts.estimated,
+                    counts_note=counts.note, durations=durations, leader=leader, workers=workers,
+                    totals_hour=totals)
+
+
+def doctor_findings(app: App, cache: TimedCache) -> list[Finding]:
+    """The doctor's findings that are not OK (cached: its pool-mode check opens connections)."""
+    findings = cache.get("doctor", DOCTOR_TTL, lambda: run_checks(app, DoctorOptions(pool_timeout=3.0)))
+    return [f for f in findings if f.status != OK]
+
+
+@dataclass(slots=True)
+class JobPage:
+    rows: list[dict[str, Any]]
+    next_cursor: int | None
+    scanned: int
+    searched: bool
+    search_exhausted_scan: bool
+
+
+def job_page(app: App, f: JobFilter) -> JobPage:
+    searched = bool(f.query.args_contain or f.query.args_like)
+    # Without a search every scanned row matches, so scanning a page is reading a page.
+    scan = SEARCH_SCAN if searched else f.limit
+    with app.database.pool().connection() as conn:
+        raw = app.store.dashboard_job_page(conn, f.query, before=f.before, limit=f.limit, scan=scan)
+    rows = [r for r in raw if r["id"] is not None]
+    scanned = int(raw[0]["scanned"]) if raw else 0
+    scanned_to = raw[0]["scanned_to"] if raw else None
+    if len(rows) == f.limit:
+        cursor: int | None = int(rows[-1]["id"])
+    elif scanned == scan and scanned_to is not None:
+        cursor = int(scanned_to)  # the search read its whole window: older jobs may still match
+    else:
+        cursor = None
+    return JobPage(rows, cursor, scanned, searched, searched and scanned == scan and len(rows) < f.limit)
+
+
+def filter_choices(app: App) -> dict[str, list[str]]:
+    """Queue and task names for the filter menus: the App's tasks plus what unfinished jobs use."""
+    with app.database.pool().connection() as conn:
+        queues = set(app.store.dashboard_queue_names(conn))
+    queues |= {task.config.queue for task in app.registry.tasks.values()}
+    return {"queues": sorted(queues), "tasks": sorted(app.registry.tasks)}
+
+
+def _pretty(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+def job_detail(app: App, job_id: int) -> dict[str, Any] | None:
+    with app.database.pool().connection() as conn:
+        job = app.store.job_detail(conn, job_id)
+    if job is None:
+        return None
+    job["args_pretty"] = _pretty(job["args"])
+    job["result_pretty"] = _pretty(job["result"])
+    job["progress_data"] = json.loads(job["progress"]) if job["progress"] else None
+    job["error_list"] = json.loads(job["errors"]) if job["errors"] else []
+    return job
+
+
+def queues(app: App) -> list[dict[str, Any]]:
+    with app.database.pool().connection() as conn:
+        rows = app.store.queue_stats(conn)
+    listed = {r["queue"] for r in rows}
+    # A queue the App declares but that has nothing waiting is still worth a row (and a pause button).
+    idle = [{"queue": q, "available": 0, "scheduled": 0, "running": 0, "retryable": 0, "lag_seconds": 0.0,
+             "paused_at": None} for q in sorted({t.config.queue for t in app.registry.tasks.values()} - listed)]
+    return sorted(rows + idle, key=lambda r: str(r["queue"]))
+
+
+def workers(app: App) -> list[dict[str, Any]]:
+    with app.database.pool().connection() as conn:
+        return app.store.worker_status(conn, silent_after=SILENT_AFTER)
+
+
+def periodic(app: App) -> dict[str, Any]:
+    schedules = sorted(app.schedules.values(), key=lambda s: s.name)
+    names = [s.name for s in schedules]
+    with app.database.pool().connection() as conn:
+        recorded = app.store.periodic_schedule_names(conn)
+        last = app.store.periodic_last_fires(conn, names)
+        fires = app.store.dashboard_recent_fires(conn, sorted(set(names) | set(recorded)), RECENT_FIRES)
+    now = datetime.now(UTC)
+    by_schedule: dict[str, list[dict[str, Any]]] = {}
+    for record in fires:
+        by_schedule.setdefault(record["schedule"], []).append(record)
+    entries = []
+    for s in schedules:
+        fire = last.get(s.name)
+        cursor = fire.last_time if fire is not None else None
+        upcoming = s.next_after(cursor if cursor is not None else now)
+        entries.append({"name": s.name, "task": s.task.name, "spec": s.spec, "timezone": str(s.timezone),
+                        "catch_up": s.catch_up, "overlap": s.overlap, "next_fire": upcoming, "due": upcoming <= now,
+                        "fires": by_schedule.get(s.name, [])})
+    undefined = [{"name": n, "fires": by_schedule.get(n, [])} for n in sorted(set(recorded) - set(names))]
+    return {"schedules": entries, "undefined": undefined, "defined_in_app": bool(app.registry.tasks)}

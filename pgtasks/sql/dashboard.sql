@@ -1,0 +1,175 @@
+-- name: dashboard_throughput
+-- Per minute over the last %(seconds)s seconds: jobs completed, discarded and cancelled (from
+-- finalized_at, through jobs_finalized_idx) and attempts that failed and were retried (from the
+-- `at` of each error entry). A retried attempt's job is either unfinished now (a small set, in the
+-- fetch and running indexes) or finished since the window began, so both sets are index ranges,
+-- never the whole table. The last error of a discarded or cancelled job ended it: not a retry.
+WITH bounds AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS until,
+           coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(seconds)s::float8) AS since
+), finished AS (
+    SELECT date_trunc('minute', j.finalized_at) AS minute, j.state
+    FROM {schema}.jobs AS j, bounds
+    WHERE j.state IN ('completed', 'cancelled', 'discarded')
+      AND j.finalized_at >= bounds.since AND j.finalized_at <= bounds.until
+), failed AS (
+    SELECT date_trunc('minute', (e.value ->> 'at')::timestamptz) AS minute
+    FROM bounds, {schema}.jobs AS j
+    CROSS JOIN LATERAL jsonb_array_elements(j.errors) WITH ORDINALITY AS e(value, position)
+    WHERE j.errors <> '[]'::jsonb
+      AND ((j.state IN ('completed', 'cancelled', 'discarded') AND j.finalized_at >= bounds.since)
+           OR j.state IN ('available', 'scheduled', 'running', 'retryable'))
+      AND (e.value ->> 'at')::timestamptz >= bounds.since
+      AND NOT (j.state IN ('cancelled', 'discarded') AND e.position = jsonb_array_length(j.errors))
+)
+SELECT minute,
+       sum(completed)::bigint AS completed, sum(retried)::bigint AS retried,
+       sum(discarded)::bigint AS discarded, sum(cancelled)::bigint AS cancelled
+FROM (
+    SELECT minute, (state = 'completed')::int AS completed, 0 AS retried,
+           (state = 'discarded')::int AS discarded, (state = 'cancelled')::int AS cancelled
+    FROM finished
+    UNION ALL
+    SELECT minute, 0, 1, 0, 0 FROM failed
+) AS events
+GROUP BY minute
+ORDER BY minute
+
+-- name: dashboard_durations
+-- Per queue, over the jobs completed in the last %(seconds)s seconds (jobs_finalized_idx): how
+-- long they waited once due (attempted_at - run_at of the last attempt) and ran, p50 and p95.
+SELECT queue, count(*) AS completed,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY greatest(extract(epoch FROM attempted_at - run_at), 0))
+           AS wait_p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY greatest(extract(epoch FROM attempted_at - run_at), 0))
+           AS wait_p95,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finalized_at - attempted_at)) AS run_p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finalized_at - attempted_at)) AS run_p95
+FROM {schema}.jobs
+WHERE state = 'completed'
+  AND finalized_at >= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(seconds)s::float8)
+GROUP BY queue
+ORDER BY queue
+
+-- name: dashboard_unfinished_counts
+-- Exact counts of the unfinished states: their rows are in the fetch and running partial indexes,
+-- which hold only jobs that can still run.
+SELECT state::text AS state, count(*) AS count FROM {schema}.jobs
+WHERE state IN ('available', 'scheduled', 'running', 'retryable')
+GROUP BY state
+
+-- name: dashboard_finished_counts
+-- Exact counts of the finished states: a scan of jobs_finalized_idx, so only run while the table
+-- is small (dashboard_table_size decides).
+SELECT state::text AS state, count(*) AS count FROM {schema}.jobs
+WHERE state IN ('completed', 'cancelled', 'discarded')
+GROUP BY state
+
+-- name: dashboard_table_size
+-- The jobs table's size on disk now, and the planner's statistics of its state column: the most
+-- common states with their frequencies and the row count ANALYZE last saw (-1: never analyzed).
+SELECT pg_relation_size(c.oid) AS bytes, c.reltuples::float8 AS reltuples,
+       s.most_common_vals::text::text[] AS common_states, s.most_common_freqs::float8[] AS common_freqs
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+LEFT JOIN pg_stats AS s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'state'
+WHERE n.nspname = %(schema)s AND c.relname = 'jobs'
+
+-- name: dashboard_job_page
+-- One page of jobs matching the filters (NULL = any), newest first, after the keyset cursor
+-- %(before)s (an id; no OFFSET). An argument search looks at no more than %(scan)s jobs per page:
+-- `scanned` and `scanned_to` say how far it got, so the next page can go on from there. The one
+-- row with a NULL id carries those two when nothing matched.
+WITH scanned AS (
+    SELECT id, task, queue, state, priority, attempt, max_attempts, run_at, created_at, attempted_at,
+           finalized_at, errors, args
+    FROM {schema}.jobs
+    WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::{schema}.job_state[]))
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+      AND (%(created_from)s::timestamptz IS NULL OR created_at >= %(created_from)s::timestamptz)
+      AND (%(created_to)s::timestamptz IS NULL OR created_at < %(created_to)s::timestamptz)
+      AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+    ORDER BY id DESC
+    LIMIT %(scan)s
+), matched AS (
+    SELECT * FROM scanned
+    WHERE (%(args_contain)s::jsonb IS NULL OR args @> %(args_contain)s::jsonb)
+      AND (%(args_like)s::text IS NULL OR args::text ILIKE %(args_like)s::text)
+    ORDER BY id DESC
+    LIMIT %(limit)s
+), reach AS (
+    SELECT count(*) AS scanned, min(id) AS scanned_to FROM scanned
+)
+SELECT m.id, m.task, m.queue, m.state::text AS state, m.priority, m.attempt, m.max_attempts, m.run_at,
+       m.created_at, m.attempted_at, m.finalized_at, m.errors -> -1 ->> 'type' AS last_error_type,
+       m.errors -> -1 ->> 'message' AS last_error_message, left(m.args::text, 160) AS args_preview,
+       reach.scanned, reach.scanned_to
+FROM reach LEFT JOIN matched AS m ON true
+ORDER BY m.id DESC NULLS LAST
+
+-- name: dashboard_job_match_ids
+-- The ids of up to %(limit)s jobs matching every filter of the jobs page, below id %(before)s,
+-- newest first: the batches of a bulk action on "everything matching the filter".
+SELECT id FROM {schema}.jobs
+WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::{schema}.job_state[]))
+  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+  AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+  AND (%(created_from)s::timestamptz IS NULL OR created_at >= %(created_from)s::timestamptz)
+  AND (%(created_to)s::timestamptz IS NULL OR created_at < %(created_to)s::timestamptz)
+  AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+  AND (%(args_contain)s::jsonb IS NULL OR args @> %(args_contain)s::jsonb)
+  AND (%(args_like)s::text IS NULL OR args::text ILIKE %(args_like)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: dashboard_job_match_count
+-- How many jobs every filter of the jobs page matches, for the confirmation of a bulk action.
+SELECT count(*) FROM {schema}.jobs
+WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::{schema}.job_state[]))
+  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+  AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+  AND (%(created_from)s::timestamptz IS NULL OR created_at >= %(created_from)s::timestamptz)
+  AND (%(created_to)s::timestamptz IS NULL OR created_at < %(created_to)s::timestamptz)
+  AND (%(args_contain)s::jsonb IS NULL OR args @> %(args_contain)s::jsonb)
+  AND (%(args_like)s::text IS NULL OR args::text ILIKE %(args_like)s::text)
+
+-- name: dashboard_job_delete_many
+-- Delete jobs by id, never a running one (its worker would write an outcome to nothing).
+DELETE FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'running'
+RETURNING id
+
+-- name: dashboard_queue_names
+-- Queue names for the filter menus: those with unfinished jobs (fetch and running indexes) or an
+-- entry in the queues table. Queues known only from finished rows come from the App's tasks.
+SELECT name FROM (
+    SELECT DISTINCT queue AS name FROM {schema}.jobs WHERE state IN ('available', 'scheduled', 'running', 'retryable')
+    UNION
+    SELECT name FROM {schema}.queues
+) AS names
+ORDER BY name
+
+-- name: dashboard_recent_fires
+-- The newest %(per_schedule)s fire records of each named schedule (a backward scan of the
+-- primary key each), with the state of the job each enqueued.
+SELECT n.schedule, f.fire_time, f.outcome, f.missed, f.job_id, f.recorded_at, j.state::text AS job_state
+FROM unnest(%(names)s::text[]) AS n(schedule)
+CROSS JOIN LATERAL (
+    SELECT pf.fire_time, pf.outcome, pf.missed, pf.job_id, pf.recorded_at FROM {schema}.periodic_fires AS pf
+    WHERE pf.schedule = n.schedule ORDER BY pf.fire_time DESC LIMIT %(per_schedule)s
+) AS f
+LEFT JOIN {schema}.jobs AS j ON j.id = f.job_id
+ORDER BY n.schedule, f.fire_time DESC
+
+-- name: dashboard_change_mark
+-- What a polling dashboard compares between two reads to tell that something changed: each part
+-- is one index probe or a scan of a small partial index (running jobs, the queues and workers tables).
+SELECT (SELECT max(id) FROM {schema}.jobs) AS last_id,
+       (SELECT max(finalized_at) FROM {schema}.jobs WHERE state IN ('completed', 'cancelled', 'discarded'))
+           AS last_finalized,
+       (SELECT count(*) FROM {schema}.jobs WHERE state = 'running') AS running,
+       (SELECT max(attempted_at) FROM {schema}.jobs WHERE state = 'running') AS last_claimed,
+       (SELECT max(updated_at) FROM {schema}.queues) AS queues_changed,
+       (SELECT count(*) FROM {schema}.workers) AS workers,
+       (SELECT max(started_at) FROM {schema}.workers) AS workers_started,
+       (SELECT max(term) FROM {schema}.leader) AS leader_term
