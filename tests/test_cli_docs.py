@@ -17,6 +17,7 @@ PAGES: dict[tuple[str, ...], str] = {
     ("worker",): "docs/worker.md",
     ("periodic",): "docs/periodic.md",
     ("bench",): "docs/performance.md",
+    ("dashboard",): "docs/dashboard.md",
     ("embedded",): "docs/configuration.md",
     **{(ops,): "docs/operations.md" for ops in ("jobs", "queues", "stats", "leader", "doctor", "workers", "migrate")},
 }
