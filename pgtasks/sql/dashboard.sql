@@ -3,23 +3,29 @@
 -- finalized_at, through jobs_finalized_idx) and attempts that failed and were retried (from the
 -- `at` of each error entry). A retried attempt's job is either unfinished now (a small set, in the
 -- fetch and running indexes) or finished since the window began, so both sets are index ranges,
--- never the whole table. The last error of a discarded or cancelled job ended it: not a retry.
-WITH bounds AS (
-    SELECT coalesce(%(now)s::timestamptz, now()) AS until,
-           coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(seconds)s::float8) AS since
-), finished AS (
-    SELECT date_trunc('minute', j.finalized_at) AS minute, j.state
-    FROM {schema}.jobs AS j, bounds
-    WHERE j.state IN ('completed', 'cancelled', 'discarded')
-      AND j.finalized_at >= bounds.since AND j.finalized_at <= bounds.until
+-- never the whole table: two arms of a UNION, because one OR across them would be a scan. The
+-- window's bounds are written out rather than read from a CTE, so the planner sees them and
+-- estimates each range (a CTE's bounds made every window look like a ninth of the table). The
+-- last error of a discarded or cancelled job ended it: not a retry.
+WITH finished AS (
+    SELECT date_trunc('minute', finalized_at) AS minute, state
+    FROM {schema}.jobs
+    WHERE state IN ('completed', 'cancelled', 'discarded')
+      AND finalized_at >= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(seconds)s::float8)
+      AND finalized_at <= coalesce(%(now)s::timestamptz, now())
+), failing AS (
+    SELECT state, errors FROM {schema}.jobs
+    WHERE state IN ('completed', 'cancelled', 'discarded') AND errors <> '[]'::jsonb
+      AND finalized_at >= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(seconds)s::float8)
+    UNION ALL
+    SELECT state, errors FROM {schema}.jobs
+    WHERE (state IN ('available', 'scheduled', 'retryable') OR state = 'running') AND errors <> '[]'::jsonb
 ), failed AS (
     SELECT date_trunc('minute', (e.value ->> 'at')::timestamptz) AS minute
-    FROM bounds, {schema}.jobs AS j
+    FROM failing AS j
     CROSS JOIN LATERAL jsonb_array_elements(j.errors) WITH ORDINALITY AS e(value, position)
-    WHERE j.errors <> '[]'::jsonb
-      AND ((j.state IN ('completed', 'cancelled', 'discarded') AND j.finalized_at >= bounds.since)
-           OR j.state IN ('available', 'scheduled', 'running', 'retryable'))
-      AND (e.value ->> 'at')::timestamptz >= bounds.since
+    WHERE (e.value ->> 'at')::timestamptz
+              >= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(seconds)s::float8)
       AND NOT (j.state IN ('cancelled', 'discarded') AND e.position = jsonb_array_length(j.errors))
 )
 SELECT minute,
@@ -53,9 +59,11 @@ ORDER BY queue
 
 -- name: dashboard_unfinished_counts
 -- Exact counts of the unfinished states: their rows are in the fetch and running partial indexes,
--- which hold only jobs that can still run.
+-- which hold only jobs that can still run. Written as one OR arm per index, which the planner
+-- reads as a BitmapOr of the two; one IN list of all four states implies neither index's
+-- predicate, and was a scan of the whole table.
 SELECT state::text AS state, count(*) AS count FROM {schema}.jobs
-WHERE state IN ('available', 'scheduled', 'running', 'retryable')
+WHERE state IN ('available', 'scheduled', 'retryable') OR state = 'running'
 GROUP BY state
 
 -- name: dashboard_finished_counts
@@ -80,11 +88,22 @@ WHERE n.nspname = %(schema)s AND c.relname = 'jobs'
 -- %(before)s (an id; no OFFSET). An argument search looks at no more than %(scan)s jobs per page:
 -- `scanned` and `scanned_to` say how far it got, so the next page can go on from there. The one
 -- row with a NULL id carries those two when nothing matched.
+-- The states arrive split by the partial index that holds them (pending: jobs_fetch_idx; running:
+-- jobs_running_by_idx; final: jobs_finalized_idx), each arm NULL or false when unused so that it
+-- folds away: a filter on unfinished states then reads its index instead of walking the primary
+-- key past every finished job. The scan keeps only the id and whether the search matched (the
+-- window of %(scan)s rows stays in memory); the page's rows are read by id afterwards.
 WITH scanned AS (
-    SELECT id, task, queue, state, priority, attempt, max_attempts, run_at, created_at, attempted_at,
-           finalized_at, errors, args
+    SELECT id,
+           (%(args_contain)s::jsonb IS NULL OR args @> %(args_contain)s::jsonb)
+           AND (%(args_like)s::text IS NULL OR args::text ILIKE %(args_like)s::text) AS hit
     FROM {schema}.jobs
-    WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::{schema}.job_state[]))
+    WHERE (%(states)s::text[] IS NULL
+           OR (%(pending_states)s::{schema}.job_state[] IS NOT NULL
+               AND state = ANY(%(pending_states)s::{schema}.job_state[]))
+           OR (%(running)s::boolean AND state = 'running')
+           OR (%(final_states)s::{schema}.job_state[] IS NOT NULL
+               AND state = ANY(%(final_states)s::{schema}.job_state[])))
       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
       AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
       AND (%(created_from)s::timestamptz IS NULL OR created_at >= %(created_from)s::timestamptz)
@@ -93,11 +112,10 @@ WITH scanned AS (
     ORDER BY id DESC
     LIMIT %(scan)s
 ), matched AS (
-    SELECT * FROM scanned
-    WHERE (%(args_contain)s::jsonb IS NULL OR args @> %(args_contain)s::jsonb)
-      AND (%(args_like)s::text IS NULL OR args::text ILIKE %(args_like)s::text)
-    ORDER BY id DESC
-    LIMIT %(limit)s
+    SELECT j.id, j.task, j.queue, j.state, j.priority, j.attempt, j.max_attempts, j.run_at, j.created_at,
+           j.attempted_at, j.finalized_at, j.errors, j.args
+    FROM (SELECT id FROM scanned WHERE hit ORDER BY id DESC LIMIT %(limit)s) AS hits
+    JOIN {schema}.jobs AS j ON j.id = hits.id
 ), reach AS (
     SELECT count(*) AS scanned, min(id) AS scanned_to FROM scanned
 )
@@ -112,7 +130,12 @@ ORDER BY m.id DESC NULLS LAST
 -- The ids of up to %(limit)s jobs matching every filter of the jobs page, below id %(before)s,
 -- newest first: the batches of a bulk action on "everything matching the filter".
 SELECT id FROM {schema}.jobs
-WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::{schema}.job_state[]))
+WHERE (%(states)s::text[] IS NULL
+       OR (%(pending_states)s::{schema}.job_state[] IS NOT NULL
+           AND state = ANY(%(pending_states)s::{schema}.job_state[]))
+       OR (%(running)s::boolean AND state = 'running')
+       OR (%(final_states)s::{schema}.job_state[] IS NOT NULL
+           AND state = ANY(%(final_states)s::{schema}.job_state[])))
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
   AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
   AND (%(created_from)s::timestamptz IS NULL OR created_at >= %(created_from)s::timestamptz)
@@ -126,7 +149,12 @@ LIMIT %(limit)s
 -- name: dashboard_job_match_count
 -- How many jobs every filter of the jobs page matches, for the confirmation of a bulk action.
 SELECT count(*) FROM {schema}.jobs
-WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::{schema}.job_state[]))
+WHERE (%(states)s::text[] IS NULL
+       OR (%(pending_states)s::{schema}.job_state[] IS NOT NULL
+           AND state = ANY(%(pending_states)s::{schema}.job_state[]))
+       OR (%(running)s::boolean AND state = 'running')
+       OR (%(final_states)s::{schema}.job_state[] IS NOT NULL
+           AND state = ANY(%(final_states)s::{schema}.job_state[])))
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
   AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
   AND (%(created_from)s::timestamptz IS NULL OR created_at >= %(created_from)s::timestamptz)
@@ -140,10 +168,12 @@ DELETE FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'runnin
 RETURNING id
 
 -- name: dashboard_queue_names
--- Queue names for the filter menus: those with unfinished jobs (fetch and running indexes) or an
--- entry in the queues table. Queues known only from finished rows come from the App's tasks.
+-- Queue names for the filter menus: those with unfinished jobs (fetch and running indexes, one OR
+-- arm each, as in dashboard_unfinished_counts) or an entry in the queues table. Queues known only
+-- from finished rows come from the App's tasks.
 SELECT name FROM (
-    SELECT DISTINCT queue AS name FROM {schema}.jobs WHERE state IN ('available', 'scheduled', 'running', 'retryable')
+    SELECT DISTINCT queue AS name FROM {schema}.jobs
+    WHERE state IN ('available', 'scheduled', 'retryable') OR state = 'running'
     UNION
     SELECT name FROM {schema}.queues
 ) AS names

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from psycopg import Connection
 
+from pgtasks.core.models import FINAL_STATES, PENDING_STATES, JobState
 from pgtasks.storage.base import StoreBase
 from pgtasks.storage.steps import Operation, dict_one, every, select_dicts
 
@@ -30,7 +31,15 @@ class JobQuery:
     args_like: str | None = None  # an ILIKE pattern over the arguments' JSON text
 
     def params(self) -> dict[str, Any]:
-        return {"states": list(self.states) if self.states else None,
+        states = list(self.states) if self.states else []
+
+        def among(group: Iterable[str]) -> list[str] | None:
+            picked = [s for s in states if s in group]
+            return picked or None
+
+        # The states split by the partial index that holds them (see dashboard_job_page).
+        return {"states": states or None, "pending_states": among(PENDING_STATES),
+                "running": JobState.RUNNING in states, "final_states": among(FINAL_STATES),
                 "queues": list(self.queues) if self.queues else None,
                 "tasks": list(self.tasks) if self.tasks else None,
                 "created_from": self.created_from, "created_to": self.created_to,
