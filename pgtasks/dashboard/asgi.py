@@ -38,7 +38,7 @@ from pgtasks.dashboard.auth import (
     csrf_token,
     who,
 )
-from pgtasks.dashboard.filters import STATES, FilterError, parse, parse_ids
+from pgtasks.dashboard.filters import MAX_ID, STATES, FilterError, parse, parse_ids
 from pgtasks.dashboard.live import LiveFeed
 from pgtasks.dashboard.render import register_filters
 
@@ -264,7 +264,8 @@ def _multi(request: Request) -> dict[str, list[str]]:
 
 def _path_id(request: Request) -> int | None:
     text = str(request.path_params["job_id"])
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    # isdigit() also passes digits int() refuses ("²"); beyond MAX_ID the bigint query would fail.
+    return int(text) if text.isascii() and text.isdigit() and 0 < int(text) <= MAX_ID else None
 
 
 def _action(value: object) -> actions.JobAction:

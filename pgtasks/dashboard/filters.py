@@ -18,6 +18,7 @@ from pgtasks.storage.dashboard import JobQuery
 
 STATES = tuple(s.value for s in JobState)
 PAGE_SIZES = (20, 50, 100, 200)
+MAX_ID = 2**63 - 1  # jobs.id is a bigint: a larger id or cursor would fail inside the query
 DEFAULT_PAGE_SIZE = 50
 
 
@@ -90,9 +91,21 @@ def _search_terms(search: str) -> tuple[str | None, str | None]:
         except ValueError:
             value = None
         if isinstance(value, dict):
+            if _holds_nul(value):
+                raise FilterError(f"q={search!r}: a \\u0000 cannot be in any job's arguments (jsonb refuses it)")
             return json.dumps(value), None
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return None, f"%{escaped}%"
+
+
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _one(params: Mapping[str, Sequence[str]], name: str) -> str | None:
@@ -114,7 +127,7 @@ def _time(params: Mapping[str, Sequence[str]], name: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _int(params: Mapping[str, Sequence[str]], name: str, *, minimum: int) -> int | None:
+def _int(params: Mapping[str, Sequence[str]], name: str, *, minimum: int, maximum: int | None = None) -> int | None:
     text = _one(params, name)
     if text is None:
         return None
@@ -124,6 +137,8 @@ def _int(params: Mapping[str, Sequence[str]], name: str, *, minimum: int) -> int
         raise FilterError(f"{name}={text!r} is not a whole number") from None
     if value < minimum:
         raise FilterError(f"{name}={value} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise FilterError(f"{name}={value} must be at most {maximum}")
     return value
 
 
@@ -135,6 +150,10 @@ def parse(params: Mapping[str, Sequence[str]]) -> JobFilter:
             raise FilterError(f"state={state!r} is not a job state: use one of {', '.join(STATES)}")
     queues = tuple(dict.fromkeys(v for v in params.get("queue", ()) if v))
     tasks = tuple(dict.fromkeys(v for v in params.get("task", ()) if v))
+    for name, values in (("queue", queues), ("task", tasks), ("q", tuple(params.get("q", ())))):
+        for value in values:
+            if "\x00" in value:
+                raise FilterError(f"{name}={value!r}: PostgreSQL text cannot hold a NUL character")
     created_from, created_to = _time(params, "from"), _time(params, "to")
     if created_from and created_to and created_from >= created_to:
         raise FilterError(f"from={created_from.isoformat()} is not before to={created_to.isoformat()}")
@@ -142,7 +161,8 @@ def parse(params: Mapping[str, Sequence[str]]) -> JobFilter:
     if limit not in PAGE_SIZES:
         raise FilterError(f"limit={limit}: use one of {', '.join(map(str, PAGE_SIZES))}")
     return JobFilter(states=states, queues=queues, tasks=tasks, created_from=created_from, created_to=created_to,
-                     search=_one(params, "q") or "", before=_int(params, "before", minimum=1), limit=limit)
+                     search=_one(params, "q") or "", before=_int(params, "before", minimum=1, maximum=MAX_ID),
+                     limit=limit)
 
 
 def parse_ids(values: Sequence[str]) -> list[int]:
@@ -155,5 +175,7 @@ def parse_ids(values: Sequence[str]) -> list[int]:
             raise FilterError(f"id={text!r} is not a job id (a whole number)") from None
         if value < 1:
             raise FilterError(f"id={value} is not a job id (ids start at 1)")
+        if value > MAX_ID:
+            raise FilterError(f"id={value} is not a job id (ids are at most {MAX_ID})")
         ids.append(value)
     return sorted(set(ids))
