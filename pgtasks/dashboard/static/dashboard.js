@@ -40,9 +40,27 @@
   let source = null;
   let stale = false;
   const status = document.getElementById("live-status");
+  // A change that arrives while the live region is being fetched would be lost: htmx queues its
+  // request on the element that fetch replaces, and drops it with that element. Hold such changes
+  // and refresh again once the new region has settled (only then does it listen for changes).
+  let refreshing = false;
+  const missed = new Set();
   function refresh(topics) {
+    if (refreshing) { topics.forEach((topic) => missed.add(topic)); return; }
     topics.forEach((topic) => htmx.trigger(document.body, "pgtasks-" + topic));
   }
+  function refreshed(e) {
+    if (!e.detail.elt || e.detail.elt.id !== "live") return;
+    refreshing = false;
+    if (missed.size) { const topics = [...missed]; missed.clear(); refresh(topics); }
+  }
+  document.body.addEventListener("htmx:beforeRequest", (e) => {
+    if (!e.defaultPrevented && e.detail.elt && e.detail.elt.id === "live") refreshing = true;
+  });
+  // Settled after a swap; the others end a fetch that swaps nothing.
+  ["htmx:afterSettle", "htmx:sendError", "htmx:timeout", "htmx:sendAbort"].forEach((name) => {
+    document.body.addEventListener(name, refreshed);
+  });
   function open() {
     if (source) return;
     source = new EventSource(base + "/events");
