@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Response
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Response, Route
 
 import pgtasks
 from pgtasks import App
@@ -49,13 +49,18 @@ COUNT_SERIES_PIXELS = """([selector, colours]) => {
   return n;
 }"""
 
-# Counts the EventSources the page opens, so a test can see each one's readyState (0 connecting,
-# 1 open, 2 closed) without the dashboard exposing its own.
+# Keeps the EventSources the page opens, so a test can see each one's readyState (0 connecting,
+# 1 open, 2 closed) without the dashboard exposing its own, and counts the changes they bring.
 TRACK_EVENT_SOURCES = """(() => {
   const Original = window.EventSource;
   window.__sources = [];
+  window.__changes = 0;
   window.EventSource = class extends Original {
-    constructor(...args) { super(...args); window.__sources.push(this); }
+    constructor(...args) {
+      super(...args);
+      window.__sources.push(this);
+      this.addEventListener("change", () => { window.__changes += 1; });
+    }
   };
 })();"""
 
@@ -314,6 +319,44 @@ def test_a_job_a_worker_completes_appears_in_an_open_jobs_page_without_a_reload(
         assert 0 < latency < 2.0
         assert page.evaluate("window.__marker") == 1  # the same document: no reload, no navigation
         assert row_ids(page, "completed") == [job_id]
+    assert problems.seen == []
+
+
+def test_a_change_that_arrives_while_the_page_refreshes_still_shows(app: App, page: Page) -> None:
+    """A refresh already on its way when the next change comes cannot show that change; the page
+    must fetch again after it, not drop it (htmx queues the second request on the element the
+    first one replaces)."""
+
+    @app.task(name="ping")
+    def ping() -> None:
+        pass
+
+    problems = Problems(page)
+    held: list[int] = []
+
+    def hold_one_refresh(route: Route) -> None:
+        if not route.request.headers.get("hx-request") or held:
+            route.continue_()
+            return
+        response = route.fetch()  # the server's answer, from before the job below exists
+        held.append(ping.delay().id)
+        # Hold the answer until the job's change event reached the page.
+        page.wait_for_function(f"window.__changes > {changes_before}")
+        route.fulfill(response=response)
+
+    # No poll within the test: the job's NOTIFY is the only change, so none comes later to mend a lost one.
+    with dashboard(app, page, refresh_interval=30) as base_url:
+        open_live(page, f"{base_url}/jobs")
+        # The feed's LISTEN connection announces a change when it connects (what was sent before
+        # is lost to it); let that one pass first.
+        page.wait_for_function("window.__changes >= 1")
+        changes_before = page.evaluate("window.__changes")
+        page.route("**/jobs?*", hold_one_refresh)
+        page.route("**/jobs", hold_one_refresh)
+        page.evaluate("window.pgtasksDashboard.refresh(['jobs'])")
+        page.wait_for_function(f"window.__changes > {changes_before}", timeout=10_000)
+        wait_for(lambda: bool(held), timeout=5)
+        page.wait_for_selector(f'#jobs tr[data-id="{held[0]}"]', timeout=2000)
     assert problems.seen == []
 
 
