@@ -30,7 +30,9 @@ logger = logging.getLogger("pgtasks.dashboard")
 TOPICS = ("jobs", "queues", "workers", "leader")
 # The change mark's columns, by the topic a change in each means (dashboard_change_mark).
 _MARK_TOPICS = ("jobs", "jobs", "jobs", "jobs", "queues", "workers", "workers", "leader")
-# Notifications closer together than this are sent to the browsers as one change.
+# Changes closer together than this are sent to the browsers as one: the first goes out at once,
+# the ones after it within this window wait for its end (a burst of completions costs each open
+# page one refresh per window, and a lone change is not delayed).
 DEBOUNCE = 0.2
 # A subscriber's queue holds merged topics; one slot is enough (a slow tab gets one merged change).
 _QUEUE_SLOTS = 1
@@ -54,6 +56,7 @@ class LiveFeed:
         self._subscribers: set[asyncio.Queue[frozenset[str]]] = set()
         self._pending: set[str] = set()
         self._flush: asyncio.TimerHandle | None = None
+        self._last_sent = float("-inf")
         self._tasks: list[asyncio.Task[None]] = []
         self._notifier: Notifier | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -77,10 +80,12 @@ class LiveFeed:
         """Announce a change now (the dashboard's own actions call it; so do notifications)."""
         self._pending.update(topics)
         if self._flush is None and self._loop is not None:
-            self._flush = self._loop.call_later(self._debounce, self._send)
+            wait = self._last_sent + self._debounce - time.monotonic()
+            self._flush = self._loop.call_later(max(0.0, wait), self._send)
 
     def _send(self) -> None:
         self._flush = None
+        self._last_sent = time.monotonic()
         topics, self._pending = frozenset(self._pending), set()
         if not topics:
             return
