@@ -35,6 +35,7 @@ UPDATE_SCREENSHOTS = "PGTASKS_UPDATE_SCREENSHOTS"
 SERIES_COLOURS = [[0x2F, 0x9E, 0x44], [0xE8, 0x59, 0x0C], [0xC9, 0x2A, 0x2A]]
 COUNT_SERIES_PIXELS = """([selector, colours]) => {
   const canvas = document.querySelector(selector);
+  if (canvas === null) return 0;  // between a live refresh's swap and the chart's redraw
   const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
   let n = 0;
   for (let i = 0; i < pixels.length; i += 4) {

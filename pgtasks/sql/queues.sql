@@ -44,7 +44,9 @@ WITH counts AS (
            min(run_at) FILTER (WHERE state IN ('available', 'scheduled', 'retryable')
                                AND run_at <= coalesce(%(now)s::timestamptz, now())) AS oldest_due
     FROM {schema}.jobs
-    WHERE state IN ('available', 'scheduled', 'running', 'retryable')
+    -- Two arms, one per partial index (jobs_fetch_idx, jobs_running_by_idx): a single IN list of
+    -- all four states matches neither index, and the planner scans the whole table instead.
+    WHERE state IN ('available', 'scheduled', 'retryable') OR state = 'running'
     GROUP BY queue
 )
 SELECT coalesce(c.queue, q.name) AS queue,
