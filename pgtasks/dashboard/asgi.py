@@ -151,21 +151,23 @@ class Dashboard:
             return self.problem(request, str(exc), exc.status)
         except FilterError as exc:
             return self.problem(request, str(exc), 400)
-        confirmed = form.first("confirm") is not None
+        confirmed = form.first("confirm")
         person = who(request)
         if scope == "filter":
-            if not confirmed:
-                count = await self.db(actions.count_matching, self.app, f)
+            count = await self.db(actions.count_matching, self.app, f)
+            if confirmed != str(count):
+                # Asked again when the filter matches another number of jobs than the one confirmed:
+                # "retry 12" must not quietly retry 5,000 that arrived since.
                 return self.page(request, "confirm.html", {"action": action, "scope": "filter", "count": count,
-                                                           "f": f, "ids": []})
+                                                           "f": f, "ids": [], "was": confirmed})
             result = await self.db(actions.run_on_filter, self.app, action, f, who=person)
         elif scope == "selection":
             if not ids:
                 return self.problem(request, "no jobs selected: tick some rows, or act on all matching the filter",
                                     400)
-            if not confirmed:
+            if confirmed is None:
                 return self.page(request, "confirm.html", {"action": action, "scope": "selection",
-                                                           "count": len(ids), "f": f, "ids": ids})
+                                                           "count": len(ids), "f": f, "ids": ids, "was": None})
             result = await self.db(actions.run_on_ids, self.app, action, ids, who=person)
         else:
             return self.problem(request, f"scope={scope!r}: use 'selection' or 'filter'", 400)
