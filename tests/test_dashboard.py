@@ -789,6 +789,23 @@ def test_bulk_retry_of_everything_matching_a_filter(app: App, conn: psycopg.Conn
     assert all(after[i] == "completed" for i in jobs.completed)
 
 
+def test_confirming_a_filter_action_whose_match_count_moved_asks_again_and_changes_nothing(
+        app: App, conn: psycopg.Connection[Any], acting: tuple[TestClient, Jobs]) -> None:
+    client, _ = acting
+    query = {"state": ["discarded", "completed"], "task": "broken"}
+    _, count, _ = confirmation(bulk(client, "retry", scope="filter", query=query))
+    assert count == 2
+    before = states(conn, app.schema)
+    # The user confirms a number the filter no longer matches (say, more jobs failed since).
+    again = bulk(client, "retry", scope="filter", query=query, confirm=count + 3)
+    _, recount, _ = confirmation(again)
+    assert recount == 2
+    assert parse_html(again.text).by_id("count-changed").words() == (
+        "The filter matched 5 jobs when you asked; it matches 2 now.")
+    assert states(conn, app.schema) == before
+    assert result_of(bulk(client, "retry", scope="filter", query=query, confirm=recount)) == "2 jobs retried"
+
+
 def test_bulk_cancel_asks_running_jobs_to_stop_and_cancels_waiting_ones(
         app: App, conn: psycopg.Connection[Any], acting: tuple[TestClient, Jobs]) -> None:
     client, jobs = acting
