@@ -9,7 +9,7 @@ import pytest
 from pgtasks.core.errors import ConfigurationError
 from pgtasks.core.options import EnqueueOptions, build_row
 from pgtasks.core.retry import Backoff, Fixed
-from pgtasks.storage.queries import parse_named_queries, queries_for, validate_schema_name
+from pgtasks.storage.queries import expand_includes, parse_named_queries, queries_for, validate_schema_name
 
 DEFAULTS = EnqueueOptions(queue="default", priority=0, max_attempts=20)
 
@@ -68,6 +68,18 @@ def test_named_queries_parse_and_render_for_a_schema() -> None:
     rendered = queries_for("my_schema")
     assert '"my_schema".jobs' in rendered["job_fetch_available"]
     assert all("{schema}" not in text for text in rendered.values())
+
+
+def test_fragments_are_included_where_named_and_never_listed_as_queries() -> None:
+    sections = {"_where": "x = 1 AND y = 2", "q": "SELECT 1 WHERE {include:_where}",
+                "r": "DELETE WHERE {include:_where}"}
+    assert expand_includes(sections) == {"q": "SELECT 1 WHERE x = 1 AND y = 2", "r": "DELETE WHERE x = 1 AND y = 2"}
+    with pytest.raises(ValueError, match="no fragment named '_nope'"):
+        expand_includes({"q": "SELECT {include:_nope}"})
+    rendered = queries_for("my_schema")
+    assert not any(name.startswith("_") for name in rendered)
+    assert all("{include:" not in text for text in rendered.values())
+    assert "created_from" in rendered["dashboard_job_match_count"]
 
 
 @pytest.mark.parametrize("name", ["", "Public", "a-b", "x" * 51, 'x"; drop table y; --', "1abc"])

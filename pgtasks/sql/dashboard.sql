@@ -83,6 +83,23 @@ JOIN pg_namespace AS n ON n.oid = c.relnamespace
 LEFT JOIN pg_stats AS s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'state'
 WHERE n.nspname = %(schema)s AND c.relname = 'jobs'
 
+-- name: _dashboard_job_filters
+-- The jobs page's filters but the cursor and the argument search (NULL = any), included by the
+-- queries below. The states come split by the index that holds them, so each arm can use it.
+(%(states)s::text[] IS NULL
+ OR (%(pending_states)s::{schema}.job_state[] IS NOT NULL AND state = ANY(%(pending_states)s::{schema}.job_state[]))
+ OR (%(running)s::boolean AND state = 'running')
+ OR (%(final_states)s::{schema}.job_state[] IS NOT NULL AND state = ANY(%(final_states)s::{schema}.job_state[])))
+AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+AND (%(created_from)s::timestamptz IS NULL OR created_at >= %(created_from)s::timestamptz)
+AND (%(created_to)s::timestamptz IS NULL OR created_at < %(created_to)s::timestamptz)
+
+-- name: _dashboard_args_match
+-- The argument search: a JSON object the arguments contain, or an ILIKE pattern over their text.
+(%(args_contain)s::jsonb IS NULL OR args @> %(args_contain)s::jsonb)
+AND (%(args_like)s::text IS NULL OR args::text ILIKE %(args_like)s::text)
+
 -- name: dashboard_job_page
 -- One page of jobs matching the filters (NULL = any), newest first, after the keyset cursor
 -- %(before)s (an id; no OFFSET). An argument search looks at no more than %(scan)s jobs per page:
@@ -95,19 +112,9 @@ WHERE n.nspname = %(schema)s AND c.relname = 'jobs'
 -- window of %(scan)s rows stays in memory); the page's rows are read by id afterwards.
 WITH scanned AS (
     SELECT id,
-           (%(args_contain)s::jsonb IS NULL OR args @> %(args_contain)s::jsonb)
-           AND (%(args_like)s::text IS NULL OR args::text ILIKE %(args_like)s::text) AS hit
+           ({include:_dashboard_args_match}) AS hit
     FROM {schema}.jobs
-    WHERE (%(states)s::text[] IS NULL
-           OR (%(pending_states)s::{schema}.job_state[] IS NOT NULL
-               AND state = ANY(%(pending_states)s::{schema}.job_state[]))
-           OR (%(running)s::boolean AND state = 'running')
-           OR (%(final_states)s::{schema}.job_state[] IS NOT NULL
-               AND state = ANY(%(final_states)s::{schema}.job_state[])))
-      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
-      AND (%(created_from)s::timestamptz IS NULL OR created_at >= %(created_from)s::timestamptz)
-      AND (%(created_to)s::timestamptz IS NULL OR created_at < %(created_to)s::timestamptz)
+    WHERE {include:_dashboard_job_filters}
       AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
     ORDER BY id DESC
     LIMIT %(scan)s
@@ -130,37 +137,17 @@ ORDER BY m.id DESC NULLS LAST
 -- The ids of up to %(limit)s jobs matching every filter of the jobs page, below id %(before)s,
 -- newest first: the batches of a bulk action on "everything matching the filter".
 SELECT id FROM {schema}.jobs
-WHERE (%(states)s::text[] IS NULL
-       OR (%(pending_states)s::{schema}.job_state[] IS NOT NULL
-           AND state = ANY(%(pending_states)s::{schema}.job_state[]))
-       OR (%(running)s::boolean AND state = 'running')
-       OR (%(final_states)s::{schema}.job_state[] IS NOT NULL
-           AND state = ANY(%(final_states)s::{schema}.job_state[])))
-  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-  AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
-  AND (%(created_from)s::timestamptz IS NULL OR created_at >= %(created_from)s::timestamptz)
-  AND (%(created_to)s::timestamptz IS NULL OR created_at < %(created_to)s::timestamptz)
+WHERE {include:_dashboard_job_filters}
   AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
-  AND (%(args_contain)s::jsonb IS NULL OR args @> %(args_contain)s::jsonb)
-  AND (%(args_like)s::text IS NULL OR args::text ILIKE %(args_like)s::text)
+  AND {include:_dashboard_args_match}
 ORDER BY id DESC
 LIMIT %(limit)s
 
 -- name: dashboard_job_match_count
 -- How many jobs every filter of the jobs page matches, for the confirmation of a bulk action.
 SELECT count(*) FROM {schema}.jobs
-WHERE (%(states)s::text[] IS NULL
-       OR (%(pending_states)s::{schema}.job_state[] IS NOT NULL
-           AND state = ANY(%(pending_states)s::{schema}.job_state[]))
-       OR (%(running)s::boolean AND state = 'running')
-       OR (%(final_states)s::{schema}.job_state[] IS NOT NULL
-           AND state = ANY(%(final_states)s::{schema}.job_state[])))
-  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-  AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
-  AND (%(created_from)s::timestamptz IS NULL OR created_at >= %(created_from)s::timestamptz)
-  AND (%(created_to)s::timestamptz IS NULL OR created_at < %(created_to)s::timestamptz)
-  AND (%(args_contain)s::jsonb IS NULL OR args @> %(args_contain)s::jsonb)
-  AND (%(args_like)s::text IS NULL OR args::text ILIKE %(args_like)s::text)
+WHERE {include:_dashboard_job_filters}
+  AND {include:_dashboard_args_match}
 
 -- name: dashboard_job_delete_many
 -- Delete jobs by id, never a running one (its worker would write an outcome to nothing).

@@ -11,6 +11,10 @@ from pgtasks.core.channels import jobs_channel
 from pgtasks.core.errors import ConfigurationError
 
 _NAME_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+# `{include:_fragment}` in a query is replaced by the named section `_fragment` (a name that starts
+# with an underscore is a fragment: included, never run on its own), so a WHERE clause shared by
+# several queries is written once.
+_INCLUDE = re.compile(r"\{include:(\w+)\}")
 # Schema names are interpolated into SQL text, so they are restricted to plain identifiers.
 # 50 characters leaves room for the ".jobs" NOTIFY channel inside Postgres' 63-byte limit.
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,49}$")
@@ -57,7 +61,17 @@ def _raw_queries() -> dict[str, str]:
                 if name in queries:
                     raise ValueError(f"query {name!r} is defined in more than one file")
                 queries[name] = body
-    return queries
+    return expand_includes(queries)
+
+
+def expand_includes(sections: dict[str, str]) -> dict[str, str]:
+    """The queries of `sections` with each `{include:_name}` replaced by fragment `_name`'s text."""
+    def fragment(match: re.Match[str]) -> str:
+        name = match[1]
+        if not name.startswith("_") or name not in sections:
+            raise ValueError(f"{{include:{name}}}: no fragment named {name!r} (fragments' names start with _)")
+        return sections[name]
+    return {name: _INCLUDE.sub(fragment, body) for name, body in sections.items() if not name.startswith("_")}
 
 
 @cache
