@@ -199,9 +199,12 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    """Debian's Chromium, once per session: the driver and browser take ~0.6 s to start, a context ~0.2 s."""
+    """Debian's Chromium, once per test module: the driver and browser take ~0.6 s to start, a context ~0.2 s.
+
+    Not once per session: Playwright's sync API keeps an asyncio loop running on the main thread
+    while it is open, and every later test's asyncio.run() would fail."""
     from playwright.sync_api import sync_playwright
 
     from tests.browser import launch_chromium

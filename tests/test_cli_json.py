@@ -20,7 +20,8 @@ from pgtasks.cli import main
 from pgtasks.testing import drain
 from tests.conftest import ROOT
 
-NO_JSON = {("worker",): "it prints logs only: --log-format json makes them JSON lines"}
+NO_JSON = {("worker",): "it prints logs only: --log-format json makes them JSON lines",
+           ("dashboard",): "it serves web pages; it prints one log line at start"}
 
 
 def printing_commands(group: click.Group = main, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

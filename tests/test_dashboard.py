@@ -768,7 +768,8 @@ def test_bulk_retry_of_a_selection(app: App, conn: psycopg.Connection[Any],
     assert states(conn, app.schema) == before  # nothing happens before the confirmation
 
     assert result_of(bulk(client, "retry", scope="selection", ids=chosen, confirm=count)) == (
-        "3 jobs retried; 1 left as they were (not in a state this applies to)")
+        "3 jobs retried; 1 left as they were (not in a state this applies to, or held by a worker at that "
+        "moment)")
     after = states(conn, app.schema)
     assert all(after[i] == "available" for i in jobs.discarded + jobs.completed[:1])
     assert after[jobs.running[0]] == "running"
@@ -813,7 +814,8 @@ def test_bulk_cancel_asks_running_jobs_to_stop_and_cancels_waiting_ones(
     text, count, _ = confirmation(bulk(client, "cancel", scope="selection", ids=chosen))
     assert count == 3 and "Running jobs are asked to stop and end cancelled." in text
     assert result_of(bulk(client, "cancel", scope="selection", ids=chosen, confirm=count)) == (
-        "2 jobs cancelled or asked to cancel; 1 left as they were (not in a state this applies to)")
+        "2 jobs cancelled or asked to cancel; 1 left as they were (not in a state this applies to, or held by a worker at that "
+        "moment)")
     rows = job_rows(conn, app.schema)
     assert rows[jobs.available[0]]["state"] == "cancelled"
     assert rows[jobs.running[0]]["state"] == "running" and rows[jobs.running[0]]["cancel_requested_at"] is not None
@@ -825,7 +827,8 @@ def test_bulk_cancel_asks_running_jobs_to_stop_and_cancels_waiting_ones(
     _, count, _ = confirmation(bulk(client, "cancel", scope="filter", query=query))
     assert count == 3  # the cancelled one still matches; the other available and the scheduled one
     assert result_of(bulk(client, "cancel", scope="filter", query=query, confirm=count)) == (
-        "2 jobs cancelled or asked to cancel; 1 left as they were (not in a state this applies to)")
+        "2 jobs cancelled or asked to cancel; 1 left as they were (not in a state this applies to, or held by a worker at that "
+        "moment)")
     after = states(conn, app.schema)
     assert {after[i] for i in jobs.available + jobs.scheduled} == {"cancelled"}
 
@@ -837,7 +840,8 @@ def test_bulk_delete_never_deletes_running_jobs(app: App, conn: psycopg.Connecti
     text, count, _ = confirmation(bulk(client, "delete", scope="selection", ids=chosen))
     assert count == 3 and "running jobs are never deleted" in text
     assert result_of(bulk(client, "delete", scope="selection", ids=chosen, confirm=count)) == (
-        "2 jobs deleted; 1 left as they were (not in a state this applies to)")
+        "2 jobs deleted; 1 left as they were (not in a state this applies to, or held by a worker at that "
+        "moment)")
     left = states(conn, app.schema)
     assert not set(jobs.completed[:2]) & set(left) and left[jobs.running[0]] == "running"
 
@@ -845,7 +849,8 @@ def test_bulk_delete_never_deletes_running_jobs(app: App, conn: psycopg.Connecti
     text, count, _ = confirmation(bulk(client, "delete", scope="filter"))
     assert count == len(left) and "matching no filter: every job?" in text
     assert result_of(bulk(client, "delete", scope="filter", confirm=count)) == (
-        f"{count - 2} jobs deleted; 2 left as they were (not in a state this applies to)")
+        f"{count - 2} jobs deleted; 2 left as they were (not in a state this applies to, or held by a worker at that "
+        "moment)")
     assert states(conn, app.schema) == {i: "running" for i in jobs.running}
 
 

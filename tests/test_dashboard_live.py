@@ -63,7 +63,7 @@ class Reads:
         self.times: list[float] = []
         self._lock = threading.Lock()
 
-    def __call__(self) -> tuple[Any, ...]:
+    def __call__(self) -> dict[str, Any]:
         with self.app.database.pool().connection() as conn:
             mark = self.app.store.dashboard_change_mark(conn)
         with self._lock:

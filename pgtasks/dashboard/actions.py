@@ -7,14 +7,16 @@ transaction, so a million-row retry never holds a million locks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from pgtasks.core.channels import control_channel, jobs_channel
 from pgtasks.core.logs import log_event
 from pgtasks.core.options import validate_queue
+from pgtasks.dashboard.data import connection
 from pgtasks.dashboard.filters import JobFilter
 
 if TYPE_CHECKING:
@@ -39,7 +41,8 @@ class ActionResult:
         verb = {"retry": "retried", "cancel": "cancelled or asked to cancel", "delete": "deleted"}.get(
             self.action, self.action)
         skipped = self.requested - self.affected
-        tail = f"; {skipped} left as they were (not in a state this applies to)" if skipped > 0 else ""
+        tail = (f"; {skipped} left as they were (not in a state this applies to, or held by a worker at that "
+                "moment)") if skipped > 0 else ""
         return f"{self.affected} job{'s' if self.affected != 1 else ''} {verb}{tail}"
 
 
@@ -57,45 +60,55 @@ def _apply(app: App, action: JobAction, who: str) -> Callable[[Connection[object
     return apply
 
 
+@contextlib.contextmanager
+def _audited(who: str, action: str, **target: object) -> Iterator[list[int]]:
+    """Log the action's one audit line when it ends, also when a batch failed part-way (the batches
+    before it are committed): `counts` is [requested, affected] as far as it got."""
+    counts = [0, 0]
+    error: str | None = None
+    try:
+        yield counts
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        log_event(logger, logging.WARNING if error else logging.INFO, "dashboard.action", who=who, action=action,
+                  **target, requested=counts[0], affected=counts[1], **({"error": error} if error else {}))
+
+
 def run_on_ids(app: App, action: JobAction, ids: Sequence[int], *, who: str) -> ActionResult:
     apply = _apply(app, action, who)
-    affected = 0
-    with app.database.pool().connection() as conn:
+    with _audited(who, action, target="selection", ids=list(ids[:20]), more_ids=max(0, len(ids) - 20)) as counts, \
+            connection(app) as conn:
+        counts[0] = len(ids)
         for start in range(0, len(ids), BATCH):
-            affected += apply(conn, ids[start:start + BATCH])
-    result = ActionResult(action, len(ids), affected)
-    log_event(logger, logging.INFO, "dashboard.action", who=who, action=action, target="selection",
-              requested=result.requested, affected=affected, ids=list(ids[:20]), more_ids=max(0, len(ids) - 20))
-    return result
+            counts[1] += apply(conn, ids[start:start + BATCH])
+    return ActionResult(action, counts[0], counts[1])
 
 
 def count_matching(app: App, f: JobFilter) -> int:
-    with app.database.pool().connection() as conn:
+    with connection(app) as conn:
         return app.store.dashboard_job_match_count(conn, f.query)
 
 
 def run_on_filter(app: App, action: JobAction, f: JobFilter, *, who: str) -> ActionResult:
     """Apply `action` to every job the filter matches now, batch by batch."""
     apply = _apply(app, action, who)
-    matched = affected = 0
     before: int | None = None
-    with app.database.pool().connection() as conn:
+    with _audited(who, action, target="filter", filter=f.url_query(cursor=False)) as counts, connection(app) as conn:
         while True:
             ids = app.store.dashboard_job_match_ids(conn, f.query, before=before, limit=BATCH)
             if not ids:
                 break
-            matched += len(ids)
-            affected += apply(conn, ids)
+            counts[0] += len(ids)
+            counts[1] += apply(conn, ids)
             before = min(ids)
-    result = ActionResult(action, matched, affected)
-    log_event(logger, logging.INFO, "dashboard.action", who=who, action=action, target="filter",
-              filter=f.url_query(cursor=False), requested=matched, affected=affected)
-    return result
+    return ActionResult(action, counts[0], counts[1])
 
 
 def set_paused(app: App, queue: str, paused: bool, *, who: str) -> None:
     validate_queue(queue)
-    with app.database.pool().connection() as conn:
+    with connection(app) as conn:
         if paused:
             app.store.queue_pause(conn, queue)
         else:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl
 
+from psycopg_pool import PoolTimeout
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -25,6 +27,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from pgtasks.core.errors import ConnectionLostError, DatabaseError, SchemaNotMigratedError
+from pgtasks.core.logs import log_event
 from pgtasks.core.options import validate_queue
 from pgtasks.dashboard import actions, data
 from pgtasks.dashboard.auth import (
@@ -50,16 +54,24 @@ if TYPE_CHECKING:
     from pgtasks.app import App
 
 T = TypeVar("T")
+logger = logging.getLogger("pgtasks.dashboard")
 HERE = Path(__file__).parent
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream, so proxies keep it open
+
+
+class PageError(Exception):
+    """A request that cannot be answered with its page: shown as the problem page with `status`."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Dashboard:
     """The state one dashboard process shares between requests: the App, the overview cache, the live feed."""
 
-    def __init__(self, app: App, *, read_only: bool, refresh_interval: float, listen: bool | None) -> None:
+    def __init__(self, app: App, *, refresh_interval: float, listen: bool | None) -> None:
         self.app = app
-        self.read_only = read_only
         self.refresh_interval = refresh_interval
         self.cache = data.TimedCache()
         self.feed = LiveFeed(app.database, app.store, refresh_interval=refresh_interval, listen=listen)
@@ -67,12 +79,23 @@ class Dashboard:
         register_filters(self.templates.env)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await run_in_threadpool(fn, *args, **kwargs)
+        """Run a page's database work on the thread pool; a database that cannot answer becomes a
+        PageError (an error page with the reason), never a bare 500."""
+        try:
+            return await run_in_threadpool(fn, *args, **kwargs)
+        except PoolTimeout:
+            raise PageError(f"the database gave no connection within {data.CONNECT_TIMEOUT:g} s: it is unreachable "
+                            "or its pool is exhausted; the page retries when it is back", 503) from None
+        except (ConnectionLostError, SchemaNotMigratedError) as exc:
+            raise PageError(str(exc), 503) from None
+        except DatabaseError as exc:
+            log_event(logger, logging.ERROR, "dashboard.database_error", error=f"{type(exc).__name__}: {exc}")
+            raise PageError(f"the database refused this: {exc}", 409) from None
 
     def page(self, request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
         base = request.scope.get("root_path", "").rstrip("/")
         ctx = {"request": request, "base": base, "csrf": csrf_token(request), "csrf_field": CSRF_FIELD,
-               "can_write": access_of(request) is Access.FULL, "read_only": access_of(request) is Access.READ,
+               "can_write": access_of(request) is Access.FULL, "read_access": access_of(request) is Access.READ,
                "live": self.feed.describe(), "schema": self.app.schema, "refresh_interval": self.refresh_interval,
                "url": request.url.path + (f"?{request.url.query}" if request.url.query else ""), **context}
         return self.templates.TemplateResponse(request, template, ctx, status_code=status)
@@ -295,7 +318,7 @@ def asgi_app(app: App, *, read_only: bool = False, authorize: Authorize | None =
     """
     if refresh_interval <= 0:
         raise ValueError(f"refresh_interval={refresh_interval!r}: must be > 0 seconds")
-    board = Dashboard(app, read_only=read_only, refresh_interval=refresh_interval, listen=listen)
+    board = Dashboard(app, refresh_interval=refresh_interval, listen=listen)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -317,7 +340,11 @@ def asgi_app(app: App, *, read_only: bool = False, authorize: Authorize | None =
         Route("/events", board.events),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    starlette = Starlette(routes=routes, lifespan=lifespan)
+    async def page_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, PageError)
+        return board.problem(request, str(exc), exc.status)
+
+    starlette = Starlette(routes=routes, lifespan=lifespan, exception_handlers={PageError: page_error})
     guard = Guard(starlette, authorize=authorize, read_only=read_only)
     guard.dashboard = board  # type: ignore[attr-defined] # for tests and the CLI: the feed, the cache
     return guard

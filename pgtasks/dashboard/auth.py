@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -28,6 +29,11 @@ from pgtasks.core.errors import ConfigurationError
 CSRF_COOKIE = "pgtasks_csrf"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf"
+# Another site may not frame the dashboard (a framed page could be clicked through: clickjacking);
+# the host app's own pages may.
+_SECURITY_HEADERS = [(b"x-frame-options", b"SAMEORIGIN"),
+                     (b"content-security-policy", b"frame-ancestors 'self'"),
+                     (b"x-content-type-options", b"nosniff")]
 
 AuthorizeResult = bool | Literal["read"] | None
 Authorize = Callable[[Request], AuthorizeResult | Awaitable[AuthorizeResult]]
@@ -71,6 +77,7 @@ def basic_auth(credentials: Sequence[Credential]) -> Authorize:
                 c.password.encode(), (password or "").encode())
             if same and granted is False:
                 granted = True if c.access is Access.FULL else "read"
+                request.state.pgtasks_user = c.user
         return granted
 
     authorize.pgtasks_basic = True  # type: ignore[attr-defined] # a 401 then asks the browser for a login
@@ -91,14 +98,16 @@ def _basic(request: Request) -> tuple[str | None, str | None]:
 
 
 def who(request: Request) -> str:
-    """The name an audit line gives the person behind a request: the host app's authenticated user
-    (Starlette's AuthenticationMiddleware), the basic-auth user, or else the client address."""
+    """The name an audit line gives the person behind a request: the name `authorize` established
+    (basic_auth sets `request.state.pgtasks_user`; a callback of yours may too), the host app's
+    authenticated user (Starlette's AuthenticationMiddleware), or else the client address. Never a
+    header the client sent unchecked."""
+    name = getattr(request.state, "pgtasks_user", None)
+    if name:
+        return str(name)
     user = request.scope.get("user")
     if user is not None and getattr(user, "is_authenticated", False):
         return str(getattr(user, "display_name", user))
-    name, _ = _basic(request)
-    if name:
-        return name
     client = request.client
     return f"anonymous@{client.host}" if client else "anonymous"
 
@@ -112,8 +121,12 @@ class Guard:
         self.read_only = read_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # the dashboard serves no websocket: refuse rather than pass it on unchecked
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
             return
         request = Request(scope)
         access = await self._access(request)
@@ -130,19 +143,19 @@ class Guard:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["pgtasks_access"] = access
         state["pgtasks_csrf"] = fresh or token
-        if fresh is None:
-            await self.app(scope, receive, send)
-            return
-        path = scope.get("root_path", "") or "/"
-        cookie = f"{CSRF_COOKIE}={fresh}; Path={path}; SameSite=Strict; HttpOnly"
+        extra = list(_SECURITY_HEADERS)
+        if fresh is not None:
+            path = scope.get("root_path", "") or "/"
+            secure = "; Secure" if scope.get("scheme") == "https" else ""
+            extra.append((b"set-cookie", f"{CSRF_COOKIE}={fresh}; Path={path}; SameSite=Strict; HttpOnly{secure}"
+                          .encode("latin-1")))
 
-        async def send_with_cookie(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"set-cookie", cookie.encode("latin-1"))]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        await self.app(scope, receive, send_with_cookie)
+        await self.app(scope, receive, send_with_headers)
 
     async def _access(self, request: Request) -> Access | None:
         if self.authorize is None:
@@ -186,8 +199,14 @@ def check_write(request: Request, form_token: str | None) -> None:
     """Raise Forbidden unless this request may change state: full access and a matching CSRF token."""
     if access_of(request) is not Access.FULL:
         raise Forbidden("read-only access: actions are switched off for you")
-    if request.headers.get("sec-fetch-site") == "cross-site":
-        raise Forbidden("cross-site request refused")
+    # The token alone would let a sibling subdomain that can plant the cookie act; the browser's
+    # own account of where the request comes from closes that.
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise Forbidden(f"request from another site refused (Sec-Fetch-Site: {request.headers['sec-fetch-site']})")
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host", ""):
+        raise Forbidden(f"request from origin {origin} refused: the dashboard is at {request.headers.get('host')!r} "
+                        "(a proxy in front must pass the Host header on)")
     cookie = request.cookies.get(CSRF_COOKIE, "")
     sent = request.headers.get(CSRF_HEADER) or form_token or ""
     if not cookie or not sent or not hmac.compare_digest(cookie, sent):

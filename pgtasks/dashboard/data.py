@@ -14,6 +14,7 @@ minute already counted is history: retrying or deleting an old job afterwards do
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -27,6 +28,8 @@ from pgtasks.dashboard.filters import JobFilter
 from pgtasks.ops.doctor import OK, DoctorOptions, Finding, run_checks
 
 if TYPE_CHECKING:
+    from psycopg import Connection
+
     from pgtasks.app import App
 
 T = TypeVar("T")
@@ -38,6 +41,17 @@ DOCTOR_TTL = 60.0
 SILENT_AFTER = 30.0  # seconds without a heartbeat before a worker is no longer shown as live
 SEARCH_SCAN = 20_000  # jobs an argument search reads per page at most (the next page goes on)
 RECENT_FIRES = 10
+# Seconds a page waits for a pooled connection: an unreachable database is an error page in
+# seconds, not after the pool's 30 s, and waiting requests do not pile up in the thread pool.
+CONNECT_TIMEOUT = 5.0
+# How long a failed computation is remembered: requests arriving during an outage fail at once
+# instead of each waiting for its own attempt under the key's lock.
+FAILURE_TTL = 2.0
+
+
+def connection(app: App) -> contextlib.AbstractContextManager[Connection[Any]]:
+    """A pooled connection for one page's reads (the App's sync pool, which the pages share)."""
+    return app.database.pool().connection(timeout=CONNECT_TIMEOUT)
 
 
 class TimedCache:
@@ -45,6 +59,8 @@ class TimedCache:
 
     def __init__(self) -> None:
         self._values: dict[str, tuple[float, Any]] = {}
+        self._failures: dict[str, tuple[float, Exception]] = {}
+        self._generation = 0
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.computed = 0
@@ -58,18 +74,31 @@ class TimedCache:
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
+            failed = self._failures.get(key)
+            if failed is not None and time.monotonic() - failed[0] < min(ttl, FAILURE_TTL):
+                raise failed[1]
             hit = self._values.get(key)
             if hit is not None and time.monotonic() - hit[0] < ttl:
                 value: T = hit[1]
                 return value
-            value = compute(hit[1] if hit is not None else None)
+            generation = self._generation
+            try:
+                value = compute(hit[1] if hit is not None else None)
+            except Exception as exc:
+                self._failures[key] = (time.monotonic(), exc)
+                raise
+            self._failures.pop(key, None)
             self.computed += 1
-            self._values[key] = (time.monotonic(), value)
+            # A clear() during the computation (an action changed the data) leaves the value
+            # expired: it was read before the change.
+            self._values[key] = (time.monotonic() if generation == self._generation else -math.inf, value)
             return value
 
     def clear(self) -> None:
         """Expire every value: the next get() or update() computes it again."""
         with self._guard:
+            self._generation += 1
+            self._failures.clear()
             for key, (_, value) in list(self._values.items()):
                 self._values[key] = (-math.inf, value)
 
@@ -103,7 +132,7 @@ def count_minutes(app: App, seconds: int, now: datetime, previous: MinuteCounts 
         start = (previous.until - MARGIN).replace(second=0, microsecond=0)
         first = since.replace(second=0, microsecond=0)
         kept = {minute: row for minute, row in previous.rows.items() if first <= minute < start}
-    with app.database.pool().connection() as conn:
+    with connection(app) as conn:
         rows = app.store.dashboard_throughput(conn, (now - start).total_seconds(), now=now)
     kept.update({row["minute"].astimezone(UTC): row for row in rows})
     return MinuteCounts(now, kept, _series(kept.values(), seconds, now))
@@ -127,7 +156,7 @@ def overview(app: App, cache: TimedCache, refresh_interval: float) -> Overview:
         return lambda previous: count_minutes(app, seconds, datetime.now(UTC), previous)
 
     def live() -> tuple[Any, ...]:
-        with app.database.pool().connection() as conn:
+        with connection(app) as conn:
             counts = app.store.dashboard_state_counts(conn)
             durations = app.store.dashboard_durations(conn, HOUR)
             leader = app.store.leader_get(conn)
@@ -162,7 +191,7 @@ def job_page(app: App, f: JobFilter) -> JobPage:
     searched = bool(f.query.args_contain or f.query.args_like)
     # Without a search every scanned row matches, so scanning a page is reading a page.
     scan = SEARCH_SCAN if searched else f.limit
-    with app.database.pool().connection() as conn:
+    with connection(app) as conn:
         raw = app.store.dashboard_job_page(conn, f.query, before=f.before, limit=f.limit, scan=scan)
     rows = [r for r in raw if r["id"] is not None]
     scanned = int(raw[0]["scanned"]) if raw else 0
@@ -178,7 +207,7 @@ def job_page(app: App, f: JobFilter) -> JobPage:
 
 def filter_choices(app: App) -> dict[str, list[str]]:
     """Queue and task names for the filter menus: the App's tasks plus what unfinished jobs use."""
-    with app.database.pool().connection() as conn:
+    with connection(app) as conn:
         queues = set(app.store.dashboard_queue_names(conn))
     queues |= {task.config.queue for task in app.registry.tasks.values()}
     return {"queues": sorted(queues), "tasks": sorted(app.registry.tasks)}
@@ -194,7 +223,7 @@ def _pretty(text: str | None) -> str | None:
 
 
 def job_detail(app: App, job_id: int) -> dict[str, Any] | None:
-    with app.database.pool().connection() as conn:
+    with connection(app) as conn:
         job = app.store.job_detail(conn, job_id)
     if job is None:
         return None
@@ -206,7 +235,7 @@ def job_detail(app: App, job_id: int) -> dict[str, Any] | None:
 
 
 def queues(app: App) -> list[dict[str, Any]]:
-    with app.database.pool().connection() as conn:
+    with connection(app) as conn:
         rows = app.store.queue_stats(conn)
     listed = {r["queue"] for r in rows}
     # A queue the App declares but that has nothing waiting is still worth a row (and a pause button).
@@ -216,14 +245,14 @@ def queues(app: App) -> list[dict[str, Any]]:
 
 
 def workers(app: App) -> list[dict[str, Any]]:
-    with app.database.pool().connection() as conn:
+    with connection(app) as conn:
         return app.store.worker_status(conn, silent_after=SILENT_AFTER)
 
 
 def periodic(app: App) -> dict[str, Any]:
     schedules = sorted(app.schedules.values(), key=lambda s: s.name)
     names = [s.name for s in schedules]
-    with app.database.pool().connection() as conn:
+    with connection(app) as conn:
         recorded = app.store.periodic_schedule_names(conn)
         last = app.store.periodic_last_fires(conn, names)
         fires = app.store.dashboard_recent_fires(conn, sorted(set(names) | set(recorded)), RECENT_FIRES)

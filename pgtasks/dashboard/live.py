@@ -21,6 +21,7 @@ from pgtasks.core.channels import done_channel, jobs_channel, leader_channel
 from pgtasks.core.logs import log_event
 from pgtasks.core.retry import reconnect_delay
 from pgtasks.storage.database import Database
+from pgtasks.storage.poolmode import PoolMode
 from pgtasks.storage.store import Store
 from pgtasks.worker.listening import plan_listening
 from pgtasks.worker.notifier import Notifier
@@ -28,8 +29,13 @@ from pgtasks.worker.notifier import Notifier
 logger = logging.getLogger("pgtasks.dashboard")
 
 TOPICS = ("jobs", "queues", "workers", "leader")
-# The change mark's columns, by the topic a change in each means (dashboard_change_mark).
-_MARK_TOPICS = ("jobs", "jobs", "jobs", "jobs", "queues", "workers", "workers", "leader")
+# The topic a change in each column of the change mark means (dashboard_change_mark).
+MARK_TOPICS = {"last_id": "jobs", "last_finalized": "jobs", "running": "jobs", "last_claimed": "jobs",
+               "queues_changed": "queues", "workers": "workers", "workers_started": "workers",
+               "leader_term": "leader"}
+# After a detection that could not tell whether LISTEN works (the database was down), how long to
+# wait before detecting again once the database answers.
+REDETECT_AFTER = 30.0
 # Changes closer together than this are sent to the browsers as one: the first goes out at once,
 # the ones after it within this window wait for its end (a burst of completions costs each open
 # page one refresh per window, and a lone change is not delayed).
@@ -44,7 +50,7 @@ class LiveFeed:
 
     def __init__(self, database: Database, store: Store, *, refresh_interval: float = 2.0,
                  listen: bool | None = None, debounce: float = DEBOUNCE,
-                 mark_reader: Callable[[], tuple[Any, ...]] | None = None) -> None:
+                 mark_reader: Callable[[], dict[str, Any]] | None = None) -> None:
         if refresh_interval <= 0:
             raise ValueError(f"refresh_interval={refresh_interval!r}: must be > 0 seconds")
         self._database = database
@@ -61,6 +67,7 @@ class LiveFeed:
         self._notifier: Notifier | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_lock: asyncio.Lock | None = None
+        self._redetect_at: float | None = None
         self.mode = "starting"  # "push" (LISTEN) or "poll", once started
         self.reason = ""
         self.events_sent = 0
@@ -102,9 +109,14 @@ class LiveFeed:
     async def _ensure_started(self) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            # First use, or the app now runs on another loop (tests open one per client):
-            # the old loop's tasks cannot be awaited from here and went with it.
+            # First use, or the app now runs on another loop (tests open one per client). The old
+            # loop's tasks and LISTEN connection are stopped on that loop if it still runs (or went
+            # with it); its subscribers' queues belong to it too.
+            old_loop, old_parts = self._loop, (self._tasks, self._notifier)
+            if old_loop is not None and old_loop.is_running() and not old_loop.is_closed():
+                asyncio.run_coroutine_threadsafe(_stop(*old_parts), old_loop)
             self._loop, self._tasks, self._notifier, self._flush = loop, [], None, None
+            self._subscribers = set()
             self._start_lock = asyncio.Lock()
         assert self._start_lock is not None
         async with self._start_lock:
@@ -120,6 +132,12 @@ class LiveFeed:
                                     application_name=self._database.application_name + "-dashboard")
         if not plan.listen:
             self.mode, self.reason = "poll", plan.reason
+            undecided = [d for d in (plan.database, plan.listener) if d is not None and d.mode is PoolMode.UNKNOWN]
+            if undecided and self._listen is not False:
+                # Detection failed (the database was down, say), which says nothing about the
+                # pooler: poll for now, and detect again once the database answers.
+                self._redetect_at = time.monotonic() + REDETECT_AFTER
+                self.reason += f"; detecting again in {REDETECT_AFTER:g} s"
             log_event(logger, logging.INFO, "dashboard.poll_only", reason=plan.reason,
                       refresh_interval_s=self.refresh_interval,
                       hint="for push updates give the dashboard a direct or session-pooled listen_dsn")
@@ -146,7 +164,7 @@ class LiveFeed:
         await asyncio.to_thread(send)
 
     async def _poll_loop(self) -> None:
-        previous: tuple[Any, ...] | None = None
+        previous: dict[str, Any] | None = None
         failures = 0
         while True:
             started = time.monotonic()
@@ -160,23 +178,23 @@ class LiveFeed:
                 continue
             failures = 0
             if previous is not None:
-                topics = {t for t, old, new in zip(_MARK_TOPICS, previous, mark, strict=True) if old != new}
+                topics = {topic for column, topic in MARK_TOPICS.items() if previous[column] != mark[column]}
                 if topics:
                     self.changed(*topics)
             previous = mark
+            if self._redetect_at is not None and time.monotonic() >= self._redetect_at:
+                self._redetect_at = None
+                await self._start_listening()
             await asyncio.sleep(max(0.0, self.refresh_interval - (time.monotonic() - started)))
 
-    def _read_mark_from_pool(self) -> tuple[Any, ...]:
+    def _read_mark_from_pool(self) -> dict[str, Any]:
         with self._database.pool().connection() as conn:
             return self._store.dashboard_change_mark(conn)
 
     async def aclose(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            await cancel_and_wait(task)
-        notifier, self._notifier = self._notifier, None
-        if notifier is not None:
-            await notifier.stop()
+        parts = (self._tasks, self._notifier)
+        self._tasks, self._notifier = [], None
+        await _stop(*parts)
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
@@ -188,3 +206,10 @@ class LiveFeed:
             return f"live: polled every {self.refresh_interval:g} s ({self.reason})"
         return "live: starting"
 
+
+
+async def _stop(tasks: list[asyncio.Task[None]], notifier: Notifier | None) -> None:
+    for task in tasks:
+        await cancel_and_wait(task)
+    if notifier is not None:
+        await notifier.stop()

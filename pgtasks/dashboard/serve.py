@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -16,8 +17,11 @@ from pgtasks.core.errors import ConfigurationError
 from pgtasks.core.logs import log_event
 from pgtasks.dashboard.asgi import asgi_app
 from pgtasks.dashboard.auth import Credential, basic_auth
+from pgtasks.storage.migrations import require_latest
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from starlette.requests import Request
     from starlette.types import ASGIApp
 
@@ -51,6 +55,13 @@ def check_bind(host: str, credentials: list[Credential]) -> None:
     )
 
 
+def check_database(app: App) -> None:
+    """Fail at start, in one line, when the database cannot be reached or is not migrated: a server
+    that starts anyway would answer every page with the same error."""
+    with app.store.errors(), app.connect() as conn:
+        require_latest(app.schema, app.store.migration_current_version(conn))
+
+
 def normalize_base_path(base_path: str) -> str:
     path = "/" + base_path.strip().strip("/") if base_path.strip("/ ") else ""
     if any(c in path for c in "?#\\ ") or "//" in path:
@@ -71,7 +82,13 @@ def build(app: App, *, base_path: str = "", read_only: bool = False, credentials
     async def to_base(_: Request) -> RedirectResponse:
         return RedirectResponse(path + "/", status_code=307)
 
-    return Starlette(routes=[Route("/", to_base), Mount(path, app=dashboard)])
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        # A mounted app gets no lifespan events: close the dashboard's live feed from here.
+        yield
+        await dashboard.dashboard.feed.aclose()  # type: ignore[attr-defined]
+
+    return Starlette(routes=[Route("/", to_base), Mount(path, app=dashboard)], lifespan=lifespan)
 
 
 def serve(app: App, *, host: str = "127.0.0.1", port: int = 8000, base_path: str = "", read_only: bool = False,
@@ -79,6 +96,7 @@ def serve(app: App, *, host: str = "127.0.0.1", port: int = 8000, base_path: str
           listen: bool | None = None) -> None:
     credentials = credentials or []
     check_bind(host, credentials)
+    check_database(app)
     asgi = build(app, base_path=base_path, read_only=read_only, credentials=credentials,
                  refresh_interval=refresh_interval, listen=listen)
     shown = f"[{host}]" if ":" in host else host

@@ -34,9 +34,11 @@ WHERE state = ANY(%(states)s::{schema}.job_state[])
 -- Make jobs run again now: by ids, or by filter. At most %(limit)s rows per call, so a bulk retry
 -- runs as many short transactions. Running and available jobs are left alone (nothing to retry),
 -- and a finished job whose unique_key another live job holds is skipped instead of breaking the
--- unique index. max_attempts is raised when needed so the retried job gets one more attempt.
-WITH picked AS (
-    SELECT id FROM {schema}.jobs AS j
+-- unique index. Of finished jobs sharing a key that no live job holds, only the newest is retried
+-- (retrying two would break the index). max_attempts is raised when needed so the retried job
+-- gets one more attempt.
+WITH candidates AS (
+    SELECT id, unique_key, state FROM {schema}.jobs AS j
     WHERE state IN ('scheduled', 'retryable', 'completed', 'cancelled', 'discarded')
       AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
       AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::{schema}.job_state[]))
@@ -49,6 +51,12 @@ WITH picked AS (
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM candidates WHERE unique_key IS NULL OR state IN ('scheduled', 'retryable')
+    UNION ALL
+    SELECT max(id) FROM candidates
+    WHERE unique_key IS NOT NULL AND state NOT IN ('scheduled', 'retryable')
+    GROUP BY unique_key
 )
 UPDATE {schema}.jobs AS j
 SET state = 'available', run_at = coalesce(%(now)s::timestamptz, now()), finalized_at = NULL,

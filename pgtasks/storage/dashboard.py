@@ -113,9 +113,8 @@ class DashboardStore(StoreBase):
         params = {"names": list(names), "per_schedule": per_schedule}
         return self.run(conn, select_dicts(self.queries["dashboard_recent_fires"], params))
 
-    def dashboard_change_mark(self, conn: Connection[Any]) -> tuple[Any, ...]:
-        rows = self.run(conn, _rows(self.queries["dashboard_change_mark"], {}))
-        return tuple(rows[0])
+    def dashboard_change_mark(self, conn: Connection[Any]) -> dict[str, Any]:
+        return self.run(conn, select_dicts(self.queries["dashboard_change_mark"], {}))[0]
 
 
 def _rows(query: Any, params: dict[str, Any]) -> Operation[list[tuple[Any, ...]]]:

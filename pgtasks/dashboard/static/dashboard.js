@@ -15,6 +15,15 @@
   document.body.addEventListener("htmx:configRequest", (e) => {
     e.detail.headers["X-CSRF-Token"] = csrf;
   });
+  // A live refresh that failed (the database is down, say) keeps the region it has: its error
+  // page has no #live to select, and swapping it in would leave nothing to refresh later.
+  document.body.addEventListener("htmx:beforeSwap", (e) => {
+    if (e.detail.elt && e.detail.elt.id === "live" && e.detail.xhr.status >= 400) {
+      e.detail.shouldSwap = false;
+      const status = document.getElementById("live-status");
+      if (status) status.textContent = `live: the last refresh failed (HTTP ${e.detail.xhr.status}); retrying on the next change`;
+    }
+  });
 
   // A live refresh would reset ticked checkboxes: hold it while anything is selected.
   function selectionActive() {
@@ -38,6 +47,7 @@
 
   // -- live updates: one EventSource per tab, closed while the tab is hidden ----------------
   let source = null;
+  let greeted = false;
   let stale = false;
   const status = document.getElementById("live-status");
   // A change that arrives while the live region is being fetched would be lost: htmx queues its
@@ -64,7 +74,12 @@
   function open() {
     if (source) return;
     source = new EventSource(base + "/events");
-    source.addEventListener("hello", (e) => { if (status) status.textContent = JSON.parse(e.data); });
+    source.addEventListener("hello", (e) => {
+      if (status) status.textContent = JSON.parse(e.data);
+      // A reconnect (the server restarted, the network blinked): what changed meanwhile was never sent.
+      if (greeted) refresh(TOPICS);
+      greeted = true;
+    });
     source.addEventListener("change", (e) => refresh(JSON.parse(e.data)));
     source.onerror = () => { if (status) status.textContent = "live: reconnecting…"; };
   }
