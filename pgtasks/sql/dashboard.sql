@@ -53,10 +53,13 @@ ORDER BY queue
 
 -- name: dashboard_unfinished_counts
 -- Exact counts of the unfinished states: their rows are in the fetch and running partial indexes,
--- which hold only jobs that can still run.
+-- which hold only jobs that can still run, and workflow steps waiting for their predecessors in
+-- jobs_waiting_idx.
 SELECT state::text AS state, count(*) AS count FROM {schema}.jobs
 WHERE state IN ('available', 'scheduled', 'running', 'retryable')
 GROUP BY state
+UNION ALL
+SELECT 'waiting', count(*) FROM {schema}.jobs WHERE wait_count > 0 AND state = 'waiting' HAVING count(*) > 0
 
 -- name: dashboard_finished_counts
 -- Exact counts of the finished states: a scan of jobs_finalized_idx, so only run while the table
