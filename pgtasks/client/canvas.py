@@ -53,7 +53,7 @@ class Canvas:
     """What every signature and workflow shares: `|` builds a chain (a group followed by
     something builds a chord, as in Celery)."""
 
-    def __or__(self, other: Canvas) -> Canvas:
+    def __or__(self, other: Canvas) -> _Workflow:
         if not isinstance(other, Canvas):
             return NotImplemented
         return Chain(self, other)
@@ -206,7 +206,7 @@ class Chain(_Workflow):
         copy.link_error = self.link_error
         return copy
 
-    def __or__(self, other: Canvas) -> Canvas:
+    def __or__(self, other: Canvas) -> Chain:
         if not isinstance(other, Canvas):
             return NotImplemented
         return Chain(*self.tasks, other)
@@ -228,7 +228,7 @@ class Group(_Workflow):
         copy.link_error = self.link_error
         return copy
 
-    def __or__(self, other: Canvas) -> Canvas:
+    def __or__(self, other: Canvas) -> Chord:
         if not isinstance(other, Canvas):
             return NotImplemented
         return Chord(self, other)

@@ -81,12 +81,15 @@ class _EnqueueApi(Generic[P]):
                    *, immutable: bool = False) -> Signature:
         return Signature(self._task, args, kwargs, options, immutable=immutable, host=self._task.app)
 
-    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+    # Typed loosely on purpose: a workflow step's signature is partial (its first argument comes
+    # from the previous step), which a ParamSpec cannot express. The arguments are bound against
+    # the task's signature at .delay() instead, naming the step and parameter.
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature: these arguments bound, nothing enqueued. A step of a chain, group or chord
         (it receives the previous step's result as its first argument), or a job for app.enqueue_many()."""
         return self._signature(args, kwargs, self._options)
 
-    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: as a workflow step it ignores the previous step's result."""
         return self._signature(args, kwargs, self._options, immutable=True)
 
