@@ -1,7 +1,9 @@
 """pgtasks: Celery-style background tasks on PostgreSQL, enqueued inside your own transaction."""
 
 from pgtasks.app import App
+from pgtasks.client.canvas import Signature, chain, chord, group
 from pgtasks.client.task import Call, ConfiguredTask, JobRef, Task
+from pgtasks.client.workflows import StepResult, WorkflowRef
 from pgtasks.core.context import JobContext, JobProgress, current_job
 from pgtasks.core.errors import (
     Cancel,
@@ -64,8 +66,10 @@ __all__ = [
     "Retry",
     "RetryPolicy",
     "SchemaNotMigratedError",
+    "Signature",
     "Snooze",
     "StatementPoolingError",
+    "StepResult",
     "Task",
     "TaskArgumentError",
     "Unique",
@@ -73,6 +77,10 @@ __all__ = [
     "WaitTimeoutError",
     "Worker",
     "WorkerConfig",
+    "WorkflowRef",
     "__version__",
+    "chain",
+    "chord",
     "current_job",
+    "group",
 ]

@@ -18,6 +18,7 @@ PAGES: dict[tuple[str, ...], str] = {
     ("periodic",): "docs/periodic.md",
     ("bench",): "docs/performance.md",
     ("dashboard",): "docs/dashboard.md",
+    ("workflows",): "docs/workflows.md",
     ("embedded",): "docs/configuration.md",
     **{(ops,): "docs/operations.md" for ops in ("jobs", "queues", "stats", "leader", "doctor", "workers", "migrate")},
 }

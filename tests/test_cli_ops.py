@@ -132,7 +132,7 @@ def test_queues_list_pause_resume_and_stats(app: App, populated: dict[str, int])
     queues = {q["queue"]: q for q in as_json(run(app, "queues", "list", "--json"))}
     assert set(queues) == {"default", "mail"}
     assert queues["mail"]["available"] == 1 and queues["default"]["scheduled"] == 1
-    assert set(queues["mail"]) == {"queue", "available", "scheduled", "running", "retryable", "lag_seconds",
+    assert set(queues["mail"]) == {"queue", "available", "scheduled", "running", "retryable", "waiting", "lag_seconds",
                                    "paused_at", "paused"}
     assert queues["mail"]["paused"] is False and queues["mail"]["lag_seconds"] >= 0
     paused = as_json(run(app, "queues", "pause", "mail", "--json"))

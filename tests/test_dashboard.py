@@ -814,8 +814,8 @@ def test_bulk_cancel_asks_running_jobs_to_stop_and_cancels_waiting_ones(
     text, count, _ = confirmation(bulk(client, "cancel", scope="selection", ids=chosen))
     assert count == 3 and "Running jobs are asked to stop and end cancelled." in text
     assert result_of(bulk(client, "cancel", scope="selection", ids=chosen, confirm=count)) == (
-        "2 jobs cancelled or asked to cancel; 1 left as they were (not in a state this applies to, or held by a worker at that "
-        "moment)")
+        "2 jobs cancelled or asked to cancel; 1 left as they were (not in a state this applies to, or held by a "
+        "worker at that moment)")
     rows = job_rows(conn, app.schema)
     assert rows[jobs.available[0]]["state"] == "cancelled"
     assert rows[jobs.running[0]]["state"] == "running" and rows[jobs.running[0]]["cancel_requested_at"] is not None
@@ -827,8 +827,8 @@ def test_bulk_cancel_asks_running_jobs_to_stop_and_cancels_waiting_ones(
     _, count, _ = confirmation(bulk(client, "cancel", scope="filter", query=query))
     assert count == 3  # the cancelled one still matches; the other available and the scheduled one
     assert result_of(bulk(client, "cancel", scope="filter", query=query, confirm=count)) == (
-        "2 jobs cancelled or asked to cancel; 1 left as they were (not in a state this applies to, or held by a worker at that "
-        "moment)")
+        "2 jobs cancelled or asked to cancel; 1 left as they were (not in a state this applies to, or held by a "
+        "worker at that moment)")
     after = states(conn, app.schema)
     assert {after[i] for i in jobs.available + jobs.scheduled} == {"cancelled"}
 

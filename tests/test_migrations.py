@@ -115,7 +115,7 @@ def test_upgrading_from_0001_keeps_every_row_and_workers_run_the_ready_ones(data
         ran.append(n)
         return n * 10
 
-    new_tables = ("leader", "periodic_fires", "workers", "queues")
+    new_tables = ("leader", "periodic_fires", "workers", "queues", "workflows")
     with app.connect() as conn:
         assert [m.version for m in migrations.migrate(conn, schema, up_to=1)] == [1]
         assert app.store.migration_current_version(conn) == 1
@@ -127,10 +127,13 @@ def test_upgrading_from_0001_keeps_every_row_and_workers_run_the_ready_ones(data
     assert sorted(before) == sorted(ROWS_AT_0001)
     assert upgraded == list(range(2, migrations.latest_version() + 1))
     assert counts == dict.fromkeys(new_tables, (0,))
-    added = {"cancel_requested_at", "progress", "traceparent"}  # by 0003 and 0004, NULL on old rows
-    assert set(after["available"]) - set(before["available"]) == added
+    added = {"cancel_requested_at", "progress", "traceparent",  # by 0003 and 0004, NULL on old rows
+             "workflow_id", "workflow_step", "wait_delay", "next_ids", "input_from", "input_param"}  # and 0005
+    defaults = {"wait_count": 0, "input_list": False, "signalled": False}  # 0005: a plain job's values
+    assert set(after["available"]) - set(before["available"]) == added | set(defaults)
     assert {s: {k: row[k] for k in before[s]} for s, row in after.items()} == before  # every row, as it was
     assert {s: {k: row[k] for k in added} for s, row in after.items()} == dict.fromkeys(before, dict.fromkeys(added))
+    assert {s: {k: row[k] for k in defaults} for s, row in after.items()} == dict.fromkeys(before, defaults)
 
     outcomes = run_ready_jobs(app, queues=["default"])
     available, retryable = before["available"]["id"], before["retryable"]["id"]

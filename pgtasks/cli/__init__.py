@@ -15,6 +15,7 @@ from pgtasks.cli.queues import queues
 from pgtasks.cli.stats import stats
 from pgtasks.cli.worker import worker
 from pgtasks.cli.workers import workers
+from pgtasks.cli.workflows import workflows
 
 main.add_command(worker)
 main.add_command(migrate)
@@ -28,5 +29,6 @@ main.add_command(stats)
 main.add_command(doctor)
 main.add_command(workers)
 main.add_command(dashboard)
+main.add_command(workflows)
 
 __all__ = ["main"]

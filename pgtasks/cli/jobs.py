@@ -22,6 +22,7 @@ from pgtasks.cli.output import (
     split_csv,
     table,
 )
+from pgtasks.cli.workflows import step_paths
 from pgtasks.client.results import decode_progress
 from pgtasks.core.channels import control_channel, jobs_channel
 from pgtasks.core.models import ALL_STATES as JOB_STATES
@@ -177,11 +178,16 @@ def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
     decoded = dict(row)
     for key in ("args", "errors", "result", "progress"):
         decoded[key] = _json_or_none(row[key])
+    position = _position(app, row)
+    decoded["workflow_position"] = position
     if as_json:
         emit_json(decoded)
         return
     for key in ("id", "task", "queue", "state", "priority", "unique_key", "attempted_by"):
         click.echo(f"{key + ':':<14}{decoded[key] if decoded[key] is not None else '-'}")
+    if row["workflow_id"] is not None:
+        click.echo(f"{'workflow:':<14}{row['workflow_id']}, step {row['workflow_step']} ({position}); "
+                   f"`pgtasks workflows show {row['workflow_id']}`")
     click.echo(f"{'attempt:':<14}{row['attempt']} of {row['max_attempts']} (claims {row['claims']})")
     click.echo(f"{'args:':<14}{row['args']}")
     click.echo("timings:")
@@ -200,6 +206,19 @@ def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
                    f"{entry.get('type')}: {entry.get('message')}")
         if entry.get("traceback"):
             click.echo("    " + entry["traceback"].rstrip().replace("\n", "\n    "))
+
+
+def _position(app: App, row: dict[str, Any]) -> str | None:
+    """Where a workflow step sits in its workflow (`chain[1] > group[0]`); None for a plain job."""
+    if row["workflow_id"] is None:
+        return None
+    with app.connect() as conn:
+        workflow = app.store.workflow_get(conn, row["workflow_id"])
+    if workflow is None:
+        return "its workflow was deleted"
+    if row["workflow_step"] >= workflow["steps"]:
+        return "link_error"
+    return step_paths(msgspec.json.decode(workflow["structure"])).get(row["workflow_step"], "?")
 
 
 @jobs.command("retry")

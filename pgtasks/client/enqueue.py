@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from psycopg import AsyncConnection, Connection
 
 from pgtasks.client.results import JobRef, JobSource
+from pgtasks.client.workflows import WorkflowRef
 from pgtasks.core.errors import ConfigurationError
-from pgtasks.core.models import EnqueueRow
+from pgtasks.core.models import EnqueueRow, WorkflowPlan
 from pgtasks.storage.connections import refusing_statement_pooling
 
 if TYPE_CHECKING:
@@ -37,6 +38,12 @@ class Enqueuer(Protocol):
 
     async def aenqueue_many(self, tasks: Sequence[TaskDefinition[Any, Any]], rows: Sequence[EnqueueRow],
                             connection: AsyncConnection[Any] | None) -> list[JobRef]:
+        ...
+
+    def enqueue_workflow(self, plan: WorkflowPlan, connection: Connection[Any] | None) -> WorkflowRef:
+        ...
+
+    async def aenqueue_workflow(self, plan: WorkflowPlan, connection: AsyncConnection[Any] | None) -> WorkflowRef:
         ...
 
 
@@ -145,6 +152,21 @@ class DatabaseEnqueuer:
         async with self.aconnection(connection) as conn:
             ids = await self.store.ajob_insert_many(conn, rows)
         return [self._ref(job_id, task) for job_id, task in zip(ids, tasks, strict=True)]
+
+    def _workflow_ref(self, plan: WorkflowPlan, workflow_id: int, ids: Sequence[int]) -> WorkflowRef:
+        return WorkflowRef(workflow_id, self.source, tuple(ids[s] for s in plan.result_steps),
+                           tuple(plan.steps[s].task for s in plan.result_steps), plan.result_list, tuple(ids))
+
+    def enqueue_workflow(self, plan: WorkflowPlan, connection: Connection[Any] | None) -> WorkflowRef:
+        """Insert every step of `plan` (and its workflows row) in one transaction: the caller's, if any."""
+        with self.connection(connection) as conn:
+            workflow_id, ids = self.store.workflow_insert(conn, plan)
+        return self._workflow_ref(plan, workflow_id, ids)
+
+    async def aenqueue_workflow(self, plan: WorkflowPlan, connection: AsyncConnection[Any] | None) -> WorkflowRef:
+        async with self.aconnection(connection) as conn:
+            workflow_id, ids = await self.store.aworkflow_insert(conn, plan)
+        return self._workflow_ref(plan, workflow_id, ids)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection[Any]]:

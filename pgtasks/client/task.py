@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, Protocol, TypedDict, TypeVar, Unpack
+from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
 
 from psycopg import AsyncConnection, Connection
 
+from pgtasks.client.canvas import Canvas, Signature, TaskHost
 from pgtasks.client.enqueue import Enqueuer
 from pgtasks.client.results import JobRef
 from pgtasks.core.definition import TaskConfig, TaskDefinition
@@ -19,15 +19,8 @@ __all__ = ["Call", "ConfiguredTask", "JobRef", "Task", "TaskConfig", "TaskHost",
 P = ParamSpec("P")
 R = TypeVar("R")
 
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """A task bound to its arguments (and options), for bulk enqueueing: `task.s(1, x=2)`."""
-
-    task: Task[Any, Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    options: EnqueueOptions = field(default_factory=EnqueueOptions)
+# A task bound to its arguments and options: `task.s(1, x=2)`; the name bulk enqueueing has always used.
+Call = Signature
 
 
 class JobOptions(TypedDict, total=False):
@@ -57,24 +50,48 @@ class _EnqueueApi(Generic[P]):
         return await self._task._aenqueue(args, kwargs, self._options, None)
 
     def apply_async(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
-                    connection: Connection[Any] | None = None, **options: Unpack[JobOptions]) -> JobRef:
+                    connection: Connection[Any] | None = None, link: Canvas | list[Signature] | None = None,
+                    link_error: Signature | None = None, **options: Unpack[JobOptions]) -> JobRef:
         """Enqueue with explicit options (Celery's signature); `connection` joins that transaction.
 
         Options: countdown (seconds or timedelta) or eta (an aware datetime), expires, priority,
         queue, max_attempts, unique_key; each overrides the task's default for this job.
+        `link` (a signature, a list of them, or any workflow) runs after the job with its result,
+        `link_error(job_id, error)` once if it fails: the job is then the first step of a workflow
+        (docs/workflows.md), and the JobRef is the job's.
         """
         merged = self._options.merged(EnqueueOptions(**options))
+        if link is not None or link_error is not None:
+            return self._signature(tuple(args), kwargs or {}, merged).apply_async(
+                connection=connection, link=link, link_error=link_error)
         return self._task._enqueue(tuple(args), kwargs or {}, merged, connection)
 
     async def aapply_async(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
-                           connection: AsyncConnection[Any] | None = None, **options: Unpack[JobOptions]) -> JobRef:
+                           connection: AsyncConnection[Any] | None = None,
+                           link: Canvas | list[Signature] | None = None, link_error: Signature | None = None,
+                           **options: Unpack[JobOptions]) -> JobRef:
         """Async twin of apply_async()."""
         merged = self._options.merged(EnqueueOptions(**options))
+        if link is not None or link_error is not None:
+            return await self._signature(tuple(args), kwargs or {}, merged).aapply_async(
+                connection=connection, link=link, link_error=link_error)
         return await self._task._aenqueue(tuple(args), kwargs or {}, merged, connection)
 
-    def s(self, *args: P.args, **kwargs: P.kwargs) -> Call:
-        """Bind arguments without enqueueing, for app.enqueue_many()."""
-        return Call(self._task, args, kwargs, self._options)
+    def _signature(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: EnqueueOptions,
+                   *, immutable: bool = False) -> Signature:
+        return Signature(self._task, args, kwargs, options, immutable=immutable, host=self._task.app)
+
+    # Typed loosely on purpose: a workflow step's signature is partial (its first argument comes
+    # from the previous step), which a ParamSpec cannot express. The arguments are bound against
+    # the task's signature at .delay() instead, naming the step and parameter.
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature: these arguments bound, nothing enqueued. A step of a chain, group or chord
+        (it receives the previous step's result as its first argument), or a job for app.enqueue_many()."""
+        return self._signature(args, kwargs, self._options)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: as a workflow step it ignores the previous step's result."""
+        return self._signature(args, kwargs, self._options, immutable=True)
 
     def delay_many(self, calls: Iterable[tuple[Any, ...] | Call], *,
                    connection: Connection[Any] | None = None) -> list[JobRef]:
@@ -99,12 +116,6 @@ class ConfiguredTask(_EnqueueApi[P]):
 
     def configure(self, **options: Unpack[JobOptions]) -> ConfiguredTask[P]:
         return ConfiguredTask(self._task, self._options.merged(EnqueueOptions(**options)))
-
-
-class TaskHost(Protocol):
-    """What a Task enqueues through and hands its JobRefs: an App provides it."""
-
-    enqueuer: Enqueuer
 
 
 class Task(TaskDefinition[P, R], _EnqueueApi[P]):

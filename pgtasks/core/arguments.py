@@ -48,6 +48,8 @@ class ArgumentCodec:
         except Exception:  # noqa: BLE001 - unresolvable forward references: fall back to Any
             hints = {}
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+        self._fields = fields  # kept for the structs of partial calls (workflow steps)
+        self._partial_decoders: dict[tuple[str, ...], msgspec.json.Decoder[Any]] = {}
         self._var_positional: str | None = None
         self._var_keyword: str | None = None
         for param in self.signature.parameters.values():
@@ -88,6 +90,59 @@ class ArgumentCodec:
         except msgspec.ValidationError as exc:
             raise TaskArgumentError(f"{self.task_name}: invalid argument: {_describe(exc)}") from None
         return encoded.decode()
+
+    def leading_parameters(self, count: int) -> list[str] | None:
+        """The names of the first `count` parameters if each can be passed positionally; else None.
+
+        A workflow step receives its predecessor's result in its first parameter (a link_error
+        callback the failed job's id and error in its first two), as Celery passes it first.
+        """
+        names: list[str] = []
+        for param in self.signature.parameters.values():
+            if len(names) == count:
+                break
+            if param.kind not in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+                return None
+            names.append(param.name)
+        return names if len(names) == count else None
+
+    def encode_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any], reserved: list[str]) -> str:
+        """encode() for a call whose first parameters (`reserved`) are filled in later, by the
+        database: the rest are bound after them, validated and encoded; the reserved ones are not
+        stored. Raises TaskArgumentError naming a reserved parameter that was passed anyway."""
+        for name in reserved:
+            if name in kwargs:
+                raise TaskArgumentError(f"{self.task_name}: parameter {name!r} is filled in by the workflow "
+                                        f"(it receives the previous step's result); do not pass it")
+        placeholders = [None] * len(reserved)
+        try:
+            bound = self.signature.bind(*placeholders, *args, **kwargs)
+        except TypeError as exc:
+            raise TaskArgumentError(f"{self.task_name}: {exc} (its first parameter {reserved[0]!r} is filled "
+                                    f"in by the workflow)") from None
+        arguments = {k: v for k, v in bound.arguments.items() if k not in reserved}
+        if self._var_positional in arguments:
+            arguments[self._var_positional] = list(arguments[self._var_positional])
+        try:
+            encoded = _ENCODER.encode(arguments)
+        except _UNENCODABLE as exc:
+            raise self._unencodable(arguments, exc) from None
+        if _needs_inspection(arguments, encoded):
+            encoded = self._checked(arguments)
+        try:
+            self._partial_decoder(tuple(reserved)).decode(encoded)
+        except msgspec.ValidationError as exc:
+            raise TaskArgumentError(f"{self.task_name}: invalid argument: {_describe(exc)}") from None
+        return encoded.decode()
+
+    def _partial_decoder(self, reserved: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
+        decoder = self._partial_decoders.get(reserved)
+        if decoder is None:
+            fields = [f for f in self._fields if f[0] not in reserved]
+            struct = msgspec.defstruct(f"{self.task_name}.PartialArguments", fields, kw_only=True,
+                                       forbid_unknown_fields=True)
+            decoder = self._partial_decoders[reserved] = msgspec.json.Decoder(struct)
+        return decoder
 
     def decode(self, raw: str | bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Decode stored JSON back to (args, kwargs) with every value in its annotated type."""

@@ -11,6 +11,7 @@ import msgspec
 class JobState(enum.StrEnum):
     """The states of a job; the same names as River's state machine."""
 
+    WAITING = "waiting"  # a workflow step whose predecessors have not all completed
     AVAILABLE = "available"
     SCHEDULED = "scheduled"
     RUNNING = "running"
@@ -24,8 +25,8 @@ class JobState(enum.StrEnum):
 FINAL_STATES = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
 # Waiting to run: what a worker may claim once run_at has come.
 PENDING_STATES = (JobState.AVAILABLE, JobState.SCHEDULED, JobState.RETRYABLE)
-# Not final: waiting, or running now. A unique key is held in these states.
-UNFINISHED_STATES = (*PENDING_STATES, JobState.RUNNING)
+# Not final: waiting for predecessors, waiting to run, or running now.
+UNFINISHED_STATES = (JobState.WAITING, *PENDING_STATES, JobState.RUNNING)
 ALL_STATES = tuple(JobState)
 
 
@@ -109,6 +110,55 @@ class EnqueueRow(msgspec.Struct, frozen=True):
     expires_in: float | None = None
     unique_key: str | None = None
     traceparent: str | None = None  # set by pgtasks.otel's enqueuer: the producer span's W3C trace context
+
+
+class StepRow(msgspec.Struct, frozen=True):
+    """One step of a workflow to insert: a job row plus its place in the DAG, by step index.
+
+    `args` is the step's own arguments, encoded; the input parameter, when there is one, is
+    filled in by the database from `input_from`'s results when the step becomes ready.
+    """
+
+    step: int
+    task: str
+    queue: str
+    args: str
+    priority: int
+    max_attempts: int
+    waits: int  # predecessors that must complete first; 0: the step runs at once
+    next_steps: tuple[int, ...] = ()
+    input_from: tuple[int, ...] = ()
+    input_param: str | None = None
+    input_list: bool = False
+    run_at: datetime | None = None  # an absolute eta
+    delay: float | None = None  # a countdown, from the enqueue (a first step) or from when it is ready
+    expires_at: datetime | None = None
+    expires_in: float | None = None
+
+
+class LinkErrorSpec(msgspec.Struct, frozen=True):
+    """The job a workflow's first failure inserts: the failed job's id and its last error entry go
+    into `id_param` and `error_param`, on top of `args` (a JSON object)."""
+
+    task: str
+    queue: str
+    priority: int
+    max_attempts: int
+    args: msgspec.Raw
+    id_param: str | None  # None for an immutable errback (.si()): it receives neither
+    error_param: str | None
+    step: int
+
+
+class WorkflowPlan(msgspec.Struct, frozen=True):
+    """A whole workflow, ready to insert: its steps in index order and how to read its result."""
+
+    kind: str
+    structure: dict[str, object]
+    steps: tuple[StepRow, ...]
+    result_steps: tuple[int, ...]
+    result_list: bool
+    link_error: LinkErrorSpec | None = None
 
 
 # -- leadership, periodic fires, heartbeats, maintenance -------------------------------------

@@ -24,6 +24,8 @@ BATCH_SIZE = 1000
 # A pass stops after this many batches per kind and leaves the rest to the next pass, so one
 # pass never holds the leader's connection for long after a large backlog builds up.
 MAX_BATCHES = 50
+# Workflows deleted per statement: batch_size divided by this (each takes all of its jobs along).
+WORKFLOW_BATCH_DIVISOR = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +52,15 @@ class CleanReport:
     """What one cleaner pass deleted, and in how many DELETE statements."""
 
     jobs: dict[str, int] = field(default_factory=dict)
+    workflows: int = 0
+    workflow_jobs: int = 0  # the jobs of those workflows (not in `jobs`)
     periodic_fires: int = 0
     dead_workers: int = 0
     batches: int = 0
 
     @property
     def total(self) -> int:
-        return sum(self.jobs.values()) + self.periodic_fires + self.dead_workers
+        return sum(self.jobs.values()) + self.workflow_jobs + self.workflows + self.periodic_fires + self.dead_workers
 
 
 class Cleaner(LeaderService):
@@ -91,6 +95,7 @@ class Cleaner(LeaderService):
             if keep is not None:
                 report.jobs[state] = await self._batches(report, partial(
                     store.ajob_delete_finished, state=state, retention=keep.total_seconds(), limit=limit, now=now))
+        await self._workflows(report, now)
         if r.periodic_fires is not None:
             report.periodic_fires = await self._batches(report, partial(
                 store.aperiodic_fire_prune, retention=r.periodic_fires.total_seconds(), limit=limit, now=now))
@@ -100,8 +105,31 @@ class Cleaner(LeaderService):
         if report.total:
             log_event(logger, logging.INFO, "cleaner.deleted", batches=report.batches,
                       periodic_fires=report.periodic_fires, dead_workers=report.dead_workers,
+                      workflows=report.workflows, workflow_jobs=report.workflow_jobs,
                       **{f"jobs_{state}": count for state, count in report.jobs.items()})
         return report
+
+    async def _workflows(self, report: CleanReport, now: datetime | None) -> None:
+        """Whole workflows, once every job of one is finished and past its state's retention: a
+        workflow's rows go together, so `workflows show` never finds half of one."""
+        r = self.retention
+        retention = {state: None if keep is None else keep.total_seconds()
+                     for state, keep in (("completed", r.completed), ("cancelled", r.cancelled),
+                                         ("discarded", r.discarded))}
+        # A workflow is many jobs: fewer of them per statement keep each statement's locks few.
+        limit = max(1, self.batch_size // WORKFLOW_BATCH_DIVISOR)
+        for _ in range(self.max_batches):
+            if not self.may_act():
+                break
+            async with self._pool.connection() as conn:
+                workflows, jobs = await self._store.aworkflow_delete_finished(conn, retention=retention,
+                                                                              limit=limit, now=now)
+            report.batches += 1
+            report.workflows += workflows
+            report.workflow_jobs += jobs
+            if workflows < limit:
+                break
+            await asyncio.sleep(0)
 
     async def _batches(self, report: CleanReport,
                        delete: Callable[[AsyncConnection[Any]], Awaitable[int]]) -> int:

@@ -24,12 +24,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from pgtasks.client.enqueue import Enqueuer
 from pgtasks.core.errors import ConfigurationError
 from pgtasks.core.hooks import Hooks, JobEvent
-from pgtasks.core.models import EnqueueRow
+from pgtasks.core.models import EnqueueRow, WorkflowPlan
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection, Connection
 
     from pgtasks.client.results import JobRef
+    from pgtasks.client.workflows import WorkflowRef
     from pgtasks.core.definition import TaskDefinition
 
 SYSTEM = "pgtasks"  # messaging.system: not one of the registered values, which the conventions allow
@@ -118,6 +119,25 @@ class TracingEnqueuer:
             refs = await self.inner.aenqueue_many(tasks, self._traced(rows), connection)
             self._sent(span, refs)
             return refs
+
+    def _workflow_span(self, plan: WorkflowPlan) -> Any:
+        """One span for a workflow's insert. Its steps store no traceparent of their own (the step
+        rows have no such column in their insert); each attempt still gets its consumer span."""
+        queues, names = {row.queue for row in plan.steps}, {row.task for row in plan.steps}
+        return self._span(queues.pop() if len(queues) == 1 else "(many)",
+                          names.pop() if len(names) == 1 else "(many)", count=len(plan.steps))
+
+    def enqueue_workflow(self, plan: WorkflowPlan, connection: Connection[Any] | None) -> WorkflowRef:
+        with self._workflow_span(plan) as span:
+            ref = self.inner.enqueue_workflow(plan, connection)
+            span.set_attribute("pgtasks.workflow.id", ref.id)
+            return ref
+
+    async def aenqueue_workflow(self, plan: WorkflowPlan, connection: AsyncConnection[Any] | None) -> WorkflowRef:
+        with self._workflow_span(plan) as span:
+            ref = await self.inner.aenqueue_workflow(plan, connection)
+            span.set_attribute("pgtasks.workflow.id", ref.id)
+            return ref
 
 
 class JobTracer:

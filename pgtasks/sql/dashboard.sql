@@ -59,12 +59,15 @@ ORDER BY queue
 
 -- name: dashboard_unfinished_counts
 -- Exact counts of the unfinished states: their rows are in the fetch and running partial indexes,
--- which hold only jobs that can still run. Written as one OR arm per index, which the planner
--- reads as a BitmapOr of the two; one IN list of all four states implies neither index's
--- predicate, and was a scan of the whole table.
+-- which hold only jobs that can still run, and workflow steps waiting for their predecessors in
+-- jobs_waiting_idx. Written as one OR arm per index, which the planner reads as a BitmapOr of the
+-- two; one IN list of all four states implies neither index's predicate, and was a scan of the
+-- whole table.
 SELECT state::text AS state, count(*) AS count FROM {schema}.jobs
 WHERE state IN ('available', 'scheduled', 'retryable') OR state = 'running'
 GROUP BY state
+UNION ALL
+SELECT 'waiting', count(*) FROM {schema}.jobs WHERE wait_count > 0 AND state = 'waiting' HAVING count(*) > 0
 
 -- name: dashboard_finished_counts
 -- Exact counts of the finished states: a scan of jobs_finalized_idx, so only run while the table
@@ -89,6 +92,7 @@ WHERE n.nspname = %(schema)s AND c.relname = 'jobs'
 (%(states)s::text[] IS NULL
  OR (%(pending_states)s::{schema}.job_state[] IS NOT NULL AND state = ANY(%(pending_states)s::{schema}.job_state[]))
  OR (%(running)s::boolean AND state = 'running')
+ OR (%(waiting)s::boolean AND state = 'waiting' AND wait_count > 0)
  OR (%(final_states)s::{schema}.job_state[] IS NOT NULL AND state = ANY(%(final_states)s::{schema}.job_state[])))
 AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
 AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))

@@ -55,11 +55,12 @@ FROM rescued AS r ORDER BY r.id
 -- name: job_delete_finished
 -- Delete one small batch of jobs in one final state finalized before the cutoff. The batch is
 -- chosen with SKIP LOCKED and bounded by LIMIT, so a run never holds many row locks or waits
--- on a row someone else holds; the caller loops until a batch comes back short.
+-- on a row someone else holds; the caller loops until a batch comes back short. Workflow steps
+-- are left to workflow_delete_finished, which deletes a workflow's jobs together.
 DELETE FROM {schema}.jobs
 WHERE id IN (
     SELECT id FROM {schema}.jobs
-    WHERE state = %(state)s::{schema}.job_state
+    WHERE state = %(state)s::{schema}.job_state AND workflow_id IS NULL
       AND finalized_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention)s::float8)
     ORDER BY finalized_at
     LIMIT %(limit)s

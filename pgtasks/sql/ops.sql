@@ -15,6 +15,7 @@ LIMIT %(limit)s
 SELECT id, task, queue, state::text AS state, priority, attempt, max_attempts, claims, args::text AS args,
        run_at, created_at, attempted_at, attempted_by, finalized_at, expires_at, cancel_requested_at,
        unique_key, errors::text AS errors, result::text AS result, progress::text AS progress,
+       workflow_id, workflow_step,
        extract(epoch FROM attempted_at - created_at) AS wait_seconds,
        extract(epoch FROM finalized_at - attempted_at) AS run_seconds,
        now() AS db_now
@@ -36,10 +37,13 @@ WHERE state = ANY(%(states)s::{schema}.job_state[])
 -- and a finished job whose unique_key another live job holds is skipped instead of breaking the
 -- unique index. Of finished jobs sharing a key that no live job holds, only the newest is retried
 -- (retrying two would break the index). max_attempts is raised when needed so the retried job
--- gets one more attempt.
+-- gets one more attempt. A workflow step cancelled before its input arrived (wait_count > 0) is
+-- skipped: it has nothing to run with. A finished step that is retried runs alone: its workflow
+-- does not run on from it.
 WITH candidates AS (
     SELECT id, unique_key, state FROM {schema}.jobs AS j
     WHERE state IN ('scheduled', 'retryable', 'completed', 'cancelled', 'discarded')
+      AND wait_count = 0
       AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
       AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::{schema}.job_state[]))
       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
@@ -66,13 +70,14 @@ WHERE j.id = picked.id
 RETURNING j.id, j.queue
 
 -- name: job_cancel_many
--- Cancel jobs by id. Waiting jobs end `cancelled` at once; running ones get cancel_requested_at
+-- Cancel jobs by id. Jobs not running (a workflow's waiting steps too; cancelling one fails its
+-- workflow, see 0005_workflows.sql) end `cancelled` at once; running ones get cancel_requested_at
 -- and keep running until their worker (told on the control channel, or at its next poll) stops
 -- them and writes the cancelled outcome. FOR UPDATE (not SKIP LOCKED) waits for a concurrent
 -- claim to commit, and then sees the job as running.
 WITH picked AS (
     SELECT id, state FROM {schema}.jobs
-    WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('available', 'scheduled', 'retryable', 'running')
+    WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('waiting', 'available', 'scheduled', 'retryable', 'running')
     FOR UPDATE
 ), waiting AS (
     UPDATE {schema}.jobs AS j

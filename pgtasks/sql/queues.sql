@@ -34,13 +34,15 @@ SELECT name, paused_at FROM {schema}.queues WHERE paused_at IS NOT NULL ORDER BY
 -- name: queue_stats
 -- Per queue: jobs in each unfinished state, the lag (age of the oldest job that is due but not
 -- yet claimed) and whether the queue is paused. Reads unfinished rows only, so it stays cheap
--- however many finished jobs the table keeps (metrics scrape it).
-WITH counts AS (
+-- however many finished jobs the table keeps (metrics scrape it): workflow steps waiting for
+-- their predecessors through jobs_waiting_idx, the others through the fetch and running indexes.
+WITH parts AS (
     SELECT queue,
            count(*) FILTER (WHERE state = 'available') AS available,
            count(*) FILTER (WHERE state = 'scheduled') AS scheduled,
            count(*) FILTER (WHERE state = 'running') AS running,
            count(*) FILTER (WHERE state = 'retryable') AS retryable,
+           0 AS waiting,
            min(run_at) FILTER (WHERE state IN ('available', 'scheduled', 'retryable')
                                AND run_at <= coalesce(%(now)s::timestamptz, now())) AS oldest_due
     FROM {schema}.jobs
@@ -48,10 +50,19 @@ WITH counts AS (
     -- all four states matches neither index, and the planner scans the whole table instead.
     WHERE state IN ('available', 'scheduled', 'retryable') OR state = 'running'
     GROUP BY queue
+    UNION ALL
+    SELECT queue, 0, 0, 0, 0, count(*), NULL FROM {schema}.jobs
+    WHERE wait_count > 0 AND state = 'waiting'
+    GROUP BY queue
+), counts AS (
+    SELECT queue, sum(available) AS available, sum(scheduled) AS scheduled, sum(running) AS running,
+           sum(retryable) AS retryable, sum(waiting) AS waiting, min(oldest_due) AS oldest_due
+    FROM parts GROUP BY queue
 )
 SELECT coalesce(c.queue, q.name) AS queue,
-       coalesce(c.available, 0) AS available, coalesce(c.scheduled, 0) AS scheduled,
-       coalesce(c.running, 0) AS running, coalesce(c.retryable, 0) AS retryable,
+       coalesce(c.available, 0)::bigint AS available, coalesce(c.scheduled, 0)::bigint AS scheduled,
+       coalesce(c.running, 0)::bigint AS running, coalesce(c.retryable, 0)::bigint AS retryable,
+       coalesce(c.waiting, 0)::bigint AS waiting,
        coalesce(extract(epoch FROM coalesce(%(now)s::timestamptz, now()) - c.oldest_due), 0)::float8
            AS lag_seconds,
        q.paused_at

@@ -39,7 +39,8 @@ class JobQuery:
 
         # The states split by the partial index that holds them (see dashboard_job_page).
         return {"states": states or None, "pending_states": among(PENDING_STATES),
-                "running": JobState.RUNNING in states, "final_states": among(FINAL_STATES),
+                "running": JobState.RUNNING in states, "waiting": JobState.WAITING in states,
+                "final_states": among(FINAL_STATES),
                 "queues": list(self.queues) if self.queues else None,
                 "tasks": list(self.tasks) if self.tasks else None,
                 "created_from": self.created_from, "created_to": self.created_to,

@@ -19,10 +19,11 @@ from pgtasks.storage.periodic import PeriodicStore
 from pgtasks.storage.queues import QueueStore
 from pgtasks.storage.session import SessionStore
 from pgtasks.storage.workers import WorkerStore
+from pgtasks.storage.workflows import WorkflowStore
 
 __all__ = ["COPY_MIN_ROWS", "Store"]
 
 
 class Store(JobStore, LeaderStore, PeriodicStore, WorkerStore, MaintenanceStore, QueueStore, OperationsStore,
-            DoctorStore, DashboardStore, MigrationStore, SessionStore):
+            DoctorStore, DashboardStore, MigrationStore, SessionStore, WorkflowStore):
     """Named queries for one schema (see the module docstring)."""

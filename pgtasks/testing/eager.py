@@ -15,10 +15,11 @@ import msgspec
 from psycopg import AsyncConnection, Connection
 
 from pgtasks.client.results import JobRef, decode_result
+from pgtasks.client.workflows import WorkflowRef
 from pgtasks.core.context import JobContext, JobProgress, reset_current_job, set_current_job
 from pgtasks.core.definition import TaskDefinition
 from pgtasks.core.errors import Cancel, ConfigurationError, JobCancelledError, JobDiscardedError, Retry, Snooze
-from pgtasks.core.models import EnqueueRow
+from pgtasks.core.models import EnqueueRow, WorkflowPlan
 
 if TYPE_CHECKING:
     from pgtasks.app import App
@@ -111,6 +112,12 @@ class EagerEnqueuer:
                             connection: AsyncConnection[Any] | None) -> list[JobRef]:
         return [await self.arun(task, row) for task, row in zip(tasks, rows, strict=True)]
 
+    def enqueue_workflow(self, plan: WorkflowPlan, connection: Connection[Any] | None) -> WorkflowRef:
+        raise _no_workflows()
+
+    async def aenqueue_workflow(self, plan: WorkflowPlan, connection: AsyncConnection[Any] | None) -> WorkflowRef:
+        raise _no_workflows()
+
     def _context(self, task: TaskDefinition[Any, Any], row: EnqueueRow, job_id: int) -> JobContext:
         return JobContext(job_id, task.name, row.queue, 1, row.max_attempts, datetime.now(UTC), "eager")
 
@@ -182,6 +189,12 @@ class EagerEnqueuer:
             return outcome.get("value")
 
         return self._settle(task, row, job_id, replay, context)
+
+
+def _no_workflows() -> ConfigurationError:
+    # A workflow is advanced by the database (its triggers), which eager mode never writes to.
+    return ConfigurationError("workflows (chain, group, chord, link) do not run in eager mode: they are advanced "
+                              "by the database; run them with pgtasks.testing.drain(app) instead")
 
 
 @contextlib.contextmanager

@@ -124,7 +124,11 @@ class Completer:
             await self._ready.wait()
             self._ready.clear()
             while self._pending:
-                keys = list(self._pending)[:MAX_BATCH]
+                # In job id order: a step's completion locks its successors' rows (the workflow
+                # trigger), and batches that lock them in one order cannot deadlock each other. A
+                # deadlock or serialization failure still can happen (other writers); like any
+                # failed write it is retried below, with its whole batch.
+                keys = sorted(list(self._pending)[:MAX_BATCH])
                 entries = [self._pending[k] for k in keys]
                 try:
                     async with self._pool.connection() as conn:
