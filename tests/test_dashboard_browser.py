@@ -211,7 +211,7 @@ def test_overview_draws_both_charts_and_counts_the_seeded_jobs(app: App, page: P
 
         cards = dict(page.eval_on_selector_all(
             ".cards .value[data-state]", "els => els.map(e => [e.dataset.state, e.textContent.trim()])"))
-        assert cards == {"available": "3", "scheduled": "2", "running": "0", "retryable": "0",
+        assert cards == {"waiting": "0", "available": "3", "scheduled": "2", "running": "0", "retryable": "0",
                          "completed": "6", "cancelled": "0", "discarded": "3"}
         # The doctor's findings come in a fragment after load; wait for it so its request is checked too.
         page.wait_for_selector("#doctor")
