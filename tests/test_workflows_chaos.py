@@ -1,5 +1,5 @@
 """Workflows under fire (`-m slow`): a 1,000-member chord drained by `pgtasks worker` processes that
-are SIGKILLed and replaced while it runs.
+are SIGKILLed and replaced while it runs, and a 10,000-member chord end to end.
 
 The chaos test kills a worker five times, each time once another sixth of the members completed,
 always one that is running members at that moment. Strikes 1, 3 and 5 kill the leader if there
@@ -29,6 +29,7 @@ from pgtasks import App, chord
 from tests.apps.workflow_chaos_app import COLLECT, MEMBER, register
 from tests.conftest import ROOT
 from tests.helpers import wait_for
+from tests.tcp_proxy import FreezableProxy
 
 pytestmark = pytest.mark.slow
 
@@ -204,3 +205,46 @@ def test_a_chord_survives_workers_sigkilled_during_it_and_runs_its_callback_once
     print(f"\n1,000-member chord with {STRIKES} SIGKILLs (at {[n for n, _ in strikes]} completed members, "
           f"leader killed: {[was for _, was in strikes]}): {rescued} members rescued, done in {elapsed:.1f} s")
 
+
+BIG = 10_000
+
+
+def test_a_10000_member_chord_is_one_copy_and_its_callback_gets_every_result_in_order(
+    app: App, proxied: tuple[FreezableProxy, str], workers: WorkerProcesses, conn: psycopg.Connection[Any],
+    schema: str,
+) -> None:
+    proxy, proxied_dsn = proxied
+    producer = App(proxied_dsn, schema=schema)
+    member, collect = register(producer)
+    header = [member.s(i) for i in range(BIG)]
+    with producer.database.pool().connection() as warm:  # opening the pool is not part of the count
+        warm.execute("SELECT 1")
+    statements: list[tuple[str, str]] = []
+
+    def observe(sql: str, tag: str) -> bool:
+        # Called by the proxy for every statement's CommandComplete; never takes the reply.
+        statements.append((" ".join(sql.split()[:3]), tag))
+        return False
+
+    proxy.drop_reply(observe)
+    started = time.perf_counter()
+    ref = chord(header, collect.s()).delay()
+    enqueued = time.perf_counter() - started
+    seen = list(statements)
+    producer.close()
+    tags = [tag for _sql, tag in seen]
+    # The workflows row and the ids (one SELECT), then every step in one COPY, in one transaction.
+    assert tags == ["BEGIN", "SELECT 1", f"COPY {BIG + 1}", "COMMIT"], seen
+
+    for _ in range(2):
+        workers.start("--concurrency", "10", "--poll-interval", "0.2")
+    assert ref.wait(timeout=RECOVERY_S * 2) == BIG, workers.output()
+    total = time.perf_counter() - started
+    runs = conn.execute(f'SELECT result_values FROM "{schema}".callback_runs').fetchall()
+    assert len(runs) == 1 and runs[0][0] == list(range(BIG))
+    states = dict(conn.execute(f"SELECT state::text, count(*) FROM \"{schema}\".jobs WHERE workflow_id = %s "
+                               "GROUP BY 1", (ref.id,)).fetchall())
+    assert states == {"completed": BIG + 1}
+    assert set(workers.stop_all().values()) == {0}, workers.output()
+    print(f"\n10,000-member chord: enqueued in {enqueued:.2f} s ({', '.join(tags)}), "
+          f"callback done {total:.1f} s after the enqueue began (2 workers, concurrency 10, started after it)")
