@@ -54,3 +54,8 @@ class BenchStore(StoreBase):
         """Switch the jobs_notify_final trigger, to measure what it costs the completion write."""
         name = "bench_notify_final_enable" if enabled else "bench_notify_final_disable"
         self.run(conn, statement(self.queries[name]))
+
+    def workflow_triggers(self, conn: Connection[Any], *, enabled: bool) -> None:
+        """Switch the two workflow triggers, to measure what they cost a plain job's outcome write."""
+        name = "bench_workflow_triggers_enable" if enabled else "bench_workflow_triggers_disable"
+        self.run(conn, statement(self.queries[name]))
