@@ -115,3 +115,14 @@ def set_paused(app: App, queue: str, paused: bool, *, who: str) -> None:
             app.store.queue_resume(conn, queue, channel=jobs_channel(app.schema))
     log_event(logger, logging.INFO, "dashboard.action", who=who, action="pause" if paused else "resume",
               target="queue", queue=queue)
+
+
+def cancel_workflow(app: App, workflow_id: int, *, who: str) -> dict[int, str] | None:
+    """Cancel every unfinished step of a workflow, as `pgtasks workflows cancel` does: {job id:
+    "cancelled" | "cancel_requested"}, or None when there is no such workflow."""
+    with _audited(who, "cancel", target="workflow", workflow=workflow_id) as counts, connection(app) as conn:
+        done = app.store.workflow_cancel(conn, workflow_id,
+                                         reason=f"workflow {workflow_id} cancelled from the dashboard by {who}",
+                                         control=control_channel(app.schema))
+        counts[0] = counts[1] = len(done or {})
+    return done

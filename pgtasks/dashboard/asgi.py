@@ -27,10 +27,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from pgtasks.client.workflows import WORKFLOW_STATES
 from pgtasks.core.errors import ConnectionLostError, DatabaseError, SchemaNotMigratedError
 from pgtasks.core.logs import log_event
 from pgtasks.core.options import validate_queue
-from pgtasks.dashboard import actions, data
+from pgtasks.dashboard import actions, data, workflows
 from pgtasks.dashboard.auth import (
     CSRF_FIELD,
     Access,
@@ -42,7 +43,7 @@ from pgtasks.dashboard.auth import (
     csrf_token,
     who,
 )
-from pgtasks.dashboard.filters import MAX_ID, STATES, FilterError, parse, parse_ids
+from pgtasks.dashboard.filters import MAX_ID, STATES, FilterError, parse, parse_ids, parse_workflows
 from pgtasks.dashboard.live import LiveFeed
 from pgtasks.dashboard.render import register_filters
 
@@ -143,7 +144,28 @@ class Dashboard:
         if job is None:
             return self.problem(request, f"no job {job_id} in schema {self.app.schema} (finished jobs are deleted "
                                          "after their retention)", 404)
-        return self.page(request, "job.html", {"title": f"Job {job_id}", "job": job})
+        place = await self.db(workflows.step_place, self.app, job) if job["workflow_id"] is not None else None
+        return self.page(request, "job.html", {"title": f"Job {job_id}", "job": job, "workflow_place": place})
+
+    async def workflow_list(self, request: Request) -> Response:
+        try:
+            f = parse_workflows(_multi(request))
+        except FilterError as exc:
+            return self.problem(request, str(exc), 400)
+        listed = await self.db(workflows.workflow_page, self.app, f)
+        return self.page(request, "workflows.html", {"title": "Workflows", "f": f, "workflows": listed,
+                                                     "states": WORKFLOW_STATES})
+
+    async def workflow(self, request: Request) -> Response:
+        workflow_id = _path_id(request, "workflow_id")
+        if workflow_id is None:
+            return self.problem(request, f"{request.path_params['workflow_id']!r} is not a workflow id", 404)
+        view = await self.db(workflows.workflow_detail, self.app, workflow_id)
+        if view is None:
+            return self.problem(request, f"no workflow {workflow_id} in schema {self.app.schema} (finished "
+                                         "workflows are deleted after their retention)", 404)
+        return self.page(request, "workflow.html", {"title": f"Workflow {workflow_id}", "w": view,
+                                                    "graph": view.graph})
 
     async def workers(self, request: Request) -> Response:
         rows = await self.db(data.workers, self.app)
@@ -213,6 +235,30 @@ class Dashboard:
         base = request.scope.get("root_path", "").rstrip("/")
         target = f"{base}/jobs" if action == "delete" and result.affected else f"{base}/jobs/{job_id}"
         return _redirect(request, target)
+
+    async def workflow_cancel(self, request: Request) -> Response:
+        """POST /workflows/{id}/cancel: first a confirmation saying how many steps it stops, then (with
+        `confirm`) the cancel, as `pgtasks workflows cancel` does."""
+        workflow_id = _path_id(request, "workflow_id")
+        try:
+            form = await self._writable(request)
+        except Forbidden as exc:
+            return self.problem(request, str(exc), exc.status)
+        except FilterError as exc:
+            return self.problem(request, str(exc), 400)
+        if workflow_id is None:
+            return self.problem(request, f"{request.path_params['workflow_id']!r} is not a workflow id", 404)
+        if form.first("confirm") is None:
+            view = await self.db(workflows.workflow_detail, self.app, workflow_id)
+            if view is None:
+                return self.problem(request, f"no workflow {workflow_id} in schema {self.app.schema}", 404)
+            return self.page(request, "workflow_confirm.html", {"title": f"Workflow {workflow_id}", "w": view})
+        done = await self.db(actions.cancel_workflow, self.app, workflow_id, who=who(request))
+        if done is None:
+            return self.problem(request, f"no workflow {workflow_id} in schema {self.app.schema}", 404)
+        self._changed()
+        base = request.scope.get("root_path", "").rstrip("/")
+        return _redirect(request, f"{base}/workflows/{workflow_id}")
 
     async def queue_action(self, request: Request) -> Response:
         """POST /queues/pause or /queues/resume with the queue's name in the form (any name, even with a slash)."""
@@ -287,8 +333,8 @@ def _multi(request: Request) -> dict[str, list[str]]:
     return params
 
 
-def _path_id(request: Request) -> int | None:
-    text = str(request.path_params["job_id"])
+def _path_id(request: Request, name: str = "job_id") -> int | None:
+    text = str(request.path_params[name])
     # isdigit() also passes digits int() refuses ("²"); beyond MAX_ID the bigint query would fail.
     return int(text) if text.isascii() and text.isdigit() and 0 < int(text) <= MAX_ID else None
 
@@ -335,6 +381,9 @@ def asgi_app(app: App, *, read_only: bool = False, authorize: Authorize | None =
         Route("/jobs/action", board.job_bulk, methods=["POST"]),
         Route("/jobs/{job_id}", board.job),
         Route("/jobs/{job_id}/{action}", board.job_action, methods=["POST"]),
+        Route("/workflows", board.workflow_list),
+        Route("/workflows/{workflow_id}", board.workflow),
+        Route("/workflows/{workflow_id}/cancel", board.workflow_cancel, methods=["POST"]),
         Route("/workers", board.workers),
         Route("/periodic", board.periodic),
         Route("/events", board.events),

@@ -1,4 +1,4 @@
-"""The jobs page's filters: parsed from the URL's query string and written back into links.
+"""The jobs and workflows pages' filters: parsed from the URL's query string and written back into links.
 
 Every filter lives in the URL, so a link reproduces the view. Parsing is strict: a value that
 cannot be a filter is a `FilterError` naming the parameter, the value and what it accepts,
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
+from pgtasks.client.workflows import WORKFLOW_STATES
 from pgtasks.core.models import JobState
 from pgtasks.storage.dashboard import JobQuery
 
@@ -179,3 +180,38 @@ def parse_ids(values: Sequence[str]) -> list[int]:
             raise FilterError(f"id={value} is not a job id (ids are at most {MAX_ID})")
         ids.append(value)
     return sorted(set(ids))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowFilter:
+    """The workflows page's URL: states (running, completed, failed, cancelled), cursor, page size."""
+
+    states: tuple[str, ...] = ()
+    before: int | None = None
+    limit: int = DEFAULT_PAGE_SIZE
+
+    def to_params(self, *, cursor: bool = True) -> list[tuple[str, str]]:
+        params: list[tuple[str, str]] = [("state", s) for s in self.states]
+        if self.limit != DEFAULT_PAGE_SIZE:
+            params.append(("limit", str(self.limit)))
+        if cursor and self.before is not None:
+            params.append(("before", str(self.before)))
+        return params
+
+    def url_query(self, *, cursor: bool = True) -> str:
+        return urlencode(self.to_params(cursor=cursor))
+
+    def with_cursor(self, before: int | None) -> WorkflowFilter:
+        return replace(self, before=before)
+
+
+def parse_workflows(params: Mapping[str, Sequence[str]]) -> WorkflowFilter:
+    """A WorkflowFilter from a query string's values; the states are a workflow's, not a job's."""
+    states = tuple(dict.fromkeys(v for v in params.get("state", ()) if v))
+    for state in states:
+        if state not in WORKFLOW_STATES:
+            raise FilterError(f"state={state!r} is not a workflow state: use one of {', '.join(WORKFLOW_STATES)}")
+    limit = _int(params, "limit", minimum=1) or DEFAULT_PAGE_SIZE
+    if limit not in PAGE_SIZES:
+        raise FilterError(f"limit={limit}: use one of {', '.join(map(str, PAGE_SIZES))}")
+    return WorkflowFilter(states=states, before=_int(params, "before", minimum=1, maximum=MAX_ID), limit=limit)

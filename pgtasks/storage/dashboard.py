@@ -11,11 +11,12 @@ from psycopg import Connection
 
 from pgtasks.core.models import FINAL_STATES, PENDING_STATES, JobState
 from pgtasks.storage.base import StoreBase
-from pgtasks.storage.steps import Operation, dict_one, every, select_dicts
+from pgtasks.storage.steps import Operation, dict_one, dicts, every, select_dicts
 
 # Below this size the finished states are counted exactly (a scan of jobs_finalized_idx that
 # takes milliseconds); above it, from the planner's statistics.
 EXACT_COUNT_MAX_BYTES = 64 * 1024 * 1024
+MAX_BIGINT = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,43 @@ class DashboardStore(StoreBase):
 
     def dashboard_change_mark(self, conn: Connection[Any]) -> dict[str, Any]:
         return self.run(conn, select_dicts(self.queries["dashboard_change_mark"], {}))[0]
+
+    def dashboard_workflow_page(self, conn: Connection[Any], *, states: Sequence[str] | None, before: int | None,
+                                limit: int, scan: int) -> WorkflowPage:
+        """Workflows newest first below `before` in `states` (None: any), with their steps counted,
+        from a window of at most `scan` workflows."""
+        return self.run(conn, _workflow_page(self.queries, states, before, limit, scan))
+
+    def dashboard_workflow_steps(self, conn: Connection[Any], workflow_id: int, *,
+                                 preview: int) -> list[dict[str, Any]]:
+        params = {"id": workflow_id, "preview": preview}
+        return self.run(conn, select_dicts(self.queries["dashboard_workflow_steps"], params))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowPage:
+    """A page of workflows: `scanned` workflows were looked at, down to id `scanned_to`; `oldest` is
+    the first workflow there is (so a page knows whether any is older than what it read)."""
+
+    rows: list[dict[str, Any]]
+    scanned: int
+    scanned_to: int | None
+    oldest: int | None = None
+
+
+def _workflow_page(q: dict[str, Any], states: Sequence[str] | None, before: int | None, limit: int,
+                   scan: int) -> Operation[WorkflowPage]:
+    window = yield dict_one(q["dashboard_workflow_window"], {"before": before or MAX_BIGINT, "scan": scan})
+    if window is None or not window["scanned"]:
+        return WorkflowPage([], 0, None)
+    wanted = set(states or ())
+    params = {"states": sorted(wanted) or None, "low": window["low"], "high": window["high"], "limit": limit,
+              # Which shortcut applies: failed and cancelled are told by the workflow's own row,
+              # running and completed need a look at its steps.
+              "open": not wanted or bool(wanted & {"running", "completed"}),
+              "ended": not wanted or bool(wanted & {"failed", "cancelled"})}
+    rows: list[dict[str, Any]] = yield dicts(q["dashboard_workflow_page"], params)
+    return WorkflowPage(rows, int(window["scanned"]), int(window["low"]), int(window["oldest"]))
 
 
 def _rows(query: Any, params: dict[str, Any]) -> Operation[list[tuple[Any, ...]]]:
