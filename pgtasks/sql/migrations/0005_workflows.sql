@@ -90,11 +90,13 @@ BEGIN
                                                              ELSE p.result END))[1] END
                             FROM unnest(s.input_from) WITH ORDINALITY AS u(pid, ord)
                             LEFT JOIN {schema}.jobs AS p ON p.id = u.pid)) END,
-            run_at = t.start_at,
-            state = CASE WHEN t.start_at > now() THEN 'scheduled' ELSE 'available' END::{schema}.job_state
-        FROM (SELECT id, greatest(run_at, now() + make_interval(secs => coalesce(wait_delay, 0))) AS start_at
-              FROM {schema}.jobs WHERE id = ANY(ready)) AS t
-        WHERE s.id = t.id AND s.state = 'waiting'
+            -- SET reads the row as it was: run_at here is the step's own eta, if it was given one.
+            run_at = greatest(s.run_at, now() + make_interval(secs => coalesce(s.wait_delay, 0))),
+            state = CASE WHEN greatest(s.run_at, now() + make_interval(secs => coalesce(s.wait_delay, 0))) > now()
+                         THEN 'scheduled' ELSE 'available' END::{schema}.job_state
+        -- A plain primary-key lookup: joined to a subquery over the same table, the planner chose
+        -- two nested sequential scans on small tables (3.7 ms a step instead of 0.07).
+        WHERE s.id = ANY(ready) AND s.state = 'waiting'
         RETURNING s.queue, s.state
     )
     -- The insert trigger wakes workers for inserted rows only: these were updated.
