@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import typing
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
@@ -137,16 +137,34 @@ def settle(tasks: Mapping[str, TaskDefinition[Any, Any]], task_name: str, job_id
 
 
 # -- the wait loop, written once (see pgtasks.storage.steps for the same idea) -----------------------
+#
+# A job and a workflow are waited for the same way: read, settle, and until settled pause (woken
+# early by a completion NOTIFY of a watched job). What differs is what is read and how it settles:
+# a Waited says it, and one generator plus one driver per face do the rest.
+
+
+@dataclass(frozen=True, slots=True)
+class Waited:
+    """What a wait is for: the job ids whose completion NOTIFY wakes it, how to read its state on
+    each face, how that state settles ((True, value), (False, None), or raises), and its name for
+    errors ("job 5") with the command that shows it."""
+
+    watched: frozenset[str]
+    read: Callable[[Connection[Any]], Any]
+    aread: Callable[[AsyncConnection[Any]], Awaitable[Any]]
+    settle: Callable[[Any], tuple[bool, Any]]
+    name: str
+    show: str
 
 
 @dataclass(frozen=True, slots=True)
 class ReadOutcome:
-    """Read the job's (state, result, last error); answered with it."""
+    """Read the awaited state; answered with it."""
 
 
 @dataclass(frozen=True, slots=True)
 class Pause:
-    """Wait up to `seconds` (for the job's completion NOTIFY when listening); answered with None."""
+    """Wait up to `seconds` (for a watched completion NOTIFY when listening); answered with None."""
 
     seconds: float
 
@@ -154,35 +172,33 @@ class Pause:
 WaitStep = ReadOutcome | Pause
 
 
-def _wait_steps(tasks: Mapping[str, TaskDefinition[Any, Any]], task_name: str, job_id: int, *,
-                timeout: float | None, poll_interval: float) -> Generator[WaitStep, Any, Any]:
-    """Look, and until the job is final, pause: the poll interval, cut to the time left."""
+def _wait_steps(waited: Waited, *, timeout: float | None, poll_interval: float) -> Generator[WaitStep, Any, Any]:
+    """Look, and until settled, pause: the poll interval, cut to the time left."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        done, value = settle(tasks, task_name, job_id, (yield ReadOutcome()))
+        done, value = waited.settle((yield ReadOutcome()))
         if done:
             return value
         pause = poll_interval
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise WaitTimeoutError(f"job {job_id} did not finish within {timeout}s; wait longer or check "
-                                       f"`pgtasks jobs show {job_id}`")
+                raise WaitTimeoutError(f"{waited.name} did not finish within {timeout}s; wait longer or check "
+                                       f"`{waited.show}`")
             pause = min(poll_interval, remaining)
         yield Pause(pause)
 
 
-def _lost(job_id: int, exc: psycopg.OperationalError) -> DatabaseError:
-    return DatabaseError(f"lost the connection while waiting for job {job_id}: {exc}")
+def _lost(waited: Waited, exc: psycopg.OperationalError) -> DatabaseError:
+    return DatabaseError(f"lost the connection while waiting for {waited.name}: {exc}")
 
 
-def wait(source: JobSource, task_name: str, job_id: int, *, timeout: float | None, poll_interval: float,
-         listen: bool) -> Any:
-    """Block until the job is final. LISTENs on the completion channel when it can; polls every
+def wait_for(source: JobSource, waited: Waited, *, timeout: float | None, poll_interval: float, listen: bool) -> Any:
+    """Block until `waited` settles. LISTENs on the completion channel when it can; polls every
     `poll_interval` seconds in any case, so a lost notification (or a transaction pooler that
     delivers none) costs latency, never correctness."""
     database, store = source.database, source.store
-    steps = _wait_steps(source.tasks, task_name, job_id, timeout=timeout, poll_interval=poll_interval)
+    steps = _wait_steps(waited, timeout=timeout, poll_interval=poll_interval)
     with store.errors():
         conn: Connection[Any] = psycopg.connect(database.listen_dsn if listen else database.dsn,
                                                 **connection_kwargs(database.application_name + "-waiter"))
@@ -192,15 +208,15 @@ def wait(source: JobSource, task_name: str, job_id: int, *, timeout: float | Non
         step = next(steps)
         while True:
             if isinstance(step, ReadOutcome):
-                step = steps.send(store.job_get_outcome(conn, job_id))
+                step = steps.send(waited.read(conn))
                 continue
             if listen:
                 try:
                     for notify in conn.notifies(timeout=step.seconds):
-                        if notify.payload == str(job_id):
+                        if notify.payload in waited.watched:
                             break
                 except psycopg.OperationalError as exc:
-                    raise _lost(job_id, exc) from exc
+                    raise _lost(waited, exc) from exc
             else:
                 time.sleep(step.seconds)
             step = steps.send(None)
@@ -210,11 +226,11 @@ def wait(source: JobSource, task_name: str, job_id: int, *, timeout: float | Non
         conn.close()
 
 
-async def await_result(source: JobSource, task_name: str, job_id: int, *, timeout: float | None,
-                       poll_interval: float, listen: bool) -> Any:
-    """Async twin of wait()."""
+async def await_for(source: JobSource, waited: Waited, *, timeout: float | None, poll_interval: float,
+                    listen: bool) -> Any:
+    """Async twin of wait_for()."""
     database, store = source.database, source.store
-    steps = _wait_steps(source.tasks, task_name, job_id, timeout=timeout, poll_interval=poll_interval)
+    steps = _wait_steps(waited, timeout=timeout, poll_interval=poll_interval)
     dsn = await asyncio.to_thread(lambda: database.listen_dsn if listen else database.dsn)
     with store.errors():
         conn = await AsyncConnection.connect(dsn, **connection_kwargs(database.application_name + "-waiter"))
@@ -224,15 +240,15 @@ async def await_result(source: JobSource, task_name: str, job_id: int, *, timeou
         step = next(steps)
         while True:
             if isinstance(step, ReadOutcome):
-                step = steps.send(await store.ajob_get_outcome(conn, job_id))
+                step = steps.send(await waited.aread(conn))
                 continue
             if listen:
                 try:
                     async for notify in conn.notifies(timeout=step.seconds):
-                        if notify.payload == str(job_id):
+                        if notify.payload in waited.watched:
                             break
                 except psycopg.OperationalError as exc:
-                    raise _lost(job_id, exc) from exc
+                    raise _lost(waited, exc) from exc
             else:
                 await asyncio.sleep(step.seconds)
             step = steps.send(None)
@@ -240,3 +256,26 @@ async def await_result(source: JobSource, task_name: str, job_id: int, *, timeou
         return done.value
     finally:
         await conn.close()
+
+
+def job_waited(source: JobSource, task_name: str, job_id: int) -> Waited:
+    """The wait for one job's outcome."""
+    store = source.store
+    return Waited(frozenset({str(job_id)}), lambda conn: store.job_get_outcome(conn, job_id),
+                  lambda conn: store.ajob_get_outcome(conn, job_id),
+                  lambda found: settle(source.tasks, task_name, job_id, found),
+                  f"job {job_id}", f"pgtasks jobs show {job_id}")
+
+
+def wait(source: JobSource, task_name: str, job_id: int, *, timeout: float | None, poll_interval: float,
+         listen: bool) -> Any:
+    """Block until the job is final (see wait_for)."""
+    return wait_for(source, job_waited(source, task_name, job_id), timeout=timeout, poll_interval=poll_interval,
+                    listen=listen)
+
+
+async def await_result(source: JobSource, task_name: str, job_id: int, *, timeout: float | None,
+                       poll_interval: float, listen: bool) -> Any:
+    """Async twin of wait()."""
+    return await await_for(source, job_waited(source, task_name, job_id), timeout=timeout,
+                           poll_interval=poll_interval, listen=listen)

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-from psycopg import AsyncConnection, Connection
-
-from pgtasks.client.results import JobSource, decode_result
-from pgtasks.core.channels import control_channel, done_channel
+from pgtasks.client.results import JobSource, Waited, await_for, decode_result, wait_for
+from pgtasks.core.channels import control_channel
 from pgtasks.core.definition import TaskDefinition
 from pgtasks.core.errors import (
-    DatabaseError,
     JobCancelledError,
     JobDiscardedError,
     JobNotFoundError,
-    WaitTimeoutError,
 )
 from pgtasks.core.models import FINAL_STATES, JobState
-from pgtasks.storage.connections import connection_kwargs
 from pgtasks.storage.workflows import Failure, StepOutcome
 
 WORKFLOW_STATES = ("running", "completed", "failed", "cancelled")
@@ -160,99 +152,20 @@ def settle_workflow(ref: WorkflowRef, failure: Failure | None, outcomes: list[St
     return True, values if ref.result_list else values[0]
 
 
-@dataclass(frozen=True, slots=True)
-class _Read:
-    """Read the failure and the result steps' outcomes; answered with them."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Pause:
-    seconds: float
-
-
-def _wait_steps(ref: WorkflowRef, *, timeout: float | None,
-                poll_interval: float) -> Generator[_Read | _Pause, Any, Any]:
-    """The wait loop, once for both faces (as pgtasks.client.results does for one job)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        failure, outcomes = yield _Read()
-        done, value = settle_workflow(ref, failure, outcomes)
-        if done:
-            return value
-        pause = poll_interval
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeoutError(f"workflow {ref.id} did not finish within {timeout}s; wait longer or check "
-                                       f"`pgtasks workflows show {ref.id}`")
-            pause = min(poll_interval, remaining)
-        yield _Pause(pause)
-
-
-def _lost(ref: WorkflowRef, exc: psycopg.OperationalError) -> DatabaseError:
-    return DatabaseError(f"lost the connection while waiting for workflow {ref.id}: {exc}")
+def _waited(ref: WorkflowRef) -> Waited:
+    """Woken by the completion NOTIFY of a result step (a failure always ends one: the failed step
+    itself, or the waiting result steps it cancels), polled in any case (see wait_for)."""
+    store = ref.app.store
+    return Waited(frozenset(str(job_id) for job_id in ref.result_ids),
+                  lambda conn: store.workflow_outcome(conn, ref.id, ref.result_ids),
+                  lambda conn: store.aworkflow_outcome(conn, ref.id, ref.result_ids),
+                  lambda found: settle_workflow(ref, *found),
+                  f"workflow {ref.id}", f"pgtasks workflows show {ref.id}")
 
 
 def _wait(ref: WorkflowRef, *, timeout: float | None, poll_interval: float, listen: bool) -> Any:
-    """Wakes on the completion NOTIFY of a result step (a failure always ends one: the failed step
-    itself, or the waiting result steps it cancels) and polls every `poll_interval` in any case."""
-    database, store = ref.app.database, ref.app.store
-    watched = {str(job_id) for job_id in ref.result_ids}
-    steps = _wait_steps(ref, timeout=timeout, poll_interval=poll_interval)
-    with store.errors():
-        conn: Connection[Any] = psycopg.connect(database.listen_dsn if listen else database.dsn,
-                                                **connection_kwargs(database.application_name + "-waiter"))
-    try:
-        if listen:
-            store.channel_listen(conn, done_channel(store.schema))
-        step = next(steps)
-        while True:
-            if isinstance(step, _Read):
-                step = steps.send(store.workflow_outcome(conn, ref.id, ref.result_ids))
-                continue
-            if listen:
-                try:
-                    for notify in conn.notifies(timeout=step.seconds):
-                        if notify.payload in watched:
-                            break
-                except psycopg.OperationalError as exc:
-                    raise _lost(ref, exc) from exc
-            else:
-                time.sleep(step.seconds)
-            step = steps.send(None)
-    except StopIteration as done:
-        return done.value
-    finally:
-        conn.close()
+    return wait_for(ref.app, _waited(ref), timeout=timeout, poll_interval=poll_interval, listen=listen)
 
 
 async def _await(ref: WorkflowRef, *, timeout: float | None, poll_interval: float, listen: bool) -> Any:
-    """Async twin of _wait()."""
-    database, store = ref.app.database, ref.app.store
-    watched = {str(job_id) for job_id in ref.result_ids}
-    steps = _wait_steps(ref, timeout=timeout, poll_interval=poll_interval)
-    dsn = await asyncio.to_thread(lambda: database.listen_dsn if listen else database.dsn)
-    with store.errors():
-        conn = await AsyncConnection.connect(dsn, **connection_kwargs(database.application_name + "-waiter"))
-    try:
-        if listen:
-            await store.achannel_listen(conn, done_channel(store.schema))
-        step = next(steps)
-        while True:
-            if isinstance(step, _Read):
-                step = steps.send(await store.aworkflow_outcome(conn, ref.id, ref.result_ids))
-                continue
-            if listen:
-                try:
-                    async for notify in conn.notifies(timeout=step.seconds):
-                        if notify.payload in watched:
-                            break
-                except psycopg.OperationalError as exc:
-                    raise _lost(ref, exc) from exc
-            else:
-                await asyncio.sleep(step.seconds)
-            step = steps.send(None)
-    except StopIteration as done:
-        return done.value
-    finally:
-        await conn.close()
+    return await await_for(ref.app, _waited(ref), timeout=timeout, poll_interval=poll_interval, listen=listen)
