@@ -1,4 +1,4 @@
-"""Celery 5 with Redis on the workflow workloads of benchmarks/workflows.py (peers venv).
+"""Celery 5 with Redis on the workflow workloads of benchmarks/workflows_vs_celery.py (peers venv).
 
 Redis is the broker and the result backend (--redis-url, else $PGTASKS_BENCH_REDIS_URL, else
 redis://127.0.0.1:6379/15). Each run uses its own queue and key prefix (`bench_cel_<random>`,
