@@ -319,8 +319,8 @@ def purge(ctx: click.Context, states: tuple[str, ...], queues: tuple[str, ...], 
     queue_list = split_csv(queues)
     with app.connect() as conn:
         task_list = _tasks(app, conn, tasks)
-        total = app.store.job_count_filtered(conn, states=state_list, queues=queue_list, tasks=task_list,
-                                             older_than=seconds)
+        total = app.store.job_count_purgeable(conn, states=state_list, queues=queue_list, tasks=task_list,
+                                              older_than=seconds)
         if total == 0:
             if as_json:
                 emit_json({"deleted": 0})

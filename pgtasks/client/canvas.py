@@ -179,6 +179,14 @@ def _linked(call: Signature, link: Canvas | list[Signature] | None) -> Canvas:
 def _errback(errback: Signature | None) -> Signature | None:
     if errback is not None and not isinstance(errback, Signature):
         raise ConfigurationError(f"link_error={errback!r}: expected a signature (task.s(...) or task.si(...))")
+    if errback is not None:
+        # The errback is inserted by the database when a step fails, at that moment: a delay or
+        # an expiry set now would have nothing to count from.
+        timed = [name for name in ("countdown", "eta", "expires", "unique_key")
+                 if getattr(errback.options, name) is not None]
+        if timed:
+            raise ConfigurationError(f"link_error={errback!r}: {', '.join(timed)} cannot be set on an errback (it "
+                                     "is enqueued when a step fails); set queue, priority or max_attempts only")
     return errback
 
 

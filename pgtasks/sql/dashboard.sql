@@ -154,8 +154,10 @@ WHERE {include:_dashboard_job_filters}
   AND {include:_dashboard_args_match}
 
 -- name: dashboard_job_delete_many
--- Delete jobs by id, never a running one (its worker would write an outcome to nothing).
-DELETE FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'running'
+-- Delete jobs by id, never a running one (its worker would write an outcome to nothing) nor a step
+-- of an unfinished workflow.
+DELETE FROM {schema}.jobs AS j
+WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'running' AND {include:_outside_unfinished_workflows}
 RETURNING id
 
 -- name: dashboard_queue_names

@@ -134,7 +134,9 @@ SET state = CASE WHEN j.cancel_requested_at IS NOT NULL AND o.state NOT IN ('com
                   ELSE coalesce(%(now)s::timestamptz, now()) + make_interval(secs => o.retry_in) END,
     attempt = j.attempt + o.attempt_delta,
     errors = CASE WHEN o.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(o.error) END,
-    result = o.result
+    -- A workflow step that completed once (signalled) and is run again by an operator keeps that
+    -- result until a re-run completes: a successor that starts meanwhile reads it.
+    result = CASE WHEN o.state = 'completed' OR NOT j.signalled THEN o.result ELSE j.result END
 FROM unnest(%(ids)s::bigint[], %(claims)s::int[], %(states)s::text[], %(retry_ins)s::float8[],
             %(attempt_deltas)s::int[], %(errors)s::jsonb[], %(results)s::jsonb[])
      AS o(id, claims, state, retry_in, attempt_delta, error, result)

@@ -22,9 +22,20 @@ SELECT id, task, queue, state::text AS state, priority, attempt, max_attempts, c
 FROM {schema}.jobs WHERE id = %(id)s
 
 -- name: job_count_filtered
--- How many jobs a bulk retry or purge would touch (shown before asking for confirmation).
+-- How many jobs a bulk retry would touch (shown before asking for confirmation).
 SELECT count(*) FROM {schema}.jobs
 WHERE state = ANY(%(states)s::{schema}.job_state[])
+  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+  AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+  AND (%(older_than)s::float8 IS NULL
+       OR coalesce(finalized_at, created_at) < coalesce(%(now)s::timestamptz, now())
+                                                - make_interval(secs => %(older_than)s::float8))
+
+-- name: job_count_purgeable
+-- How many jobs a purge would delete (job_purge_many's filter; shown before asking for confirmation).
+SELECT count(*) FROM {schema}.jobs AS j
+WHERE state = ANY(%(states)s::{schema}.job_state[]) AND state <> 'running'
+  AND {include:_outside_unfinished_workflows}
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
   AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
   AND (%(older_than)s::float8 IS NULL
@@ -104,12 +115,22 @@ SELECT id, 'cancel_requested' AS outcome FROM running
 SELECT id FROM {schema}.jobs
 WHERE id = ANY(%(ids)s::bigint[]) AND state = 'running' AND cancel_requested_at IS NOT NULL
 
+-- name: _outside_unfinished_workflows
+-- A job (j) that is no step of a workflow with a step still to finish: deleting such a step would
+-- leave its workflow waiting for ever, or hand a successor a null for its result. Looked up
+-- through jobs_workflow_idx; plain jobs stop at the first test.
+(j.workflow_id IS NULL OR NOT EXISTS (
+    SELECT 1 FROM {schema}.jobs AS sibling
+    WHERE sibling.workflow_id = j.workflow_id
+      AND sibling.state IN ('waiting', 'available', 'scheduled', 'retryable', 'running')))
+
 -- name: job_purge_many
--- Delete at most %(limit)s jobs matching a filter (never running ones), oldest first, in a short
--- transaction; `pgtasks jobs purge` calls it until nothing is left.
+-- Delete at most %(limit)s jobs matching a filter (never running ones, nor steps of an unfinished
+-- workflow), oldest first, in a short transaction; `pgtasks jobs purge` calls it until nothing is left.
 WITH picked AS (
-    SELECT id FROM {schema}.jobs
+    SELECT id FROM {schema}.jobs AS j
     WHERE state = ANY(%(states)s::{schema}.job_state[]) AND state <> 'running'
+      AND {include:_outside_unfinished_workflows}
       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
       AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
       AND (%(older_than)s::float8 IS NULL

@@ -95,8 +95,9 @@ JOIN {schema}.jobs AS j ON j.workflow_id = %(id)s AND j.workflow_step = s.step
 
 -- name: workflow_failure
 -- What WorkflowRef.wait() checks besides its result steps: the failed step's outcome, if any.
-SELECT w.failed_job_id, w.cancelled_at IS NOT NULL AS cancelled, f.task, f.state::text AS state,
-       f.errors -> -1 AS last_error
+-- How the step ended is kept in the workflows row: an operator may have retried that job since.
+SELECT w.failed_job_id, w.cancelled_at IS NOT NULL AS cancelled, f.task, w.failed_state AS state,
+       w.failed_error AS last_error
 FROM {schema}.workflows AS w
 LEFT JOIN {schema}.jobs AS f ON f.id = w.failed_job_id
 WHERE w.id = %(id)s
@@ -106,13 +107,24 @@ WHERE w.id = %(id)s
 SELECT id, state::text AS state, result::text AS result, errors -> -1 AS last_error
 FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[])
 
+-- name: workflow_lock_steps
+-- Cancelling a workflow, first: lock its unfinished steps, in id order, before its workflows row,
+-- the order in which a failing step's trigger takes them (its own row, then the workflows row), so
+-- a cancel and a discard never deadlock.
+SELECT id FROM {schema}.jobs
+WHERE workflow_id = %(id)s AND state IN ('waiting', 'available', 'scheduled', 'retryable', 'running')
+ORDER BY id
+FOR UPDATE
+
+-- name: workflow_exists
+SELECT 1 FROM {schema}.workflows WHERE id = %(id)s
+
 -- name: workflow_mark_cancelled
--- The first half of cancelling a workflow: once cancelled_at is set, the steps cancelled next do
--- not fail it (no link_error runs for a cancel asked for on purpose). Returns nothing for an
--- unknown id.
+-- Then: once cancelled_at is set, the steps cancelled next do not fail the workflow (no link_error
+-- runs for a cancel asked for on purpose). A workflow that failed stays failed: its remaining
+-- steps are cancelled, its state is what happened first.
 UPDATE {schema}.workflows SET cancelled_at = coalesce(cancelled_at, coalesce(%(now)s::timestamptz, now()))
-WHERE id = %(id)s
-RETURNING id
+WHERE id = %(id)s AND failed_at IS NULL
 
 -- name: workflow_cancel_steps
 -- The second half: every unfinished step, as job_cancel_many cancels a job. Waiting and pending
@@ -142,25 +154,39 @@ SELECT id, 'cancelled' AS outcome FROM waiting
 UNION ALL
 SELECT id, 'cancel_requested' AS outcome FROM running
 
+-- name: _workflow_step_expired
+-- A step (j) that is finished and past its state's retention (NULL: kept forever).
+coalesce(j.finalized_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs =>
+         CASE j.state WHEN 'completed' THEN %(completed)s::float8
+                      WHEN 'cancelled' THEN %(cancelled)s::float8
+                      WHEN 'discarded' THEN %(discarded)s::float8 END), false)
+
 -- name: workflow_delete_finished
 -- The cleaner, for workflows: delete up to %(limit)s workflows (their row and all their jobs, in
 -- one statement) whose every job is finished and past its state's retention (NULL: kept forever).
 -- A workflow created after the shortest retention began cannot qualify, so only older rows are
 -- looked at; each is checked through jobs_workflow_idx. SKIP LOCKED passes over a workflow whose
 -- first failure is being recorded right now.
-WITH picked AS (
+--
+-- The steps are then locked and looked at again: a step an operator retried after this
+-- statement's snapshot was taken is seen as it is now (the lock waits for that retry to commit and
+-- returns the new row version), and its workflow is left alone.
+WITH candidates AS (
     SELECT w.id FROM {schema}.workflows AS w
     WHERE w.created_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(shortest)s::float8)
       AND NOT EXISTS (
           SELECT 1 FROM {schema}.jobs AS j
-          WHERE j.workflow_id = w.id
-            AND NOT coalesce(j.finalized_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs =>
-                    CASE j.state WHEN 'completed' THEN %(completed)s::float8
-                                 WHEN 'cancelled' THEN %(cancelled)s::float8
-                                 WHEN 'discarded' THEN %(discarded)s::float8 END), false))
+          WHERE j.workflow_id = w.id AND NOT {include:_workflow_step_expired})
     ORDER BY w.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), locked AS (
+    SELECT j.workflow_id, {include:_workflow_step_expired} AS expired
+    FROM {schema}.jobs AS j JOIN candidates AS c ON j.workflow_id = c.id
+    FOR UPDATE OF j
+), picked AS (
+    SELECT c.id FROM candidates AS c
+    WHERE NOT EXISTS (SELECT 1 FROM locked AS l WHERE l.workflow_id = c.id AND NOT l.expired)
 ), steps AS (
     DELETE FROM {schema}.jobs AS j USING picked WHERE j.workflow_id = picked.id
     RETURNING j.id

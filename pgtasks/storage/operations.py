@@ -36,8 +36,8 @@ def cancel_many(q: Queries, params: dict[str, Any], control: str) -> Operation[d
     return {int(r[0]): str(r[1]) for r in rows}
 
 
-def _count(q: Queries, params: dict[str, Any]) -> Operation[int]:
-    row = yield one(q["job_count_filtered"], params)
+def _count(query: LiteralString, params: dict[str, Any]) -> Operation[int]:
+    row = yield one(query, params)
     return int(row[0]) if row else 0
 
 
@@ -67,9 +67,18 @@ class OperationsStore(StoreBase):
     def job_count_filtered(self, conn: Connection[Any], *, states: Sequence[str],
                            queues: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
                            older_than: float | None = None, now: datetime | None = None) -> int:
+        """How many jobs in `states` (and the other filters) there are: what a bulk retry looks at."""
         params = {"states": list(states), "queues": _opt(queues), "tasks": _opt(tasks),
                   "older_than": older_than, "now": now}
-        return self.run(conn, _count(self.queries, params))
+        return self.run(conn, _count(self.queries["job_count_filtered"], params))
+
+    def job_count_purgeable(self, conn: Connection[Any], *, states: Sequence[str],
+                            queues: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
+                            older_than: float | None = None, now: datetime | None = None) -> int:
+        """How many jobs job_purge_many would delete with the same filters."""
+        params = {"states": list(states), "queues": _opt(queues), "tasks": _opt(tasks),
+                  "older_than": older_than, "now": now}
+        return self.run(conn, _count(self.queries["job_count_purgeable"], params))
 
     def job_retry_many(self, conn: Connection[Any], *, ids: Sequence[int] | None = None,
                        states: Sequence[str] | None = None, queues: Sequence[str] | None = None,

@@ -119,10 +119,14 @@ def outcome(q: Queries, workflow_id: int, result_ids: Sequence[int]) -> Operatio
 
 def cancel(q: Queries, workflow_id: int, reason: str, control: str,
            now: datetime | None) -> Operation[dict[int, str] | None]:
-    """Cancel every unfinished step; None when there is no such workflow."""
-    marked = yield one(q["workflow_mark_cancelled"], {"id": workflow_id, "now": now})
-    if marked is None:
+    """Cancel every unfinished step; None when there is no such workflow, {} when nothing is left
+    to cancel (a finished workflow keeps its state)."""
+    unfinished = yield every(q["workflow_lock_steps"], {"id": workflow_id})
+    if (yield one(q["workflow_exists"], {"id": workflow_id})) is None:
         return None
+    if not unfinished:
+        return {}
+    yield execute(q["workflow_mark_cancelled"], {"id": workflow_id, "now": now})
     rows = yield every(q["workflow_cancel_steps"], {"id": workflow_id, "reason": reason, "now": now})
     requested = [str(r[0]) for r in rows if r[1] == "cancel_requested"]
     if requested:

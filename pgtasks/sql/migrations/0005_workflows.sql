@@ -25,6 +25,8 @@ CREATE TABLE {schema}.workflows (
     link_error     jsonb,
     failed_at      timestamptz,            -- the first step that ended discarded or cancelled, and when
     failed_job_id  bigint,
+    failed_state   text,                   -- how it ended, and its last error entry, as it was then (an
+    failed_error   jsonb,                  -- operator may retry that job later; the workflow stays failed)
     cancelled_at   timestamptz             -- cancelled as a whole (WorkflowRef.cancel, `workflows cancel`)
 );
 
@@ -123,16 +125,17 @@ DECLARE
     failure jsonb;
     reason text;
 BEGIN
-    UPDATE {schema}.workflows SET failed_at = now(), failed_job_id = NEW.id
+    failure := coalesce(NEW.errors -> -1, jsonb_build_object(
+        'attempt', NEW.attempt, 'at', now(), 'type', CASE WHEN NEW.state = 'cancelled' THEN 'Cancelled'
+                                                          ELSE 'Discarded' END,
+        'message', 'the job ended ' || NEW.state::text, 'traceback', NULL));
+    UPDATE {schema}.workflows
+    SET failed_at = now(), failed_job_id = NEW.id, failed_state = NEW.state::text, failed_error = failure
     WHERE id = NEW.workflow_id AND failed_at IS NULL AND cancelled_at IS NULL
     RETURNING link_error INTO spec;
     IF NOT FOUND THEN
         RETURN NULL;  -- already failed or cancelled: the first failure did all of this
     END IF;
-    failure := coalesce(NEW.errors -> -1, jsonb_build_object(
-        'attempt', NEW.attempt, 'at', now(), 'type', CASE WHEN NEW.state = 'cancelled' THEN 'Cancelled'
-                                                          ELSE 'Discarded' END,
-        'message', 'the job ended ' || NEW.state::text, 'traceback', NULL));
     reason := format('workflow %s failed: step %s (job %s, %s) ended %s: %s: %s', NEW.workflow_id,
                      NEW.workflow_step, NEW.id, NEW.task, NEW.state, failure ->> 'type', failure ->> 'message');
     UPDATE {schema}.jobs
@@ -153,8 +156,10 @@ BEGIN
 END
 $$;
 
+-- A step that completed once (signalled) has done its part: an operator's re-run of it that fails
+-- changes nothing after it, as its re-run that completes does not either.
 CREATE TRIGGER jobs_workflow_fail AFTER UPDATE OF state ON {schema}.jobs
     FOR EACH ROW
     WHEN (NEW.workflow_id IS NOT NULL AND NEW.state IN ('cancelled', 'discarded')
-          AND OLD.state IS DISTINCT FROM NEW.state)
+          AND OLD.state IS DISTINCT FROM NEW.state AND NOT NEW.signalled)
     EXECUTE FUNCTION {schema}.jobs_workflow_fail();
