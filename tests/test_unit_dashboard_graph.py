@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from pgtasks import App, chain, chord, group
-from pgtasks.cli.workflows import step_paths
 from pgtasks.client.canvas import Canvas, compile_workflow
-from pgtasks.dashboard.graph import GAP_X, NODE_H, NODE_W, PAD, ROW_H, Graph, Step, layout, positions
+from pgtasks.client.workflows import step_paths
+from pgtasks.dashboard.graph import GAP_X, NODE_H, NODE_W, PAD, ROW_H, Graph, Step, layout
 
 # Compiling a canvas needs an App's tasks, never its database.
 app = App("postgresql://nobody@127.0.0.1:1/unused")
@@ -179,5 +179,4 @@ def test_a_workflow_of_one_task_and_bad_limits() -> None:
 ], ids=["task", "chain", "chord", "nested", "group-of-chains"])
 def test_positions_are_written_as_jobs_show_writes_them(canvas: Canvas) -> None:
     structure, _ = compiled(canvas)
-    assert positions(structure) == step_paths(structure)
-    assert sorted(positions(structure)) == list(range(len(positions(structure))))
+    assert sorted(step_paths(structure)) == list(range(len(step_paths(structure))))

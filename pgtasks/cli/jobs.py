@@ -22,8 +22,8 @@ from pgtasks.cli.output import (
     split_csv,
     table,
 )
-from pgtasks.cli.workflows import step_paths
 from pgtasks.client.results import decode_progress
+from pgtasks.client.workflows import step_paths
 from pgtasks.core.channels import control_channel, jobs_channel
 from pgtasks.core.models import ALL_STATES as JOB_STATES
 from pgtasks.core.models import FINAL_STATES, JobState

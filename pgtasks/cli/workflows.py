@@ -11,7 +11,7 @@ import msgspec
 from pgtasks.app import App
 from pgtasks.cli.base import CliState
 from pgtasks.cli.output import EXIT_NOT_FOUND, emit_json, fail, human_duration, json_option, split_csv, table
-from pgtasks.client.workflows import WORKFLOW_STATES
+from pgtasks.client.workflows import WORKFLOW_STATES, step_paths
 from pgtasks.core.channels import control_channel
 
 RESULT_WIDTH = 40  # characters of a step's result summary in the tree
@@ -19,25 +19,6 @@ RESULT_WIDTH = 40  # characters of a step's result summary in the tree
 
 def _app(ctx: click.Context) -> App:
     return ctx.find_object(CliState).app()  # type: ignore[union-attr]
-
-
-def step_paths(structure: dict[str, Any]) -> dict[int, str]:
-    """Each step's position in the workflow's tree, as `chain[1] > group[3]`."""
-    paths: dict[int, str] = {}
-
-    def walk(node: dict[str, Any], path: str) -> None:
-        kind = node.get("type")
-        if kind == "task":
-            paths[int(node["step"])] = path or "task"
-        elif kind in ("chain", "group"):
-            for position, child in enumerate(node.get("children", [])):
-                walk(child, f"{path} > {kind}[{position}]" if path else f"{kind}[{position}]")
-        elif kind == "chord":
-            walk(node["header"], f"{path} > chord.header" if path else "chord.header")
-            walk(node["body"], f"{path} > chord.body" if path else "chord.body")
-
-    walk(structure, "")
-    return paths
 
 
 def _states(values: tuple[str, ...]) -> list[str] | None:

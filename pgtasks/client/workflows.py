@@ -169,3 +169,23 @@ def _wait(ref: WorkflowRef, *, timeout: float | None, poll_interval: float, list
 
 async def _await(ref: WorkflowRef, *, timeout: float | None, poll_interval: float, listen: bool) -> Any:
     return await await_for(ref.app, _waited(ref), timeout=timeout, poll_interval=poll_interval, listen=listen)
+
+
+def step_paths(structure: Mapping[str, Any]) -> dict[int, str]:
+    """Each step's place in the workflow's structure, as `pgtasks jobs show` and the dashboard write
+    it: `chain[1] > chord.header > group[0]`, or `task` for a workflow of one step."""
+    paths: dict[int, str] = {}
+
+    def walk(node: Mapping[str, Any], path: str) -> None:
+        kind = node.get("type")
+        if kind == "task":
+            paths[int(node["step"])] = path or "task"
+        elif kind in ("chain", "group"):
+            for position, child in enumerate(node.get("children", [])):
+                walk(child, f"{path} > {kind}[{position}]" if path else f"{kind}[{position}]")
+        elif kind == "chord":
+            walk(node["header"], f"{path} > chord.header" if path else "chord.header")
+            walk(node["body"], f"{path} > chord.body" if path else "chord.body")
+
+    walk(structure, "")
+    return paths

@@ -255,23 +255,3 @@ def layout(structure: Mapping[str, Any], steps: Sequence[Step], *, max_members: 
     width = 2 * PAD + cols * COL_W - GAP_X if cols else 2 * PAD
     height = 2 * PAD + rows * ROW_H - GAP_Y if rows else 2 * PAD
     return Graph(tuple(nodes), edges, cols, rows, width, height, hidden)
-
-
-def positions(structure: Mapping[str, Any]) -> dict[int, str]:
-    """Each step's place in the structure, written as `pgtasks jobs show` writes it:
-    `chain[1] > chord.header > group[0]`, or `task` for a workflow of one step."""
-    found: dict[int, str] = {}
-
-    def walk(node: Mapping[str, Any], path: str) -> None:
-        kind = node.get("type")
-        if kind == "task":
-            found[int(node["step"])] = path or "task"
-        elif kind in ("chain", "group"):
-            for position, child in enumerate(node.get("children", [])):
-                walk(child, f"{path} > {kind}[{position}]" if path else f"{kind}[{position}]")
-        elif kind == "chord":
-            walk(node["header"], f"{path} > chord.header" if path else "chord.header")
-            walk(node["body"], f"{path} > chord.body" if path else "chord.body")
-
-    walk(structure, "")
-    return found

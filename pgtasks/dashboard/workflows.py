@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pgtasks.client.workflows import step_paths
 from pgtasks.dashboard.data import connection
 from pgtasks.dashboard.filters import WorkflowFilter
-from pgtasks.dashboard.graph import Graph, Step, layout, positions
+from pgtasks.dashboard.graph import Graph, Step, layout
 
 if TYPE_CHECKING:
     from pgtasks.app import App
@@ -87,7 +88,7 @@ def workflow_detail(app: App, workflow_id: int) -> WorkflowView | None:
             return None
         rows = app.store.dashboard_workflow_steps(conn, workflow_id, preview=PREVIEW)
     structure = _decoded(workflow.pop("structure"))
-    places = positions(structure)
+    places = step_paths(structure)
     states: dict[str, int] = {}
     for row in rows:
         row["position"] = places.get(int(row["step"]), "link_error")
@@ -109,4 +110,4 @@ def step_place(app: App, job: Mapping[str, Any]) -> str | None:
     step = int(job["workflow_step"])
     if step >= int(workflow["steps"]):
         return "link_error"
-    return positions(_decoded(workflow["structure"])).get(step, "not in the workflow's structure")
+    return step_paths(_decoded(workflow["structure"])).get(step, "not in the workflow's structure")

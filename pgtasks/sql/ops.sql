@@ -80,17 +80,11 @@ FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.queue
 
--- name: job_cancel_many
--- Cancel jobs by id. Jobs not running (a workflow's waiting steps too; cancelling one fails its
--- workflow, see 0005_workflows.sql) end `cancelled` at once; running ones get cancel_requested_at
--- and keep running until their worker (told on the control channel, or at its next poll) stops
--- them and writes the cancelled outcome. FOR UPDATE (not SKIP LOCKED) waits for a concurrent
--- claim to commit, and then sees the job as running.
-WITH picked AS (
-    SELECT id, state FROM {schema}.jobs
-    WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('waiting', 'available', 'scheduled', 'retryable', 'running')
-    FOR UPDATE
-), waiting AS (
+-- name: _cancel_picked
+-- The rest of a cancel, after a CTE `picked` (id, state) of unfinished jobs locked FOR UPDATE:
+-- jobs not running end `cancelled` at once, with an error entry giving %(reason)s; running ones
+-- get cancel_requested_at, and their worker stops them. Rows: (id, 'cancelled' | 'cancel_requested').
+waiting AS (
     UPDATE {schema}.jobs AS j
     SET state = 'cancelled', finalized_at = coalesce(%(now)s::timestamptz, now()),
         errors = j.errors || jsonb_build_array(jsonb_build_object(
@@ -109,6 +103,18 @@ WITH picked AS (
 SELECT id, 'cancelled' AS outcome FROM waiting
 UNION ALL
 SELECT id, 'cancel_requested' AS outcome FROM running
+
+-- name: job_cancel_many
+-- Cancel jobs by id. Jobs not running (a workflow's waiting steps too; cancelling one fails its
+-- workflow, see 0005_workflows.sql) end `cancelled` at once; running ones get cancel_requested_at
+-- and keep running until their worker (told on the control channel, or at its next poll) stops
+-- them and writes the cancelled outcome. FOR UPDATE (not SKIP LOCKED) waits for a concurrent
+-- claim to commit, and then sees the job as running.
+WITH picked AS (
+    SELECT id, state FROM {schema}.jobs
+    WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('waiting', 'available', 'scheduled', 'retryable', 'running')
+    FOR UPDATE
+), {include:_cancel_picked}
 
 -- name: job_list_cancel_requested
 -- Of the jobs a worker is running, those an operator asked to cancel (checked every poll interval).

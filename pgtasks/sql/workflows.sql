@@ -134,25 +134,7 @@ WITH picked AS (
     WHERE workflow_id = %(id)s AND state IN ('waiting', 'available', 'scheduled', 'retryable', 'running')
     ORDER BY id
     FOR UPDATE
-), waiting AS (
-    UPDATE {schema}.jobs AS j
-    SET state = 'cancelled', finalized_at = coalesce(%(now)s::timestamptz, now()),
-        errors = j.errors || jsonb_build_array(jsonb_build_object(
-            'attempt', j.attempt, 'at', coalesce(%(now)s::timestamptz, now()), 'type', 'Cancelled',
-            'message', %(reason)s::text, 'traceback', NULL))
-    FROM picked
-    WHERE j.id = picked.id AND picked.state <> 'running'
-    RETURNING j.id
-), running AS (
-    UPDATE {schema}.jobs AS j
-    SET cancel_requested_at = coalesce(j.cancel_requested_at, %(now)s::timestamptz, now())
-    FROM picked
-    WHERE j.id = picked.id AND picked.state = 'running'
-    RETURNING j.id
-)
-SELECT id, 'cancelled' AS outcome FROM waiting
-UNION ALL
-SELECT id, 'cancel_requested' AS outcome FROM running
+), {include:_cancel_picked}
 
 -- name: _workflow_step_expired
 -- A step (j) that is finished and past its state's retention (NULL: kept forever).
