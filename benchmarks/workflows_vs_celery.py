@@ -18,7 +18,7 @@ the same --concurrency (pgtasks: threads for these sync tasks; Celery: --celery-
 processes by default) at log level WARNING. See benchmarks/peers/celery_canvas_bench.py for how
 Celery is configured and measured, and docs/performance.md for the figures.
 
-The pgtasks worker loads this module's workflow_app(): `--app workflows:workflow_app`, with this
+The pgtasks worker loads this module's workflow_app(): `--app workflows_vs_celery:workflow_app`, with this
 directory on PYTHONPATH.
 """
 
@@ -101,7 +101,7 @@ class Worker(bench.WorkerProcess):
     def __init__(self, app: App, concurrency: int) -> None:
         super().__init__(app, concurrency=concurrency, log_level="WARNING")
         self.command = [sys.executable, "-c", "from pgtasks.cli import main; main()", "--app",
-                        "workflows:workflow_app", "worker", "--log-level", "warning", "--concurrency",
+                        "workflows_vs_celery:workflow_app", "worker", "--log-level", "warning", "--concurrency",
                         str(concurrency)]
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), self.env.get("PYTHONPATH")) if p)
 

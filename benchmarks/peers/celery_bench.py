@@ -37,6 +37,7 @@ from typing import Any
 
 from peer_common import (
     WorkerProcess,
+    delete_run_keys,
     emit,
     emit_idle_latency,
     paced_run,
@@ -120,22 +121,7 @@ class Bench:
 
     def cleanup(self) -> None:
         """Delete this run's keys, and this run's members of kombu's shared binding sets."""
-        client = self.redis()
-        for key in client.scan_iter(match="*", count=1000):
-            name = key.decode(errors="replace")
-            if self.run in name:
-                client.delete(key)
-            elif name.startswith("_kombu.binding") and client.type(key) == b"set":
-                members = [m for m in client.smembers(key) if self.run.encode() in m]
-                if members:
-                    client.srem(key, *members)
-        # kombu's deadlines of expiring binding tables (the worker's pidbox): drop the entries whose
-        # tables are gone now; a live worker's tables still exist, so another run's stay.
-        deadlines = "_kombu.binding_deadlines"
-        for exchange in client.zrange(deadlines, 0, -1):
-            name = exchange.decode(errors="replace")
-            if not client.exists(f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}"):
-                client.zrem(deadlines, exchange)
+        delete_run_keys(self.redis(), self.run)
 
 
 @contextmanager

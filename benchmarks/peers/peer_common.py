@@ -203,3 +203,23 @@ def parser(description: str) -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, default=None)
     w.add_argument("--burst", action="store_true")
     return p
+
+
+def delete_run_keys(client: Any, run: str) -> None:
+    """Delete one Celery run's Redis keys (`client`: a redis.Redis), and its members of kombu's
+    shared binding sets."""
+    for key in client.scan_iter(match="*", count=1000):
+        name = key.decode(errors="replace")
+        if run in name:
+            client.delete(key)
+        elif name.startswith("_kombu.binding") and client.type(key) == b"set":
+            members = [m for m in client.smembers(key) if run.encode() in m]
+            if members:
+                client.srem(key, *members)
+    # kombu's deadlines of expiring binding tables (the worker's pidbox): drop the entries whose
+    # tables are gone now; a live worker's tables still exist, so another run's stay.
+    deadlines = "_kombu.binding_deadlines"
+    for exchange in client.zrange(deadlines, 0, -1):
+        name = exchange.decode(errors="replace")
+        if not client.exists(f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}"):
+            client.zrem(deadlines, exchange)

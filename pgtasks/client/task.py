@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import Any, Generic, ParamSpec, TypeVar, Unpack
 
 from psycopg import AsyncConnection, Connection
 
-from pgtasks.client.canvas import Canvas, Signature, TaskHost
+from pgtasks.client.canvas import Canvas, Signature, StepOptions, TaskHost
 from pgtasks.client.enqueue import Enqueuer
 from pgtasks.client.results import JobRef
 from pgtasks.core.definition import TaskConfig, TaskDefinition
@@ -23,15 +22,10 @@ R = TypeVar("R")
 Call = Signature
 
 
-class JobOptions(TypedDict, total=False):
-    """The per-job options of apply_async() and configure(); None keeps the task's default."""
+class JobOptions(StepOptions, total=False):
+    """The per-job options of apply_async() and configure(); None keeps the task's default. A
+    workflow step's options (StepOptions) and a unique key, which a step cannot hold."""
 
-    countdown: float | timedelta | None
-    eta: datetime | None
-    expires: float | timedelta | datetime | None
-    priority: int | None
-    queue: str | None
-    max_attempts: int | None
     unique_key: str | None
 
 

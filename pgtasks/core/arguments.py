@@ -76,7 +76,10 @@ class ArgumentCodec:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TaskArgumentError(f"{self.task_name}: {exc}") from None
-        arguments = dict(bound.arguments)
+        return self._encode_bound(dict(bound.arguments), self._decoder)
+
+    def _encode_bound(self, arguments: dict[str, Any], decoder: msgspec.json.Decoder[Any]) -> str:
+        """Encode bound arguments and check them against the types `decoder` expects."""
         if self._var_positional in arguments:
             arguments[self._var_positional] = list(arguments[self._var_positional])
         try:
@@ -86,7 +89,7 @@ class ArgumentCodec:
         if _needs_inspection(arguments, encoded):
             encoded = self._checked(arguments)
         try:
-            self._decoder.decode(encoded)
+            decoder.decode(encoded)
         except msgspec.ValidationError as exc:
             raise TaskArgumentError(f"{self.task_name}: invalid argument: {_describe(exc)}") from None
         return encoded.decode()
@@ -121,19 +124,7 @@ class ArgumentCodec:
             raise TaskArgumentError(f"{self.task_name}: {exc} (its first parameter {reserved[0]!r} is filled "
                                     f"in by the workflow)") from None
         arguments = {k: v for k, v in bound.arguments.items() if k not in reserved}
-        if self._var_positional in arguments:
-            arguments[self._var_positional] = list(arguments[self._var_positional])
-        try:
-            encoded = _ENCODER.encode(arguments)
-        except _UNENCODABLE as exc:
-            raise self._unencodable(arguments, exc) from None
-        if _needs_inspection(arguments, encoded):
-            encoded = self._checked(arguments)
-        try:
-            self._partial_decoder(tuple(reserved)).decode(encoded)
-        except msgspec.ValidationError as exc:
-            raise TaskArgumentError(f"{self.task_name}: invalid argument: {_describe(exc)}") from None
-        return encoded.decode()
+        return self._encode_bound(arguments, self._partial_decoder(tuple(reserved)))
 
     def _partial_decoder(self, reserved: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
         decoder = self._partial_decoders.get(reserved)

@@ -61,17 +61,26 @@ class JobFilter:
             params.append(("to", self.created_to.isoformat()))
         if self.search:
             params.append(("q", self.search))
-        if self.limit != DEFAULT_PAGE_SIZE:
-            params.append(("limit", str(self.limit)))
-        if cursor and self.before is not None:
-            params.append(("before", str(self.before)))
-        return params
+        return params + _paging(self.limit, self.before if cursor else None)
 
     def url_query(self, *, cursor: bool = True) -> str:
         return urlencode(self.to_params(cursor=cursor))
 
     def with_cursor(self, before: int | None) -> JobFilter:
         return replace(self, before=before)
+
+
+def _paging(limit: int, before: int | None) -> list[tuple[str, str]]:
+    """The page size (when not the default) and the keyset cursor, as URL parameters."""
+    params = [("limit", str(limit))] if limit != DEFAULT_PAGE_SIZE else []
+    return params + ([("before", str(before))] if before is not None else [])
+
+
+def _page_size(params: Mapping[str, Sequence[str]]) -> int:
+    limit = _int(params, "limit", minimum=1) or DEFAULT_PAGE_SIZE
+    if limit not in PAGE_SIZES:
+        raise FilterError(f"limit={limit}: use one of {', '.join(map(str, PAGE_SIZES))}")
+    return limit
 
 
 def _to_query(f: JobFilter) -> JobQuery:
@@ -158,9 +167,7 @@ def parse(params: Mapping[str, Sequence[str]]) -> JobFilter:
     created_from, created_to = _time(params, "from"), _time(params, "to")
     if created_from and created_to and created_from >= created_to:
         raise FilterError(f"from={created_from.isoformat()} is not before to={created_to.isoformat()}")
-    limit = _int(params, "limit", minimum=1) or DEFAULT_PAGE_SIZE
-    if limit not in PAGE_SIZES:
-        raise FilterError(f"limit={limit}: use one of {', '.join(map(str, PAGE_SIZES))}")
+    limit = _page_size(params)
     return JobFilter(states=states, queues=queues, tasks=tasks, created_from=created_from, created_to=created_to,
                      search=_one(params, "q") or "", before=_int(params, "before", minimum=1, maximum=MAX_ID),
                      limit=limit)
@@ -191,12 +198,7 @@ class WorkflowFilter:
     limit: int = DEFAULT_PAGE_SIZE
 
     def to_params(self, *, cursor: bool = True) -> list[tuple[str, str]]:
-        params: list[tuple[str, str]] = [("state", s) for s in self.states]
-        if self.limit != DEFAULT_PAGE_SIZE:
-            params.append(("limit", str(self.limit)))
-        if cursor and self.before is not None:
-            params.append(("before", str(self.before)))
-        return params
+        return [("state", s) for s in self.states] + _paging(self.limit, self.before if cursor else None)
 
     def url_query(self, *, cursor: bool = True) -> str:
         return urlencode(self.to_params(cursor=cursor))
@@ -211,7 +213,5 @@ def parse_workflows(params: Mapping[str, Sequence[str]]) -> WorkflowFilter:
     for state in states:
         if state not in WORKFLOW_STATES:
             raise FilterError(f"state={state!r} is not a workflow state: use one of {', '.join(WORKFLOW_STATES)}")
-    limit = _int(params, "limit", minimum=1) or DEFAULT_PAGE_SIZE
-    if limit not in PAGE_SIZES:
-        raise FilterError(f"limit={limit}: use one of {', '.join(map(str, PAGE_SIZES))}")
-    return WorkflowFilter(states=states, before=_int(params, "before", minimum=1, maximum=MAX_ID), limit=limit)
+    return WorkflowFilter(states=states, before=_int(params, "before", minimum=1, maximum=MAX_ID),
+                          limit=_page_size(params))
