@@ -207,3 +207,35 @@ def test_a_bulk_action_that_fails_part_way_still_logs_its_audit_line(jobs_app: A
     assert len(lines) == 1
     assert lines[0]["requested"] == 3 and lines[0]["affected"] == 0
     assert lines[0]["error"] == "DatabaseError: the second batch was refused"
+
+
+def test_a_feed_used_from_another_event_loop_stops_the_old_loops_listener(jobs_app: App,
+                                                                         conn: psycopg.Connection[Any]) -> None:
+    feed = LiveFeed(jobs_app.database, jobs_app.store, refresh_interval=0.2, listen=True)
+    name = jobs_app.database.application_name + "-dashboard-listener"
+
+    def listeners() -> int:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [name]).fetchone()
+        return int(row[0]) if row else 0
+
+    # Loop A keeps running in its own thread, as a server's loop does, while loop B takes the feed over.
+    loop_a = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop_a.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(feed.subscribe(), loop_a).result(timeout=20)
+        wait_for(lambda: listeners() == 1, timeout=10, interval=0.05)
+
+        async def on_loop_b() -> None:
+            await feed.subscribe()
+            await asyncio.to_thread(wait_for, lambda: listeners() == 1 and feed.mode == "push", 10, 0.05)
+            await asyncio.sleep(0.5)  # the old loop's listener had time to linger, if it were not stopped
+            assert listeners() == 1
+            await feed.aclose()
+
+        asyncio.run(on_loop_b())
+    finally:
+        loop_a.call_soon_threadsafe(loop_a.stop)
+        thread.join(timeout=5)
+        loop_a.close()
+    wait_for(lambda: listeners() == 0, timeout=10, interval=0.05)
