@@ -416,3 +416,36 @@ def test_bad_and_unknown_workflow_ids(app: App, client: TestClient) -> None:
     empty = page(client, "/workflows")
     assert empty.by_id("workflows").words().endswith("no workflow yet: chain, group and chord enqueue one "
                                                      "(docs/workflows.md)")
+
+
+def test_the_state_and_the_steps_are_read_in_one_snapshot(
+        app: App, tasks: Tasks, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step completes (a worker drains the chord and commits) after the page has read the
+    workflow and before it reads the steps: both reads still agree, running with 3 unfinished steps.
+    Read apart, the page drew completed nodes under a workflow marked running, and stayed so."""
+    from pgtasks.storage import dashboard as dashboard_store
+
+    ref = chord([tasks.add.s(1, 1), tasks.add.s(2, 2)], tasks.total.s()).delay()
+    read_workflow_between = dashboard_store._workflow_view
+
+    def drained_between_the_reads(q: dict[str, Any], workflow_id: int, preview: int) -> Any:
+        operation = read_workflow_between(q, workflow_id, preview)
+        answer = None
+        while True:
+            try:
+                step = operation.send(answer)
+            except StopIteration as done:
+                return done.value
+            if step.query == q["dashboard_workflow_steps"]:  # the workflow was read; the steps are next
+                drain(app)
+            answer = yield step
+
+    monkeypatch.setattr(dashboard_store, "_workflow_view", drained_between_the_reads)
+    view = workflow_data.workflow_detail(app, ref.id)
+    assert view is not None
+    assert (view.workflow["state"], view.unfinished) == ("running", 3)
+    assert ref.state() == "completed"
+    monkeypatch.undo()
+    view = workflow_data.workflow_detail(app, ref.id)
+    assert view is not None
+    assert (view.workflow["state"], view.unfinished) == ("completed", 0)

@@ -83,10 +83,10 @@ def graph_steps(rows: list[dict[str, Any]]) -> list[Step]:
 
 def workflow_detail(app: App, workflow_id: int) -> WorkflowView | None:
     with connection(app) as conn:
-        workflow = app.store.workflow_get(conn, workflow_id)
-        if workflow is None:
-            return None
-        rows = app.store.dashboard_workflow_steps(conn, workflow_id, preview=PREVIEW)
+        found = app.store.dashboard_workflow_view(conn, workflow_id, preview=PREVIEW)
+    if found is None:
+        return None
+    workflow, rows = found
     structure = _decoded(workflow.pop("structure"))
     places = step_paths(structure)
     states: dict[str, int] = {}

@@ -251,6 +251,11 @@ CROSS JOIN LATERAL (
 ) AS c
 ORDER BY s.id DESC
 
+-- name: dashboard_snapshot
+-- The first statement of a transaction whose reads must agree with each other (a workflow's state
+-- and its steps): one snapshot for all of them. Transaction-scoped, so safe behind any pooler.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
+
 -- name: dashboard_workflow_steps
 -- Every step of a workflow in step order (the link_error job last), through jobs_workflow_idx:
 -- what its graph and its table of steps show. Arguments and results are cut to a preview here, so

@@ -11,7 +11,7 @@ from psycopg import Connection
 
 from pgtasks.core.models import FINAL_STATES, PENDING_STATES, JobState
 from pgtasks.storage.base import StoreBase
-from pgtasks.storage.steps import Operation, dict_one, dicts, every, select_dicts
+from pgtasks.storage.steps import Operation, dict_one, dicts, every, execute, select_dicts
 
 # Below this size the finished states are counted exactly (a scan of jobs_finalized_idx that
 # takes milliseconds); above it, from the planner's statistics.
@@ -124,10 +124,11 @@ class DashboardStore(StoreBase):
         from a window of at most `scan` workflows."""
         return self.run(conn, _workflow_page(self.queries, states, before, limit, scan))
 
-    def dashboard_workflow_steps(self, conn: Connection[Any], workflow_id: int, *,
-                                 preview: int) -> list[dict[str, Any]]:
-        params = {"id": workflow_id, "preview": preview}
-        return self.run(conn, select_dicts(self.queries["dashboard_workflow_steps"], params))
+    def dashboard_workflow_view(self, conn: Connection[Any], workflow_id: int, *,
+                                preview: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """A workflow and every step of it, read in one snapshot: apart, a step that completed
+        between the two reads showed completed nodes under a workflow still marked running."""
+        return self.run(conn, _workflow_view(self.queries, workflow_id, preview), transaction=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,16 @@ class WorkflowPage:
     scanned: int
     scanned_to: int | None
     oldest: int | None = None
+
+
+def _workflow_view(q: dict[str, Any], workflow_id: int,
+                   preview: int) -> Operation[tuple[dict[str, Any], list[dict[str, Any]]] | None]:
+    yield execute(q["dashboard_snapshot"])
+    workflow = yield dict_one(q["workflow_get"], {"id": workflow_id})
+    if workflow is None:
+        return None
+    steps = yield dicts(q["dashboard_workflow_steps"], {"id": workflow_id, "preview": preview})
+    return workflow, steps
 
 
 def _workflow_page(q: dict[str, Any], states: Sequence[str] | None, before: int | None, limit: int,
