@@ -128,7 +128,8 @@ def test_upgrading_from_0001_keeps_every_row_and_workers_run_the_ready_ones(data
     assert upgraded == list(range(2, migrations.latest_version() + 1))
     assert counts == dict.fromkeys(new_tables, (0,))
     added = {"cancel_requested_at", "progress", "traceparent",  # by 0003 and 0004, NULL on old rows
-             "workflow_id", "workflow_step", "wait_delay", "next_ids", "input_from", "input_param"}  # and 0005
+             "workflow_id", "workflow_step", "wait_delay", "next_ids", "input_from", "input_param",  # and 0005
+             "limit_key"}  # and 0006
     defaults = {"wait_count": 0, "input_list": False, "signalled": False}  # 0005: a plain job's values
     assert set(after["available"]) - set(before["available"]) == added | set(defaults)
     assert {s: {k: row[k] for k in before[s]} for s, row in after.items()} == before  # every row, as it was
