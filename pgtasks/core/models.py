@@ -110,6 +110,7 @@ class EnqueueRow(msgspec.Struct, frozen=True):
     expires_in: float | None = None
     unique_key: str | None = None
     traceparent: str | None = None  # set by pgtasks.otel's enqueuer: the producer span's W3C trace context
+    limit_key: str | None = None  # the value of the task's per-key limit (pgtasks.Limit(key=...))
 
 
 class StepRow(msgspec.Struct, frozen=True):

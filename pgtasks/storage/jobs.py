@@ -32,7 +32,7 @@ def _runs_now(row: EnqueueRow) -> bool:
     """No unique_key, eta, countdown, expiry or trace context: the column defaults say the rest
     (job_insert_now). A traced row takes the general statement, so the untraced hot path is unchanged."""
     return (row.unique_key is None and row.run_at is None and row.delay is None and row.expires_at is None
-            and row.expires_in is None and row.traceparent is None)
+            and row.expires_in is None and row.traceparent is None and row.limit_key is None)
 
 
 def _insert_params(row: EnqueueRow) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def _insert_params(row: EnqueueRow) -> dict[str, Any]:
         "task": row.task, "queue": row.queue, "args": row.args, "priority": row.priority,
         "max_attempts": row.max_attempts, "run_at": row.run_at, "delay": row.delay,
         "expires_at": row.expires_at, "expires_in": row.expires_in, "unique_key": row.unique_key,
-        "traceparent": row.traceparent,
+        "traceparent": row.traceparent, "limit_key": row.limit_key,
     }
 
 
@@ -63,6 +63,7 @@ def _insert_many_params(rows: Sequence[EnqueueRow]) -> dict[str, Any]:
         "run_ats": [r.run_at for r in rows], "delays": [r.delay for r in rows],
         "expires_ats": [r.expires_at for r in rows], "expires_ins": [r.expires_in for r in rows],
         "unique_keys": [r.unique_key for r in rows], "traceparents": [r.traceparent for r in rows],
+        "limit_keys": [r.limit_key for r in rows],
     }
 
 
