@@ -190,27 +190,86 @@ SET concurrency = CASE WHEN %(clear)s THEN NULL ELSE coalesce(EXCLUDED.concurren
 RETURNING p.name, p.concurrency, p.rate, p.burst
 
 -- name: limits_list
--- Every limit, with the jobs running against it and those ready but not running (held back when
--- the limit is full): the queues and task_limits rows, counted through jobs_running_by_idx and
--- jobs_fetch_idx.
-SELECT 'queue' AS kind, p.name AS name, p.name AS queue, p.concurrency, p.rate, p.burst,
-       NULL::text AS key_name, NULL::int AS key_concurrency, NULL::float8 AS key_rate, NULL::int AS key_burst,
-       (SELECT count(*) FROM {schema}.jobs AS j WHERE j.state = 'running' AND j.queue = p.name) AS running,
-       (SELECT count(*) FROM {schema}.jobs AS j WHERE j.queue = p.name
-          AND j.state IN ('available', 'scheduled', 'retryable') AND j.run_at <= now()) AS ready,
-       NULL::bigint AS keys_running
-FROM {schema}.queues AS p
-WHERE p.concurrency IS NOT NULL OR p.rate IS NOT NULL
-UNION ALL
-SELECT 'task', t.task, t.queue, t.concurrency, t.rate, t.burst, t.key_name, t.key_concurrency, t.key_rate,
-       t.key_burst,
-       (SELECT count(*) FROM {schema}.jobs AS j WHERE j.state = 'running' AND j.queue = t.queue AND j.task = t.task),
-       (SELECT count(*) FROM {schema}.jobs AS j WHERE j.queue = t.queue AND j.task = t.task
-          AND j.state IN ('available', 'scheduled', 'retryable') AND j.run_at <= now()),
-       (SELECT count(DISTINCT j.limit_key) FROM {schema}.jobs AS j
-          WHERE j.state = 'running' AND j.queue = t.queue AND j.task = t.task AND j.limit_key IS NOT NULL)
-FROM {schema}.task_limits AS t
-ORDER BY 1, 2
+-- Every limit, a queue's own (queues row) or a task's (task_limits row), with the jobs running
+-- against it, those ready (due and not running: what a claim would look at) and how many of the
+-- ready ones it holds back: those beyond its room, where room is what it would let start now,
+-- the smaller of its free slots (concurrency - running) and the whole tokens in its bucket by
+-- now. So a limit at its limit holds back every ready job, and one with 2 free slots holds back
+-- all but 2. Each limit is counted on its own: a job two limits hold back counts under both.
+-- A per-key limit is counted per key and summed (key_held), with the keys that hold any back
+-- (keys_held); keys_running is how many keys have a job running. Jobs are read through
+-- jobs_fetch_idx and jobs_running_by_idx, only those of queues a limit applies in.
+WITH clock AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), limited AS (
+    SELECT p.name AS queue FROM {schema}.queues AS p WHERE p.concurrency IS NOT NULL OR p.rate IS NOT NULL
+    UNION
+    SELECT t.queue FROM {schema}.task_limits AS t
+), parts AS (
+    -- Two arms, one per partial index, as in queue_stats.
+    SELECT j.queue, j.task, j.limit_key, count(*) AS running, 0 AS ready
+    FROM {schema}.jobs AS j
+    WHERE j.state = 'running' AND j.queue IN (SELECT queue FROM limited)
+    GROUP BY j.queue, j.task, j.limit_key
+    UNION ALL
+    SELECT j.queue, j.task, j.limit_key, 0, count(*)
+    FROM {schema}.jobs AS j
+    WHERE j.state IN ('available', 'scheduled', 'retryable') AND j.run_at <= (SELECT now FROM clock)
+      AND j.queue IN (SELECT queue FROM limited)
+    GROUP BY j.queue, j.task, j.limit_key
+), counts AS (
+    SELECT queue, task, limit_key, sum(running)::bigint AS running, sum(ready)::bigint AS ready
+    FROM parts GROUP BY queue, task, limit_key
+), per_key AS (
+    -- least() skips NULLs: a key limited by one of the two is bounded by that one. A key without
+    -- a key_buckets row has a full bucket.
+    SELECT c.task, c.running,
+           greatest(0, c.ready - least(
+               CASE WHEN t.key_concurrency IS NOT NULL THEN greatest(0, t.key_concurrency - c.running) END,
+               CASE WHEN t.key_rate IS NOT NULL THEN floor(least(t.key_burst, coalesce(
+                   b.tokens + t.key_rate * greatest(0, extract(epoch FROM k.now - b.tokens_at)), t.key_burst))) END
+           ))::bigint AS held
+    FROM counts AS c
+    JOIN {schema}.task_limits AS t ON t.task = c.task AND t.queue = c.queue
+    CROSS JOIN clock AS k
+    LEFT JOIN {schema}.key_buckets AS b ON b.task = c.task AND b.key = c.limit_key
+    WHERE c.limit_key IS NOT NULL AND (t.key_concurrency IS NOT NULL OR t.key_rate IS NOT NULL)
+), scopes AS (
+    SELECT 'queue' AS kind, p.name AS name, p.name AS queue, p.concurrency, p.rate, p.burst,
+           NULL::text AS key_name, NULL::int AS key_concurrency, NULL::float8 AS key_rate, NULL::int AS key_burst,
+           CASE WHEN p.rate IS NOT NULL THEN least(p.burst, coalesce(p.tokens, p.burst)
+                + p.rate * greatest(0, extract(epoch FROM k.now - coalesce(p.tokens_at, k.now)))) END AS tokens,
+           coalesce(s.running, 0) AS running, coalesce(s.ready, 0) AS ready,
+           NULL::bigint AS keys_running, NULL::bigint AS key_held, NULL::bigint AS keys_held
+    FROM {schema}.queues AS p
+    CROSS JOIN clock AS k
+    LEFT JOIN (SELECT queue, sum(running) AS running, sum(ready) AS ready FROM counts GROUP BY queue) AS s
+           ON s.queue = p.name
+    WHERE p.concurrency IS NOT NULL OR p.rate IS NOT NULL
+    UNION ALL
+    SELECT 'task', t.task, t.queue, t.concurrency, t.rate, t.burst, t.key_name, t.key_concurrency, t.key_rate,
+           t.key_burst,
+           CASE WHEN t.rate IS NOT NULL THEN least(t.burst, coalesce(t.tokens, t.burst)
+                + t.rate * greatest(0, extract(epoch FROM k.now - coalesce(t.tokens_at, k.now)))) END,
+           coalesce(s.running, 0), coalesce(s.ready, 0), coalesce(s.keys_running, 0),
+           CASE WHEN t.key_concurrency IS NOT NULL OR t.key_rate IS NOT NULL THEN coalesce(h.held, 0) END,
+           CASE WHEN t.key_concurrency IS NOT NULL OR t.key_rate IS NOT NULL THEN coalesce(h.keys, 0) END
+    FROM {schema}.task_limits AS t
+    CROSS JOIN clock AS k
+    LEFT JOIN (SELECT queue, task, sum(running) AS running, sum(ready) AS ready,
+                      count(*) FILTER (WHERE limit_key IS NOT NULL AND running > 0) AS keys_running
+               FROM counts GROUP BY queue, task) AS s ON s.queue = t.queue AND s.task = t.task
+    LEFT JOIN (SELECT task, sum(held) AS held, count(*) FILTER (WHERE held > 0) AS keys
+               FROM per_key GROUP BY task) AS h ON h.task = t.task
+)
+SELECT kind, name, queue, concurrency, rate, burst, key_name, key_concurrency, key_rate, key_burst, tokens,
+       running::bigint AS running, ready::bigint AS ready,
+       CASE WHEN concurrency IS NOT NULL OR rate IS NOT NULL
+            THEN greatest(0, ready - least(CASE WHEN concurrency IS NOT NULL THEN greatest(0, concurrency - running) END,
+                                           floor(tokens)))::bigint END AS held,
+       keys_running::bigint AS keys_running, key_held::bigint AS key_held, keys_held::bigint AS keys_held
+FROM scopes
+ORDER BY kind, name
 
 -- name: limits_limited_queues
 -- Which of %(queues)s are limited (a limit of their own, or a task with one): a worker refreshes

@@ -76,8 +76,9 @@ class LimitStore(StoreBase):
         rows = self.run(conn, select_dicts(self.queries["limits_queue_set"], params))
         return rows[0] if rows else None
 
-    def limits_list(self, conn: Connection[Any]) -> list[dict[str, Any]]:
-        return self.run(conn, select_dicts(self.queries["limits_list"]))
+    def limits_list(self, conn: Connection[Any], now: datetime | None = None) -> list[dict[str, Any]]:
+        """Every queue and task limit with its jobs running, ready and held back (limits.sql)."""
+        return self.run(conn, select_dicts(self.queries["limits_list"], {"now": now}))
 
 
 def _limited_queues(q: Mapping[str, Any], queues: Sequence[str]) -> Operation[list[str]]:

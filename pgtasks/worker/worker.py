@@ -209,6 +209,7 @@ class Worker:
                 await self.flow.declare(conn)
                 await self.flow.refresh(conn)
             self.completer = Completer(pool, self.store)
+            self.completer.on_written = self._outcomes_written
             self.completer.start()
             self.pool = pool
             await self._start_ops(pool)
@@ -450,6 +451,11 @@ class Worker:
                                                           worker_id=self.worker_id)
         return jobs
 
+    def _outcomes_written(self) -> None:
+        """Outcomes left `running`: if a limit held jobs back, their places may be free now."""
+        if self.flow.held:
+            self._on_notify(None)
+
     def _place(self, jobs: list[ClaimedJob]) -> None:
         """Start claimed jobs in free slots; the rest wait locally, in claim order."""
         for job in jobs:
@@ -519,9 +525,7 @@ class Worker:
         self.completer.submit(outcome, job_line(job, outcome, duration))
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
-        job = self._running.pop(task, None)
-        if self.flow.held and job is not None and job.queue in self.flow.limited:
-            self._should_fetch = True  # its place under the limit is free: a held-back job may take it
+        self._running.pop(task, None)
         self._slot_freed_at = time.monotonic()
         if self._ready and not self._stopping:
             self._start_job(self._ready.popleft())
