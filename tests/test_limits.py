@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 
+import pgtasks
 from pgtasks import App, Limit
 from pgtasks.core.errors import ConfigurationError, TaskArgumentError
 from pgtasks.core.limits import QueueLimits
@@ -487,3 +488,38 @@ def test_600_jobs_at_10_per_second_across_three_workers_take_about_a_minute(
     assert len(starts) == 600
     assert max_in_any_window(starts) <= 10 + 1
     assert 59.8 <= took <= 75.0
+
+
+def test_workflow_steps_carry_their_keys_and_a_key_unknown_at_enqueue_is_refused(
+        app: App, conn: psycopg.Connection[Any]) -> None:
+    lock = threading.Lock()
+    running: dict[str, int] = defaultdict(int)
+    peak: dict[str, int] = defaultdict(int)
+
+    @app.task(name="per_customer", queue="keyed", concurrency=Limit(max=1, key="customer"))
+    def per_customer(customer: str, n: int) -> int:
+        with lock:
+            running[customer] += 1
+            peak[customer] = max(peak[customer], running[customer])
+        time.sleep(0.01)
+        with lock:
+            running[customer] -= 1
+        return n
+
+    @app.task(name="total", queue="keyed")
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    ref = pgtasks.chord([per_customer.s(c, i) for i in range(4) for c in ("a", "b")], total.s()).delay()
+    keys = conn.execute(f'SELECT limit_key FROM "{app.schema}".jobs WHERE workflow_id = %s ORDER BY workflow_step',
+                        [ref.id]).fetchall()
+    assert [k for (k,) in keys] == ['"a"', '"b"'] * 4 + [None]
+    drain(app, queues=["keyed"], concurrency=8, poll_interval=0.05)
+    assert ref.wait(timeout=10) == 2 * (0 + 1 + 2 + 3)
+    assert dict(peak) == {"a": 1, "b": 1}
+
+    with pytest.raises(ConfigurationError, match=r"has a per-key limit.*receives the previous step's result"):
+        pgtasks.chain(total.s([1]), per_customer.s(2)).delay()
+    with pytest.raises(ConfigurationError, match=r"enforced in its own queue 'keyed'"):
+        pgtasks.group(per_customer.s("a", 1).set(queue="other")).delay()
+    pgtasks.chain(total.s([1]), per_customer.si("a", 2)).delay()  # immutable: its key is known

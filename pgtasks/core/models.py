@@ -135,6 +135,7 @@ class StepRow(msgspec.Struct, frozen=True):
     delay: float | None = None  # a countdown, from the enqueue (a first step) or from when it is ready
     expires_at: datetime | None = None
     expires_in: float | None = None
+    limit_key: str | None = None  # the value of the task's per-key limit, known at enqueue
 
 
 class LinkErrorSpec(msgspec.Struct, frozen=True):
