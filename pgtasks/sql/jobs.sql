@@ -94,6 +94,10 @@ WHERE unique_key = %(unique_key)s AND state IN ('available', 'scheduled', 'runni
 -- Paused queues (rows of the queues table with paused_at set) are dropped from the list before
 -- any index scan, so a pause holds from every worker's next fetch on. So are limited queues (a
 -- limit of their own, or a task with one): only job_fetch_limited claims those, under a lock.
+-- Only jobs of the tasks this worker has registered (%(tasks)s) are claimed: a job of a task it does
+-- not know stays available for a worker that does (two apps sharing a queue, a rolling deploy),
+-- instead of burning its attempts here. A hashed `= ANY` (PostgreSQL 14+): cheap per row; NULL
+-- (any task) is folded away when the statement is planned with its parameters.
 WITH claimable AS (
     SELECT c.id
     FROM (SELECT u.name FROM unnest(%(queues)s::text[]) AS u(name)
@@ -106,6 +110,7 @@ WITH claimable AS (
         WHERE queue = q.name
           AND state IN ('available', 'scheduled', 'retryable')
           AND run_at <= coalesce(%(now)s::timestamptz, now())
+          AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
         ORDER BY priority DESC, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED

@@ -12,7 +12,8 @@ FOR UPDATE OF p
 
 -- name: job_fetch_limited
 -- Claim up to %(limit)s jobs of the limited queues %(queues)s, locked by limits_lock_queues in
--- this transaction. The first %(scan)s claimable jobs of each queue in priority order are the
+-- this transaction. The first %(scan)s claimable jobs (of the tasks %(tasks)s this worker has
+-- registered, as in job_fetch_available) of each queue in priority order are the
 -- candidates; then each level of limit keeps the candidates it has room for, in priority order:
 --   1. per key (task_limits.key_*): the n-th candidate of a (task, key) passes while n <= the
 --      key's free slots and its whole tokens;
@@ -43,6 +44,7 @@ WITH clock AS (
         WHERE queue = q.name
           AND state IN ('available', 'scheduled', 'retryable')
           AND run_at <= (SELECT now FROM clock)
+          AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
         ORDER BY priority DESC, run_at, id
         LIMIT %(scan)s
     ) AS j

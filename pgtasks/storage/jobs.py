@@ -158,8 +158,9 @@ def copy_now(q: Queries, rows: Sequence[EnqueueRow]) -> Operation[list[int]]:
 
 
 def fetch_available(q: Queries, *, queues: Sequence[str], limit: int, worker_id: str,
-                    now: datetime | None) -> Operation[list[ClaimedJob]]:
-    params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "now": now}
+                    now: datetime | None, tasks: Sequence[str] | None = None) -> Operation[list[ClaimedJob]]:
+    params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "now": now,
+              "tasks": None if tasks is None else list(tasks)}
     rows = yield every(q["job_fetch_available"], params)
     return [ClaimedJob(*row) for row in rows]
 
@@ -208,10 +209,12 @@ class JobStore(StoreBase):
         return await self.arun(conn, insert_many(self.queries, rows, copy=_copies(conn, rows)))
 
     async def ajob_fetch_available(self, conn: AsyncConnection[Any], *, queues: Sequence[str], limit: int,
-                                   worker_id: str, now: datetime | None = None) -> list[ClaimedJob]:
-        """Claim up to `limit` due jobs of `queues` for `worker_id` (FOR UPDATE SKIP LOCKED, one statement)."""
+                                   worker_id: str, now: datetime | None = None,
+                                   tasks: Sequence[str] | None = None) -> list[ClaimedJob]:
+        """Claim up to `limit` due jobs of `queues` for `worker_id` (FOR UPDATE SKIP LOCKED, one statement);
+        only jobs of `tasks` when given (the tasks the worker can run)."""
         return await self.arun(conn, fetch_available(self.queries, queues=queues, limit=limit,
-                                                     worker_id=worker_id, now=now))
+                                                     worker_id=worker_id, now=now, tasks=tasks))
 
     async def ajob_set_outcome_many(self, conn: AsyncConnection[Any], outcomes: Sequence[Outcome],
                                     now: datetime | None = None) -> set[int]:

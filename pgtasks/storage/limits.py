@@ -43,15 +43,18 @@ class DeclaredLimits:
 
 class LimitStore(StoreBase):
     async def ajob_fetch_limited(self, conn: AsyncConnection[Any], *, queues: Sequence[str], limit: int,
-                                 worker_id: str, now: datetime | None = None,
-                                 scan: int = LIMITED_SCAN) -> LimitedClaim:
-        """Claim up to `limit` jobs of the limited queues among `queues`, within every limit."""
-        return await self.arun(conn, _fetch_limited(self.queries, queues, limit, worker_id, now, scan),
+                                 worker_id: str, now: datetime | None = None, scan: int = LIMITED_SCAN,
+                                 tasks: Sequence[str] | None = None) -> LimitedClaim:
+        """Claim up to `limit` jobs of the limited queues among `queues`, within every limit; only
+        jobs of `tasks` when given."""
+        return await self.arun(conn, _fetch_limited(self.queries, queues, limit, worker_id, now, scan, tasks),
                                transaction=True)
 
     def job_fetch_limited(self, conn: Connection[Any], *, queues: Sequence[str], limit: int, worker_id: str,
-                          now: datetime | None = None, scan: int = LIMITED_SCAN) -> LimitedClaim:
-        return self.run(conn, _fetch_limited(self.queries, queues, limit, worker_id, now, scan), transaction=True)
+                          now: datetime | None = None, scan: int = LIMITED_SCAN,
+                          tasks: Sequence[str] | None = None) -> LimitedClaim:
+        return self.run(conn, _fetch_limited(self.queries, queues, limit, worker_id, now, scan, tasks),
+                        transaction=True)
 
     async def alimited_queues(self, conn: AsyncConnection[Any], queues: Sequence[str]) -> list[str]:
         """The queues among `queues` that have a limit, or a task with one."""
@@ -87,12 +90,13 @@ def _limited_queues(q: Mapping[str, Any], queues: Sequence[str]) -> Operation[li
 
 
 def _fetch_limited(q: Mapping[str, Any], queues: Sequence[str], limit: int, worker_id: str,
-                   now: datetime | None, scan: int) -> Operation[LimitedClaim]:
+                   now: datetime | None, scan: int, tasks: Sequence[str] | None = None) -> Operation[LimitedClaim]:
     locked = yield every(q["limits_lock_queues"], {"queues": list(queues)})
     names = [str(r[0]) for r in locked]
     if not names:
         return LimitedClaim([], limited_queues=())
-    params = {"queues": names, "limit": limit, "worker_id": worker_id, "now": now, "scan": max(scan, limit)}
+    params = {"queues": names, "limit": limit, "worker_id": worker_id, "now": now, "scan": max(scan, limit),
+              "tasks": None if tasks is None else list(tasks)}
     rows = yield every(q["job_fetch_limited"], params)
     jobs = [ClaimedJob(*row[:12]) for row in rows if row[0] is not None]
     marker = next((row for row in rows if row[0] is None), None)

@@ -126,6 +126,8 @@ class Worker:
         self.started = asyncio.Event()
         self.maintenance_config = cfg.maintenance()
         self.flow = FlowControl(self.store, self.registry, self.queues, self.poll_interval)
+        # The tasks this worker claims jobs of (set at start, when every task is registered).
+        self._task_names: list[str] = []
         self.maintenance: Maintenance | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -205,6 +207,7 @@ class Worker:
         await pool.open(wait=True, timeout=30.0)
         try:
             await self._check_schema(pool)
+            self._task_names = sorted(self.registry.tasks)
             async with pool.connection() as conn:
                 await self.flow.declare(conn)
                 await self.flow.refresh(conn)
@@ -441,14 +444,14 @@ class Worker:
             free = min(limit, self.concurrency - len(self._running) - len(self._ready))
             if free > 0:
                 claim = await self.store.ajob_fetch_limited(conn, queues=flow.limited, limit=free,
-                                                            worker_id=self.worker_id)
+                                                            worker_id=self.worker_id, tasks=self._task_names)
                 flow.record(claim)
                 jobs = claim.jobs
             if len(flow.limited) == len(self._queue_set):
                 return jobs
         if limit > len(jobs):
             jobs += await self.store.ajob_fetch_available(conn, queues=self.queues, limit=limit - len(jobs),
-                                                          worker_id=self.worker_id)
+                                                          worker_id=self.worker_id, tasks=self._task_names)
         return jobs
 
     def _outcomes_written(self) -> None:
