@@ -48,8 +48,9 @@ def test_deletes_only_finished_jobs_past_retention_in_batches(app: App, conn: ps
     first, second = run_with_pool(app, body)
     assert first.jobs == {"completed": 5, "cancelled": 1, "discarded": 1}
     # 5 old completed rows at 2 per statement: batches of 2, 2, 1; then one each for the rest,
-    # plus one (empty) pass over workflows, one over fire records and one over worker rows.
-    assert first.batches == 3 + 1 + 1 + 1 + 1 + 1
+    # plus one (empty) pass over workflows, one over fire records, one over worker rows and one
+    # over key buckets.
+    assert first.batches == 3 + 1 + 1 + 1 + 1 + 1 + 1
     assert second.total == 0
     assert remaining(conn, schema) == {young_completed, discarded_2d, *unfinished}
     assert not set(old_completed) & remaining(conn, schema)

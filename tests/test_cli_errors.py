@@ -38,6 +38,7 @@ APP = "tests.apps.periodic_app:app"
 ARGS: dict[tuple[str, ...], list[str]] = {
     ("jobs", "show"): ["1"], ("jobs", "cancel"): ["1"], ("jobs", "retry"): ["1"], ("jobs", "purge"): ["--yes"],
     ("queues", "pause"): ["q"], ("queues", "resume"): ["q"], ("queues", "remove"): ["q"],
+    ("queues", "limit"): ["q", "2"],
     ("bench",): ["-w", "enqueue"], ("workflows", "show"): ["1"], ("workflows", "cancel"): ["1"],
 }
 NEEDS_APP = {("worker",), ("periodic",)}

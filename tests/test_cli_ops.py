@@ -133,7 +133,8 @@ def test_queues_list_pause_resume_and_stats(app: App, populated: dict[str, int])
     assert set(queues) == {"default", "mail"}
     assert queues["mail"]["available"] == 1 and queues["default"]["scheduled"] == 1
     assert set(queues["mail"]) == {"queue", "available", "scheduled", "running", "retryable", "waiting", "lag_seconds",
-                                   "paused_at", "paused"}
+                                   "paused_at", "paused", "limits"}
+    assert queues["mail"]["limits"] == []  # tests/test_limits_ops.py has queues with limits
     assert queues["mail"]["paused"] is False and queues["mail"]["lag_seconds"] >= 0
     paused = as_json(run(app, "queues", "pause", "mail", "--json"))
     assert paused["queue"] == "mail" and paused["paused"] is True and paused["paused_at"]

@@ -204,11 +204,17 @@ def paused_queues(conn: psycopg.Connection[Any], schema: str) -> dict[str, datet
     return {str(r[0]): r[1] for r in rows}
 
 
+def queue_rows(conn: psycopg.Connection[Any], schema: str) -> tuple[tuple[Any, ...], ...]:
+    """The queues table as the actions change it: pauses and limits."""
+    return tuple(conn.execute(f'SELECT name, paused_at, concurrency, rate, burst FROM "{schema}".queues '
+                              "ORDER BY name").fetchall())
+
+
 def snapshot(conn: psycopg.Connection[Any], schema: str) -> tuple[Any, ...]:
     """Everything an action could change: every job row and the queues table."""
     jobs = [(r["id"], r["state"], r["run_at"], r["cancel_requested_at"], r["attempt"], r["max_attempts"])
             for r in job_rows(conn, schema).values()]
-    return tuple(jobs), tuple(paused_queues(conn, schema).items())
+    return tuple(jobs), queue_rows(conn, schema)
 
 
 # -- the module's world: jobs in every state, a failure with tracebacks, progress, fires, a live worker ---
@@ -952,6 +958,7 @@ def every_post(client: TestClient, jobs: Jobs, token: str) -> list[httpx2.Respon
     responses = [
         client.post("/queues/pause", data={"csrf": token, "queue": "idle"}),
         client.post("/queues/resume", data={"csrf": token, "queue": "idle"}),
+        client.post("/queues/limit", data={"csrf": token, "queue": "idle", "concurrency": "1", "rate": "1/s"}),
     ]
     for action in ("retry", "cancel", "delete"):
         responses.append(client.post(f"/jobs/{victim}/{action}", data={"csrf": token}))

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from pgtasks.core.channels import control_channel, jobs_channel
+from pgtasks.core.errors import ConfigurationError
 from pgtasks.core.logs import log_event
 from pgtasks.core.options import validate_queue
 from pgtasks.dashboard.data import connection
 from pgtasks.dashboard.filters import JobFilter
+from pgtasks.ops import limits
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -115,6 +117,32 @@ def set_paused(app: App, queue: str, paused: bool, *, who: str) -> None:
             app.store.queue_resume(conn, queue, channel=jobs_channel(app.schema))
     log_event(logger, logging.INFO, "dashboard.action", who=who, action="pause" if paused else "resume",
               target="queue", queue=queue)
+
+
+def _whole(field: str, value: str | None) -> int | None:
+    text = (value or "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigurationError(f"{field}={value!r}: expected a whole number, or nothing for no limit") from None
+
+
+def limit_change(queue: str, concurrency: str | None, rate: str | None, burst: str | None) -> limits.QueueLimitChange:
+    """The queues page's limit form, checked: the queue's limits become exactly what it says, an
+    empty field meaning no limit of that kind (an empty burst: the rate's default)."""
+    return limits.queue_limit_change(queue, _whole("concurrency", concurrency), (rate or "").strip() or None,
+                                     _whole("burst", burst), replace=True)
+
+
+def set_queue_limits(app: App, change: limits.QueueLimitChange, *, who: str) -> limits.QueueLimitsNow:
+    """As `pgtasks queues limit` does: written and announced to the workers in one transaction."""
+    with connection(app) as conn:
+        now = limits.set_queue_limits(app, conn, change)
+    log_event(logger, logging.INFO, "dashboard.action", who=who, action="limit", target="queue", queue=change.queue,
+              concurrency=now.concurrency, rate=now.rate_text, burst=now.burst)
+    return now
 
 
 def cancel_workflow(app: App, workflow_id: int, *, who: str) -> dict[int, str] | None:

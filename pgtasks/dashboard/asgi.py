@@ -117,8 +117,8 @@ class Dashboard:
         return self.page(request, "doctor.html", {"findings": findings})
 
     async def queues(self, request: Request) -> Response:
-        rows = await self.db(data.queues, self.app)
-        return self.page(request, "queues.html", {"title": "Queues", "queues": rows})
+        listed = await self.db(data.queues, self.app)
+        return self.page(request, "queues.html", {"title": "Queues", "queues": listed.rows, "limits": listed.limits})
 
     async def jobs(self, request: Request) -> Response:
         try:
@@ -261,19 +261,26 @@ class Dashboard:
         return _redirect(request, f"{base}/workflows/{workflow_id}")
 
     async def queue_action(self, request: Request) -> Response:
-        """POST /queues/pause or /queues/resume with the queue's name in the form (any name, even with a slash)."""
-        if request.path_params["action"] not in ("pause", "resume"):
-            return self.problem(request, f"no queue action {request.path_params['action']!r}: pause or resume", 404)
+        """POST /queues/pause, /queues/resume or /queues/limit with the queue's name in the form (any
+        name, even with a slash); /queues/limit sets the queue's limits to the form's concurrency,
+        rate and burst, an empty field meaning no limit of that kind."""
+        action = request.path_params["action"]
+        if action not in ("pause", "resume", "limit"):
+            return self.problem(request, f"no queue action {action!r}: pause, resume or limit", 404)
         try:
             form = await self._writable(request)
             name = form.first("queue") or ""
             validate_queue(name)
+            change = actions.limit_change(name, form.first("concurrency"), form.first("rate"),
+                                          form.first("burst")) if action == "limit" else None
         except Forbidden as exc:
             return self.problem(request, str(exc), exc.status)
         except ValueError as exc:
             return self.problem(request, str(exc), 400)
-        paused = request.path_params["action"] == "pause"
-        await self.db(actions.set_paused, self.app, name, paused, who=who(request))
+        if change is not None:
+            await self.db(actions.set_queue_limits, self.app, change, who=who(request))
+        else:
+            await self.db(actions.set_paused, self.app, name, action == "pause", who=who(request))
         self._changed()
         base = request.scope.get("root_path", "").rstrip("/")
         return _redirect(request, f"{base}/queues")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pgtasks.dashboard.filters import JobFilter
 from pgtasks.ops.doctor import OK, DoctorOptions, Finding, run_checks
+from pgtasks.ops.limits import LimitLine, QueueLimitsNow, limit_lines
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -234,14 +235,29 @@ def job_detail(app: App, job_id: int) -> dict[str, Any] | None:
     return job
 
 
-def queues(app: App) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class QueuesPage:
+    """The queues page: a row per queue (each with `limit`, its own limits as stored, for the
+    form), and every limit as a line with its jobs running, ready and held back."""
+
+    rows: list[dict[str, Any]]
+    limits: list[LimitLine]
+
+
+def queues(app: App) -> QueuesPage:
     with connection(app) as conn:
         rows = app.store.queue_stats(conn)
+        limits = app.store.limits_list(conn)
     listed = {r["queue"] for r in rows}
     # A queue the App declares but that has nothing waiting is still worth a row (and a pause button).
     idle = [{"queue": q, "available": 0, "scheduled": 0, "running": 0, "retryable": 0, "lag_seconds": 0.0,
              "paused_at": None} for q in sorted({t.config.queue for t in app.registry.tasks.values()} - listed)]
-    return sorted(rows + idle, key=lambda r: str(r["queue"]))
+    own = {str(r["name"]): r for r in limits if r["kind"] == "queue"}
+    for row in rows + idle:
+        limit = own.get(str(row["queue"]))
+        row["limit"] = QueueLimitsNow(str(row["queue"]), limit["concurrency"], limit["rate"], limit["burst"]) \
+            if limit is not None else QueueLimitsNow(str(row["queue"]), None, None, None)
+    return QueuesPage(sorted(rows + idle, key=lambda r: str(r["queue"])), limit_lines(limits))
 
 
 def workers(app: App) -> list[dict[str, Any]]:

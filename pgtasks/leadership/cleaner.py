@@ -1,4 +1,5 @@
-"""The cleaner: deletes finished jobs past their retention, old fire records and dead worker rows."""
+"""The cleaner: deletes finished jobs past their retention, old fire records, dead worker rows, and
+per-key token buckets that have filled up again."""
 
 from __future__ import annotations
 
@@ -56,11 +57,13 @@ class CleanReport:
     workflow_jobs: int = 0  # the jobs of those workflows (not in `jobs`)
     periodic_fires: int = 0
     dead_workers: int = 0
+    key_buckets: int = 0  # per-key token buckets full again (a key without one has a full bucket)
     batches: int = 0
 
     @property
     def total(self) -> int:
-        return sum(self.jobs.values()) + self.workflow_jobs + self.workflows + self.periodic_fires + self.dead_workers
+        return (sum(self.jobs.values()) + self.workflow_jobs + self.workflows + self.periodic_fires
+                + self.dead_workers + self.key_buckets)
 
 
 class Cleaner(LeaderService):
@@ -102,9 +105,12 @@ class Cleaner(LeaderService):
         if r.dead_workers is not None:
             report.dead_workers = await self._batches(report, partial(
                 store.aworker_prune_dead, retention=r.dead_workers.total_seconds(), limit=limit, now=now))
+        # Not a retention: a full bucket's row says nothing a missing row does not, so it always goes.
+        report.key_buckets = await self._batches(report, partial(store.akey_bucket_prune, limit=limit, now=now))
         if report.total:
             log_event(logger, logging.INFO, "cleaner.deleted", batches=report.batches,
                       periodic_fires=report.periodic_fires, dead_workers=report.dead_workers,
+                      key_buckets=report.key_buckets,
                       workflows=report.workflows, workflow_jobs=report.workflow_jobs,
                       **{f"jobs_{state}": count for state, count in report.jobs.items()})
         return report

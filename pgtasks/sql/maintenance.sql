@@ -94,3 +94,33 @@ WHERE worker_id IN (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
+
+-- name: key_bucket_prune
+-- Delete one batch of per-key token buckets that need no row: a key without one has a full
+-- bucket, so a bucket that has filled up again (its tokens plus what its rate added since are at
+-- least the burst) is dropped, and so is the bucket of a task that has no per-key rate any more
+-- (no task_limits row, or no key_rate). The full buckets are deleted under their queue's row
+-- lock, the one a limited claim takes to read and write them (job_fetch_limited): a claim that
+-- read a bucket writes it back before the lock is released, and this statement re-checks a row
+-- a claim changed since its snapshot (READ COMMITTED re-reads it), so a deleted bucket was full.
+-- SKIP LOCKED on both: a queue being claimed now, or a bucket in use, waits for the next pass.
+WITH clock AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), locked AS (
+    SELECT p.name FROM {schema}.queues AS p
+    WHERE EXISTS (SELECT 1 FROM {schema}.task_limits AS t WHERE t.queue = p.name AND t.key_rate IS NOT NULL)
+    FOR UPDATE OF p SKIP LOCKED
+), picked AS (
+    SELECT b.task, b.key
+    FROM {schema}.key_buckets AS b
+    CROSS JOIN clock AS k
+    LEFT JOIN {schema}.task_limits AS t ON t.task = b.task
+    WHERE t.task IS NULL OR t.key_rate IS NULL
+       OR (t.queue IN (SELECT name FROM locked)
+           AND b.tokens + t.key_rate * greatest(0, extract(epoch FROM k.now - b.tokens_at)) >= t.key_burst)
+    LIMIT %(limit)s
+    FOR UPDATE OF b SKIP LOCKED
+)
+DELETE FROM {schema}.key_buckets AS b
+USING picked
+WHERE b.task = picked.task AND b.key = picked.key

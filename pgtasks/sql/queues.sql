@@ -16,10 +16,15 @@ RETURNING old.paused_at IS NOT NULL AS was_paused
 
 -- name: queue_entry_for_removal
 -- The queue's entry, locked until queue_remove decides, with its jobs waiting to run (counted
--- through jobs_fetch_idx): removing the entry of a paused queue would resume those jobs.
+-- through jobs_fetch_idx): removing the entry of a paused queue would resume those jobs. And
+-- whether a limit applies in it: the entry holds the queue's own limits, and it is the row a
+-- limited claim locks, so without it the jobs of a task with limits would wait for a worker's
+-- start to write it again.
 SELECT q.paused_at,
        (SELECT count(*) FROM {schema}.jobs AS j
-        WHERE j.queue = q.name AND j.state IN ('available', 'scheduled', 'retryable'))::int AS waiting
+        WHERE j.queue = q.name AND j.state IN ('available', 'scheduled', 'retryable'))::int AS waiting,
+       (q.concurrency IS NOT NULL OR q.rate IS NOT NULL
+        OR EXISTS (SELECT 1 FROM {schema}.task_limits AS t WHERE t.queue = q.name)) AS limited
 FROM {schema}.queues AS q
 WHERE q.name = %(name)s
 FOR UPDATE OF q

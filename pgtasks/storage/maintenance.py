@@ -37,3 +37,8 @@ class MaintenanceStore(StoreBase):
                                  now: datetime | None = None) -> int:
         params = {"retention": retention, "limit": limit, "now": now}
         return await self.arun(conn, count_affected(self.queries["worker_prune_dead"], params))
+
+    async def akey_bucket_prune(self, conn: AsyncConnection[Any], *, limit: int, now: datetime | None = None) -> int:
+        """Delete one batch of per-key token buckets that are full again or whose task lost its per-key rate."""
+        params = {"limit": limit, "now": now}
+        return await self.arun(conn, count_affected(self.queries["key_bucket_prune"], params))

@@ -15,10 +15,12 @@ Queries = Mapping[str, LiteralString]
 
 
 class QueueRemoval(NamedTuple):
-    """What `queue_remove` did: `removed`; `absent` (no entry by that name); or `refused`, because
-    the queue is paused with `waiting` jobs that removing its entry would resume."""
+    """What `queue_remove` did: `removed`; `absent` (no entry by that name); `refused`, because
+    the queue is paused with `waiting` jobs that removing its entry would resume; or `limited`,
+    refused because a limit applies in the queue (its own, or a task's: the entry is the lock
+    their claim takes)."""
 
-    outcome: Literal["removed", "absent", "refused"]
+    outcome: Literal["removed", "absent", "refused", "limited"]
     waiting: int
 
 
@@ -42,9 +44,11 @@ def _remove(q: Queries, name: str) -> Operation[QueueRemoval]:
     row = yield one(q["queue_entry_for_removal"], {"name": name})
     if row is None:
         return QueueRemoval("absent", 0)
-    paused_at, waiting = row
+    paused_at, waiting, limited = row
     if paused_at is not None and waiting:
         return QueueRemoval("refused", int(waiting))
+    if limited:
+        return QueueRemoval("limited", int(waiting))
     yield execute(q["queue_remove"], {"name": name})
     return QueueRemoval("removed", int(waiting))
 
