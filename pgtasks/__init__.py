@@ -2,6 +2,7 @@
 
 from pgtasks.app import App
 from pgtasks.client.canvas import Signature, chain, chord, group
+from pgtasks.client.results import JobStatus
 from pgtasks.client.task import Call, ConfiguredTask, JobRef, Task
 from pgtasks.client.workflows import StepResult, WorkflowRef
 from pgtasks.core.context import JobContext, JobProgress, current_job
@@ -16,6 +17,7 @@ from pgtasks.core.errors import (
     JobDiscardedError,
     JobFailedError,
     JobNotFoundError,
+    JobStateError,
     JobTimeoutError,
     PgtasksError,
     PoolExhaustedError,
@@ -59,6 +61,8 @@ __all__ = [
     "JobProgress",
     "JobRef",
     "JobState",
+    "JobStateError",
+    "JobStatus",
     "JobTimeoutError",
     "Limit",
     "PgtasksError",

@@ -116,7 +116,7 @@ def test_the_sync_and_the_async_face_do_the_same(fresh_app: Callable[[], App]) -
     assert sync_seen["bulk_unique"] == [True, False]
     assert sync_seen["copy_ids_ascend"] is True
     assert sync_seen["result"] == 3
-    assert sync_seen["failure"] == ("JobDiscardedError", "ValueError", "no", "discarded")
+    assert sync_seen["failure"] == ("JobDiscardedError[ValueError]", "ValueError", "no", "discarded")
     assert "did not finish within 0.2s" in sync_seen["timeout"]
     assert sync_seen["small_results"] == [0, 2, 4]
     states = {(task, state) for task, state, *_ in sync_seen["rows"]}

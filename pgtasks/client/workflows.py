@@ -9,11 +9,8 @@ from typing import Any
 from pgtasks.client.results import JobSource, Waited, await_for, decode_result, wait_for
 from pgtasks.core.channels import control_channel
 from pgtasks.core.definition import TaskDefinition
-from pgtasks.core.errors import (
-    JobCancelledError,
-    JobDiscardedError,
-    JobNotFoundError,
-)
+from pgtasks.core.errors import JobNotFoundError
+from pgtasks.core.failures import failure_error
 from pgtasks.core.models import FINAL_STATES, JobState
 from pgtasks.storage.workflows import Failure, StepOutcome
 
@@ -124,9 +121,8 @@ def step_results(tasks: Mapping[str, TaskDefinition[Any, Any]], rows: Sequence[d
 
 
 def _raise_for(job_id: int, state: str, last_error: Any) -> None:
-    error = last_error if isinstance(last_error, dict) else {}
-    cls = JobCancelledError if state == JobState.CANCELLED else JobDiscardedError
-    raise cls(job_id, state, error.get("type"), error.get("message"), error.get("traceback"))
+    # What JobRef.wait() raises for that job: of the task's exception type where it can be imported.
+    raise failure_error(job_id, state, last_error if isinstance(last_error, dict) else None)
 
 
 def settle_workflow(ref: WorkflowRef, failure: Failure | None, outcomes: list[StepOutcome]) -> tuple[bool, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Self
+
 
 class _Public:
     """Classes defined here are documented and raised as `pgtasks.X`: say so in reprs and tracebacks."""
@@ -131,23 +133,51 @@ class WaitTimeoutError(PgtasksError, TimeoutError):
 
 
 
+def _failure_message(job_id: int, state: str, error_type: str | None, error_message: str | None,
+                     error_module: str | None) -> str:
+    if not error_type:
+        return f"job {job_id} ended {state}: no error was recorded"
+    named = error_type if error_module in (None, "builtins") else f"{error_module}.{error_type}"
+    return f"job {job_id} ended {state}: {named}: {error_message}"
+
+
 class JobFailedError(PgtasksError):
     """The job ended without a result: it was discarded or cancelled.
 
     Carries the job's last error: `error_type` (the task exception's class name, e.g. "ValueError"),
-    `error_message` and `traceback` (None when none was recorded).
+    `error_module` (its module, e.g. "billing.errors"; None for errors pgtasks itself recorded, such as
+    an operator's cancel, and for errors recorded before pgtasks 0.1 recorded modules), `error_message`
+    and `traceback` (None when none was recorded). `error_class` is the task's exception class when
+    this error is also an instance of it (see JobRef.wait()), else None.
     """
 
+    error_class: type[Exception] | None = None
+
+    def __new__(cls, job_id: int, state: str, error_type: str | None, error_message: str | None,
+                traceback: str | None = None, error_module: str | None = None) -> Self:
+        # The next base's __new__ gets the message alone: in a failure that is also of the task's
+        # own exception type (pgtasks.core.failures), that base is the task's class, and OSError's
+        # __new__, say, would take the job's fields for its errno and filename.
+        return super().__new__(cls, _failure_message(job_id, state, error_type, error_message, error_module))
 
     def __init__(self, job_id: int, state: str, error_type: str | None, error_message: str | None,
-                 traceback: str | None = None) -> None:
-        detail = f"{error_type}: {error_message}" if error_type else "no error was recorded"
-        super().__init__(f"job {job_id} ended {state}: {detail}")
+                 traceback: str | None = None, error_module: str | None = None) -> None:
+        super().__init__(_failure_message(job_id, state, error_type, error_message, error_module))
         self.job_id = job_id
         self.state = state
         self.error_type = error_type
+        self.error_module = error_module
         self.error_message = error_message
         self.traceback = traceback
+
+    def __str__(self) -> str:
+        # Ours, not the next base's: KeyError's would quote the message, OSError's prefix an errno.
+        return _failure_message(self.job_id, self.state, self.error_type, self.error_message, self.error_module)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException's would call the class with the message alone (it takes the job's fields).
+        return type(self), (self.job_id, self.state, self.error_type, self.error_message, self.traceback,
+                            self.error_module)
 
 
 class JobDiscardedError(JobFailedError):
@@ -157,6 +187,12 @@ class JobDiscardedError(JobFailedError):
 
 class JobCancelledError(JobFailedError):
     """The job was cancelled: by the task (`raise pgtasks.Cancel`), an operator, or expiry."""
+
+
+
+class JobStateError(PgtasksError):
+    """What was asked does not fit the job's state now: JobRef.forget() of a job that has not
+    finished, or of a step whose workflow may still read its result. The message says which."""
 
 
 

@@ -52,9 +52,12 @@ class ErrorEntry(msgspec.Struct, frozen=True):
 
     attempt: int
     at: datetime
-    type: str
+    type: str  # the exception class's qualified name, or pgtasks' own word (Cancelled, Expired, Rescued, ...)
     message: str
     traceback: str | None = None
+    # The class's module, so a waiter can find the class again (pgtasks.core.failures); None in
+    # entries of pgtasks' own words, and in entries written before it was recorded.
+    module: str | None = None
 
 
 class Outcome(msgspec.Struct, frozen=True):

@@ -189,3 +189,7 @@ WHERE j.id = p.id AND j.claims = p.claims
 -- name: job_get_progress
 -- JobRef.progress(): the job's stored progress JSON (NULL before any report), no row if no job.
 SELECT progress::text FROM {schema}.jobs WHERE id = %(id)s
+
+-- name: job_get_task
+-- JobRef.from_id(): the task of a job known by its id (no row if there is no such job).
+SELECT task FROM {schema}.jobs WHERE id = %(id)s

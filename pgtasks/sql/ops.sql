@@ -130,6 +130,21 @@ WHERE id = ANY(%(ids)s::bigint[]) AND state = 'running' AND cancel_requested_at 
     WHERE sibling.workflow_id = j.workflow_id
       AND sibling.state IN ('waiting', 'available', 'scheduled', 'retryable', 'running')))
 
+-- name: job_forget_result
+-- JobRef.forget(): drop a finished job's stored result; the row, its state and errors stay until
+-- retention deletes them. Not while the job is unfinished (its result is still to come), nor for a
+-- step of an unfinished workflow (a successor that starts later reads it). The outer SELECT reads
+-- the row as it was before the UPDATE, to say why nothing was dropped. No row: no such job. Sets
+-- no state, so no trigger fires.
+WITH forgotten AS (
+    UPDATE {schema}.jobs AS j SET result = NULL
+    WHERE j.id = %(id)s AND j.state IN ('completed', 'cancelled', 'discarded')
+      AND {include:_outside_unfinished_workflows}
+    RETURNING j.id
+)
+SELECT state::text AS state, workflow_id, EXISTS (SELECT 1 FROM forgotten) AS forgotten
+FROM {schema}.jobs WHERE id = %(id)s
+
 -- name: job_purge_many
 -- Delete at most %(limit)s jobs matching a filter (never running ones, nor steps of an unfinished
 -- workflow), oldest first, in a short transaction; `pgtasks jobs purge` calls it until nothing is left.

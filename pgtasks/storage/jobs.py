@@ -175,6 +175,11 @@ def get_outcome(q: Queries, job_id: int) -> Operation[tuple[str, str | None, Any
     return None if row is None else (str(row[0]), row[1], row[2])
 
 
+def get_task(q: Queries, job_id: int) -> Operation[str | None]:
+    row = yield one(q["job_get_task"], {"id": job_id})
+    return None if row is None else str(row[0])
+
+
 def release_unknown_claims(q: Queries, worker_id: str, known_ids: Sequence[int]) -> Operation[list[int]]:
     rows = yield every(q["job_release_unknown_claims"], {"worker_id": worker_id, "known_ids": list(known_ids)})
     return [int(row[0]) for row in rows]
@@ -238,6 +243,13 @@ class JobStore(StoreBase):
 
     async def ajob_get_outcome(self, conn: AsyncConnection[Any], job_id: int) -> tuple[str, str | None, Any] | None:
         return await self.arun(conn, get_outcome(self.queries, job_id))
+
+    def job_get_task(self, conn: Connection[Any], job_id: int) -> str | None:
+        """The task name of a job, or None if it does not exist."""
+        return self.run(conn, get_task(self.queries, job_id))
+
+    async def ajob_get_task(self, conn: AsyncConnection[Any], job_id: int) -> str | None:
+        return await self.arun(conn, get_task(self.queries, job_id))
 
     async def ajob_set_progress_many(self, conn: AsyncConnection[Any],
                                      updates: Sequence[tuple[int, int, bytes]]) -> int:

@@ -36,6 +36,11 @@ def cancel_many(q: Queries, params: dict[str, Any], control: str) -> Operation[d
     return {int(r[0]): str(r[1]) for r in rows}
 
 
+def forget_result(q: Queries, job_id: int) -> Operation[tuple[str, int | None, bool] | None]:
+    row = yield one(q["job_forget_result"], {"id": job_id})
+    return None if row is None else (str(row[0]), None if row[1] is None else int(row[1]), bool(row[2]))
+
+
 def _count(query: LiteralString, params: dict[str, Any]) -> Operation[int]:
     row = yield one(query, params)
     return int(row[0]) if row else 0
@@ -93,6 +98,19 @@ class OperationsStore(StoreBase):
         """Cancel jobs; returns {id: 'cancelled' | 'cancel_requested'} for the ids that were unfinished."""
         params = {"ids": list(ids), "reason": reason, "now": now}
         return self.run(conn, cancel_many(self.queries, params, control), transaction=True)
+
+    async def ajob_cancel_many(self, conn: AsyncConnection[Any], ids: Sequence[int], *, reason: str, control: str,
+                               now: datetime | None = None) -> dict[int, str]:
+        """Async twin of job_cancel_many()."""
+        params = {"ids": list(ids), "reason": reason, "now": now}
+        return await self.arun(conn, cancel_many(self.queries, params, control), transaction=True)
+
+    def job_forget_result(self, conn: Connection[Any], job_id: int) -> tuple[str, int | None, bool] | None:
+        """Drop a finished job's result: (state, workflow_id, dropped); None if no such job."""
+        return self.run(conn, forget_result(self.queries, job_id))
+
+    async def ajob_forget_result(self, conn: AsyncConnection[Any], job_id: int) -> tuple[str, int | None, bool] | None:
+        return await self.arun(conn, forget_result(self.queries, job_id))
 
     async def ajob_list_cancel_requested(self, conn: AsyncConnection[Any], ids: Sequence[int]) -> set[int]:
         return await self.arun(conn, _ids(self.queries["job_list_cancel_requested"], {"ids": list(ids)}))

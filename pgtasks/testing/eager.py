@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from psycopg import AsyncConnection, Connection
 
-from pgtasks.client.results import JobRef, decode_result
+from pgtasks.client.results import CANCEL_REASON, CancelResult, JobRef, JobStatus, decode_result
 from pgtasks.client.workflows import WorkflowRef
 from pgtasks.core.context import JobContext, JobProgress, reset_current_job, set_current_job
 from pgtasks.core.definition import TaskDefinition
-from pgtasks.core.errors import Cancel, ConfigurationError, JobCancelledError, JobDiscardedError, Retry, Snooze
-from pgtasks.core.models import EnqueueRow, WorkflowPlan
+from pgtasks.core.errors import Cancel, ConfigurationError, JobFailedError, JobStateError, Retry, Snooze
+from pgtasks.core.failures import failure_error, recorded_type
+from pgtasks.core.models import FINAL_STATES, EnqueueRow, WorkflowPlan
 
 if TYPE_CHECKING:
     from pgtasks.app import App
@@ -30,7 +31,12 @@ _ENCODER = msgspec.json.Encoder()
 
 @dataclass(frozen=True, slots=True)
 class EagerJobRef(JobRef):
-    """The JobRef an eager `.delay()` returns: the job already ran, its outcome is held here."""
+    """The JobRef an eager `.delay()` returns: the job already ran, its outcome is held here.
+
+    `result` is what JobRef.result reads: the return value, or the JobFailedError of a cancelled or
+    discarded job (built as a wait() of a real job builds it: of the task's exception type where
+    it can be imported).
+    """
 
     outcome: str = "completed"  # completed, cancelled, discarded, retryable (Retry), scheduled (Snooze)
     result: Any = None
@@ -39,9 +45,54 @@ class EagerJobRef(JobRef):
     queue: str = field(default="default")
     args: dict[str, Any] = field(default_factory=dict)
     context: JobContext | None = field(default=None, repr=False, compare=False)  # what the task saw
+    error_module: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome in _FAILED and self.result is None:
+            object.__setattr__(self, "result", self._error())
+
+    def _error(self) -> JobFailedError:
+        entry = {"type": self.error_type, "module": self.error_module, "message": self.error_message}
+        return failure_error(self.id, self.outcome, entry)
 
     def state(self) -> str | None:
         return self.outcome
+
+    async def astate(self) -> str | None:
+        return self.outcome
+
+    def status(self) -> JobStatus:
+        error = self.result if isinstance(self.result, JobFailedError) else None
+        return JobStatus(self.id, self.task, self.outcome, self.result, error)
+
+    async def astatus(self) -> JobStatus:
+        return self.status()
+
+    def forget(self) -> None:
+        """Drops the held result, as forget() drops a stored one; JobStateError for a Retry or Snooze outcome."""
+        if self.outcome not in FINAL_STATES:
+            raise JobStateError(f"eager job {self.id} ended {self.outcome} (recorded, not re-run): forget() drops "
+                                "the result of a finished job")
+        if self.outcome == "completed":
+            object.__setattr__(self, "result", None)
+
+    async def aforget(self) -> None:
+        self.forget()
+
+    def cancel(self, reason: str | None = None) -> CancelResult:
+        """Returns "finished" (the task already ran), or "cancelled" for a Retry or Snooze outcome, which
+        ends cancelled now."""
+        if self.outcome in FINAL_STATES:
+            return "finished"
+        object.__setattr__(self, "outcome", "cancelled")
+        object.__setattr__(self, "error_type", "Cancelled")
+        object.__setattr__(self, "error_module", None)
+        object.__setattr__(self, "error_message", reason or CANCEL_REASON)
+        object.__setattr__(self, "result", self._error())
+        return "cancelled"
+
+    async def acancel(self, reason: str | None = None) -> CancelResult:
+        return self.cancel(reason)
 
     def progress(self) -> JobProgress | None:
         """The task's last current_job().set_progress(), kept in memory (nothing is stored in eager mode)."""
@@ -50,16 +101,24 @@ class EagerJobRef(JobRef):
     async def aprogress(self) -> JobProgress | None:
         return self.progress()
 
-    def wait(self, timeout: float | None = None, *, poll_interval: float = 1.0, listen: bool = True) -> Any:
-        if self.outcome == "cancelled":
-            raise JobCancelledError(self.id, self.outcome, self.error_type, self.error_message)
-        if self.outcome in ("discarded", "retryable"):
-            raise JobDiscardedError(self.id, self.outcome, self.error_type, self.error_message)
-        return self.result
+    def wait(self, timeout: float | None = None, *, poll_interval: float = 1.0, listen: bool = True,
+             propagate: bool = True) -> Any:
+        if self.outcome == "retryable":
+            error = self._error()
+        elif isinstance(self.result, JobFailedError):
+            error = self.result
+        else:
+            return self.result
+        if propagate:
+            raise error
+        return error
 
     async def await_result(self, timeout: float | None = None, *, poll_interval: float = 1.0,
-                           listen: bool = True) -> Any:
-        return self.wait(timeout)
+                           listen: bool = True, propagate: bool = True) -> Any:
+        return self.wait(timeout, propagate=propagate)
+
+
+_FAILED = ("cancelled", "discarded")
 
 
 def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -139,8 +198,9 @@ class EagerEnqueuer:
         except Exception as exc:
             if self.propagate:
                 raise
-            ref = EagerJobRef(job_id, task.name, self.app, outcome="discarded", error_type=type(exc).__qualname__,
-                              error_message=str(exc), **common)
+            error_type, error_module = recorded_type(exc)
+            ref = EagerJobRef(job_id, task.name, self.app, outcome="discarded", error_type=error_type,
+                              error_module=error_module, error_message=str(exc), **common)
         else:
             result = None
             if task.config.store_result and value is not None:

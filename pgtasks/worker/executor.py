@@ -16,6 +16,7 @@ import msgspec
 
 from pgtasks.core.context import JobContext, ProgressSink, set_current_job
 from pgtasks.core.errors import Cancel, JobTimeoutError, Retry, Snooze, UnknownTaskError
+from pgtasks.core.failures import recorded_type
 from pgtasks.core.hooks import JobEvent
 from pgtasks.core.logs import log_event
 from pgtasks.core.models import ClaimedJob, ErrorEntry, Outcome
@@ -37,12 +38,14 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent.parent) + os.sep
 
 
 def _error(job: ClaimedJob, exc: BaseException, *, with_traceback: bool = True) -> ErrorEntry:
+    type_name, module = recorded_type(exc)
     return ErrorEntry(
         attempt=job.attempt,
         at=datetime.now(UTC),
-        type="TimeoutError" if isinstance(exc, JobTimeoutError) else type(exc).__qualname__,
+        type=type_name,
         message=str(exc),
         traceback=user_traceback(exc) if with_traceback else None,
+        module=module,
     )
 
 
