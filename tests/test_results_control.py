@@ -327,6 +327,19 @@ def test_eager_refs_answer_as_real_ones(app: App) -> None:
     ok.forget()
     assert ok.result is None and ok.wait() is None
 
+    @app.task(name="later")
+    def later() -> None:
+        raise pgtasks.Snooze(60)
+
+    with eager(app):
+        snoozed = later.delay()
+    assert snoozed.state() == "scheduled" and not snoozed.ready() and snoozed.result is None
+    with pytest.raises(pgtasks.JobStateError):
+        snoozed.forget()
+    assert snoozed.cancel("no need") == "cancelled"
+    with pytest.raises(pgtasks.JobCancelledError, match="Cancelled: no need"):
+        snoozed.wait()
+
 
 # -- forget ----------------------------------------------------------------------------------------
 

@@ -63,7 +63,8 @@ def exception_class(module: str | None, qualname: str | None) -> type[Exception]
 
 
 _typed: dict[tuple[type[JobFailedError], type[Exception]], type[JobFailedError] | None] = {}
-_typed_lock = threading.Lock()
+# Reentrant: building a class runs the task's class's __init_subclass__, which may itself wait for a job.
+_typed_lock = threading.RLock()
 
 
 def typed_class(base: type[JobFailedError], original: type[Exception]) -> type[JobFailedError] | None:
