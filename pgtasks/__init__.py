@@ -25,12 +25,13 @@ from pgtasks.core.errors import (
     Retry,
     SchemaNotMigratedError,
     Snooze,
+    SoftTimeLimitExceeded,
     StatementPoolingError,
     TaskArgumentError,
     UnknownTaskError,
     WaitTimeoutError,
 )
-from pgtasks.core.hooks import JobEvent
+from pgtasks.core.hooks import JobEvent, WorkerEvent
 from pgtasks.core.limits import Limit
 from pgtasks.core.models import JobState
 from pgtasks.core.retry import Backoff, Fixed, RetryPolicy
@@ -74,6 +75,7 @@ __all__ = [
     "SchemaNotMigratedError",
     "Signature",
     "Snooze",
+    "SoftTimeLimitExceeded",
     "StatementPoolingError",
     "StepResult",
     "Task",
@@ -83,6 +85,7 @@ __all__ = [
     "WaitTimeoutError",
     "Worker",
     "WorkerConfig",
+    "WorkerEvent",
     "WorkflowRef",
     "__version__",
     "chain",

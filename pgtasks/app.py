@@ -16,9 +16,9 @@ from psycopg import AsyncConnection, Connection
 from pgtasks.client.enqueue import ConnectionBinding, DatabaseEnqueuer, Enqueuer
 from pgtasks.client.results import JobRef, read_job
 from pgtasks.client.task import Call, Task, TaskConfig, aenqueue_calls, enqueue_calls
-from pgtasks.core.definition import TaskDefinition
+from pgtasks.core.definition import ExceptionTypes, TaskDefinition
 from pgtasks.core.errors import ConfigurationError
-from pgtasks.core.hooks import Hook, Hooks
+from pgtasks.core.hooks import Hook, Hooks, WorkerHook
 from pgtasks.core.limits import Limit, QueueLimits, Rate
 from pgtasks.core.options import DEFAULT_MAX_ATTEMPTS
 from pgtasks.core.registry import Registry
@@ -137,7 +137,9 @@ class App:
         self, *, name: str | None = None, queue: str = "default", priority: int = 0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS, retry: RetryPolicy | None = None, timeout: float | None = None,
         store_result: bool = True, unique: Unique | bool | None = None, concurrency: int | Limit | None = None,
-        rate_limit: str | Rate | Limit | None = None,
+        rate_limit: str | Rate | Limit | None = None, retry_on: ExceptionTypes | None = None,
+        dont_retry_on: ExceptionTypes | None = None, soft_timeout: float | None = None,
+        on_success: Hook | None = None, on_failure: Hook | None = None, on_retry: Hook | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc] # mypy cannot match ParamSpec-bound overloads to one implementation
@@ -145,8 +147,28 @@ class App:
         priority: int = 0, max_attempts: int = DEFAULT_MAX_ATTEMPTS, retry: RetryPolicy | None = None,
         timeout: float | None = None, store_result: bool = True, unique: Unique | bool | None = None,
         concurrency: int | Limit | None = None, rate_limit: str | Rate | Limit | None = None,
+        retry_on: ExceptionTypes | None = None, dont_retry_on: ExceptionTypes | None = None,
+        soft_timeout: float | None = None, on_success: Hook | None = None, on_failure: Hook | None = None,
+        on_retry: Hook | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function as a task: `@app.task` or `@app.task(queue="mail", timeout=30)`.
+
+        **Every exception the task raises is retried by default**, up to `max_attempts` (20) in
+        all, with `retry`'s backoff (`pgtasks.Backoff()`: 1 s doubling, at most an hour apart).
+        Celery fails a task at once unless it asks for retries; here a task that must not run
+        twice says so: `retry_on=(ConnectionError, TimeoutError)` retries only those (an
+        exception class or a tuple; `retry_on=()` none), `dont_retry_on=(ValueError,)` never
+        those (it wins over retry_on), `max_attempts=1` never anything. A failure that is not
+        retried ends the job `discarded` at once, its error recorded. `raise pgtasks.Retry(...)`
+        always retries while attempts are left.
+
+        `timeout` fails an attempt after that many seconds; `soft_timeout` (less than it) warns
+        the task first: SoftTimeLimitExceeded is raised inside an async task, and
+        `current_job().soft_timed_out` turns True for a sync one to poll.
+
+        `on_success`, `on_failure` (the job ended discarded) and `on_retry` are this task's
+        handlers: `handler(event: pgtasks.JobEvent)`, sync or async, run by the worker like the
+        App's hooks (docs/operations.md).
 
         `store_result=False` keeps the return value out of jobs.result. `unique=True` (or a
         pgtasks.Unique) gives every job a unique_key from its arguments, so enqueueing a duplicate
@@ -159,7 +181,9 @@ class App:
         # Validated now, so a bad option fails at decoration even before the function is seen.
         config = TaskConfig.create("", queue=queue, priority=priority, max_attempts=max_attempts, retry=retry,
                                    timeout=timeout, store_result=store_result, unique=unique,
-                                   concurrency=concurrency, rate_limit=rate_limit)
+                                   concurrency=concurrency, rate_limit=rate_limit, retry_on=retry_on,
+                                   dont_retry_on=dont_retry_on, soft_timeout=soft_timeout, on_success=on_success,
+                                   on_failure=on_failure, on_retry=on_retry)
 
         def register(fn: Callable[P, R]) -> Task[P, R]:
             if isinstance(fn, TaskDefinition):
@@ -191,6 +215,25 @@ class App:
     def on_error(self, hook: Hook) -> Hook:
         """Register a hook to run when a task raises; event.error is the exception."""
         self.registry.hooks.error.append(hook)
+        return hook
+
+    def on_retry(self, hook: Hook) -> Hook:
+        """Register a hook to run when an attempt failed and the job will run again (an exception
+        that is retried, or `raise pgtasks.Retry`); event.error and event.retry_in are set."""
+        self.registry.hooks.retry.append(hook)
+        return hook
+
+    def worker_ready(self, hook: WorkerHook) -> WorkerHook:
+        """Register `hook(event: pgtasks.WorkerEvent)` to run in each worker process once it has
+        started, before it claims its first job (set up what tasks use). If it raises, the worker
+        stops without claiming anything and the exception propagates."""
+        self.registry.hooks.worker_ready.append(hook)
+        return hook
+
+    def worker_shutdown(self, hook: WorkerHook) -> WorkerHook:
+        """Register a hook to run in each worker process as it stops, after its last job finished
+        or was put back (tear down); it runs for every worker whose worker_ready hooks ran."""
+        self.registry.hooks.worker_shutdown.append(hook)
         return hook
 
     def periodic(

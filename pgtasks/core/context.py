@@ -83,7 +83,12 @@ def encode_progress(done: float, total: float | None, message: str | None, meta:
 
 @dataclass(slots=True)
 class JobContext:
-    """What a running task may ask about its own job."""
+    """What a running task may ask about its own job.
+
+    `cancelled` turns True when an operator cancels the running job, and `soft_timed_out` when
+    the attempt has run for the task's `soft_timeout`: a sync task, which cannot be interrupted,
+    polls them to stop early (an async task also gets CancelledError / SoftTimeLimitExceeded).
+    """
 
     id: int
     task: str
@@ -93,6 +98,7 @@ class JobContext:
     created_at: datetime
     worker_id: str
     cancelled: bool = field(default=False)
+    soft_timed_out: bool = field(default=False)
     claims: int = 0  # the claim this attempt runs under: progress writes are fenced on it
     progress_sink: ProgressSink | None = field(default=None, repr=False)
     progress: JobProgress | None = None  # the last value reported by this attempt

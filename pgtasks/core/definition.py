@@ -10,7 +10,8 @@ from typing import Any, Generic, ParamSpec, TypeVar
 import msgspec
 
 from pgtasks.core.arguments import ArgumentCodec
-from pgtasks.core.errors import ConfigurationError
+from pgtasks.core.errors import ConfigurationError, JobControl
+from pgtasks.core.hooks import Hook
 from pgtasks.core.limits import Limit, Rate, TaskLimits, task_limits
 from pgtasks.core.models import EnqueueRow
 from pgtasks.core.options import (
@@ -45,29 +46,102 @@ class TaskConfig:
     store_result: bool = True  # False: the return value is not written to jobs.result
     unique: Unique | None = None  # derive unique_key from the arguments (pgtasks.Unique)
     limits: TaskLimits | None = None  # concurrency and rate limits, enforced at claim (docs/limits.md)
+    # Which exceptions the task raises are retried: None retries every one (the default); a tuple
+    # only those. dont_retry_on wins over it. Not retried, a failure discards the job at once.
+    retry_on: tuple[type[Exception], ...] | None = None
+    dont_retry_on: tuple[type[Exception], ...] = ()
+    soft_timeout: float | None = None  # seconds: SoftTimeLimitExceeded / current_job().soft_timed_out
+    handlers: TaskHandlers | None = None  # on_success / on_failure / on_retry of this task only
 
     @classmethod
     def create(
         cls, name: str, *, queue: str = "default", priority: int = 0, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry: RetryPolicy | None = None, timeout: float | None = None, store_result: bool = True,
         unique: Unique | bool | None = None, concurrency: int | Limit | None = None,
-        rate_limit: str | Rate | Limit | None = None,
+        rate_limit: str | Rate | Limit | None = None, retry_on: ExceptionTypes | None = None,
+        dont_retry_on: ExceptionTypes | None = None, soft_timeout: float | None = None,
+        on_success: Hook | None = None, on_failure: Hook | None = None, on_retry: Hook | None = None,
     ) -> TaskConfig:
         """Validate what `@app.task(...)` was given; every mistake fails here, at decoration time."""
         validate_queue(queue)
         validate_priority(priority)
         validate_max_attempts(max_attempts)
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
+        if timeout is not None and not _positive_seconds(timeout):
             raise ConfigurationError(f"timeout={timeout!r}: expected a positive number of seconds, or None")
+        if soft_timeout is not None:
+            if not _positive_seconds(soft_timeout):
+                raise ConfigurationError(f"soft_timeout={soft_timeout!r}: expected a positive number of seconds, "
+                                         "or None")
+            if timeout is not None and soft_timeout >= timeout:
+                raise ConfigurationError(f"soft_timeout={soft_timeout!r}: must be less than timeout={timeout!r}, "
+                                         "so the task has time to clean up before the hard limit")
         if retry is not None and not callable(getattr(retry, "delay", None)):
             raise ConfigurationError(f"retry={retry!r}: expected a retry policy with a delay(attempt) method")
+        handlers = TaskHandlers.create(on_success=on_success, on_failure=on_failure, on_retry=on_retry)
         return cls(name, queue, priority, max_attempts, retry or Backoff(),
                    float(timeout) if timeout is not None else None,
                    store_result=bool(store_result), unique=as_unique(unique),
-                   limits=task_limits(concurrency, rate_limit))
+                   limits=task_limits(concurrency, rate_limit),
+                   retry_on=_exception_types("retry_on", retry_on),
+                   dont_retry_on=_exception_types("dont_retry_on", dont_retry_on) or (),
+                   soft_timeout=float(soft_timeout) if soft_timeout is not None else None,
+                   handlers=handlers)
 
     def defaults(self) -> EnqueueOptions:
         return EnqueueOptions(queue=self.queue, priority=self.priority, max_attempts=self.max_attempts)
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether a failure with `exc` may be retried (attempts permitting): retry_on and dont_retry_on."""
+        if isinstance(exc, self.dont_retry_on):
+            return False
+        return self.retry_on is None or isinstance(exc, self.retry_on)
+
+
+ExceptionTypes = type[Exception] | tuple[type[Exception], ...] | list[type[Exception]]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHandlers:
+    """A task's own handlers, each `handler(event: pgtasks.JobEvent)`, sync or async, run by the
+    worker like the App's job hooks: on_success after a completed attempt (event.result), on_failure
+    when the job ends discarded (attempts used up, or an exception not retried), on_retry when it
+    will run again after a failure or a `raise Retry`."""
+
+    on_success: Hook | None = None
+    on_failure: Hook | None = None
+    on_retry: Hook | None = None
+
+    @classmethod
+    def create(cls, *, on_success: Hook | None, on_failure: Hook | None, on_retry: Hook | None) -> TaskHandlers | None:
+        for option, handler in (("on_success", on_success), ("on_failure", on_failure), ("on_retry", on_retry)):
+            if handler is not None and not callable(handler):
+                raise ConfigurationError(f"{option}={handler!r}: expected a function taking a pgtasks.JobEvent")
+        if on_success is None and on_failure is None and on_retry is None:
+            return None
+        return cls(on_success, on_failure, on_retry)
+
+
+def _positive_seconds(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and value > 0
+
+
+def _exception_types(option: str, value: ExceptionTypes | None) -> tuple[type[Exception], ...] | None:
+    """An exception class or a tuple (list) of them, as a tuple; None stays None."""
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, type) else value
+    if not isinstance(items, tuple | list):
+        raise ConfigurationError(f"{option}={value!r}: expected an exception class or a tuple of them, "
+                                 f"e.g. {option}=(ConnectionError, TimeoutError)")
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, Exception)):
+            raise ConfigurationError(f"{option}={value!r}: {item!r} is not an exception class; expected a tuple "
+                                     f"of them, e.g. {option}=(ConnectionError, TimeoutError)")
+        if issubclass(item, JobControl):
+            raise ConfigurationError(f"{option}={value!r}: {item.__name__} steers the job itself (Retry always "
+                                     "retries while attempts are left; Snooze and Cancel are not failures); "
+                                     "leave it out")
+    return tuple(items)
 
 
 class TaskDefinition(Generic[P, R]):

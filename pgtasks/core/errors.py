@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Self
 
 
@@ -72,6 +73,15 @@ class JobTimeoutError(PgtasksError, TimeoutError):
 
 
 
+class SoftTimeLimitExceeded(PgtasksError, TimeoutError):
+    """Raised inside an async task at its `soft_timeout`, at the await it is suspended in, so it can
+    clean up before the hard `timeout`. A sync task cannot be interrupted: it sees
+    `current_job().soft_timed_out` turn True instead. Caught, the task goes on (and may still
+    return normally); uncaught, it fails the attempt like any exception (a TimeoutError, so
+    `retry_on=(TimeoutError,)` covers it)."""
+
+
+
 class StatementPoolingError(ConfigurationError):
     """A transaction block was sent through a statement-mode pooler, which refuses them.
 
@@ -91,13 +101,40 @@ class JobControl(_Public, Exception):
 
 
 class Retry(JobControl):
-    """Retry the job, counting the attempt: `raise pgtasks.Retry(in_=30)` (seconds or timedelta)."""
+    """Retry the job, counting the attempt: `raise pgtasks.Retry(in_=30)` (seconds or timedelta).
+
+    `in_=None` waits as the task's retry policy says. The attempt's error entry records the
+    exception the retry is for, with its type, message and traceback: `exc=`, else the one it was
+    raised from (`raise Retry() from err`), else the one being handled when it was raised (inside
+    `except`); only with none of them (or `from None`) is it recorded as "Retry". The task's
+    `retry_on` / `dont_retry_on` do not apply: the task asked for this retry. When the attempts are
+    used up the job is discarded instead, with the same error.
+    """
 
 
-    def __init__(self, in_: float | None = None, reason: str = "") -> None:
-        super().__init__(reason or "retry requested by the task")
-        self.in_ = in_
+    def __init__(self, in_: float | timedelta | None = None, reason: str = "", *,
+                 exc: BaseException | None = None) -> None:
+        seconds = in_.total_seconds() if isinstance(in_, timedelta) else in_
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int | float)
+                                    or not seconds >= 0):  # `not >=` also refuses NaN
+            raise ConfigurationError(f"Retry(in_={in_!r}): expected seconds >= 0 (a number or a timedelta), "
+                                     "or None for the task's retry policy")
+        if exc is not None and not isinstance(exc, BaseException):
+            raise ConfigurationError(f"Retry(exc={exc!r}): expected the exception instance to record")
+        super().__init__(reason or (f"retry requested by the task: {type(exc).__qualname__}: {exc}" if exc is not None
+                                    else "retry requested by the task"))
+        self.in_: float | None = None if seconds is None else float(seconds)
         self.reason = reason
+        self.exc = exc
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception this retry is for (see the class docstring), or None."""
+        if self.exc is not None:
+            return self.exc
+        if self.__cause__ is not None:
+            return self.__cause__
+        return None if self.__suppress_context__ else self.__context__
 
 
 class Snooze(JobControl):

@@ -190,8 +190,11 @@ class EagerEnqueuer:
             ref = EagerJobRef(job_id, task.name, self.app, outcome="scheduled", error_type="Snooze",
                               error_message=str(snooze), **common)
         except Retry as retry:
-            ref = EagerJobRef(job_id, task.name, self.app, outcome="retryable", error_type="Retry",
-                              error_message=str(retry), **common)
+            cause = retry.error  # recorded as the worker records it: the exception the retry is for
+            retry_type, retry_module = ("Retry", None) if cause is None else recorded_type(cause)
+            ref = EagerJobRef(job_id, task.name, self.app, outcome="retryable", error_type=retry_type,
+                              error_module=retry_module, error_message=str(retry if cause is None else cause),
+                              **common)
         except Cancel as cancel:
             ref = EagerJobRef(job_id, task.name, self.app, outcome="cancelled", error_type="Cancel",
                               error_message=str(cancel), **common)

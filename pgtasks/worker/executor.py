@@ -19,12 +19,13 @@ from pgtasks.core.errors import Cancel, JobTimeoutError, Retry, Snooze, UnknownT
 from pgtasks.core.failures import recorded_type
 from pgtasks.core.hooks import JobEvent
 from pgtasks.core.logs import log_event
-from pgtasks.core.models import ClaimedJob, ErrorEntry, Outcome
+from pgtasks.core.models import ClaimedJob, ErrorEntry, JobState, Outcome
 from pgtasks.core.retry import Backoff, RetryPolicy
+from pgtasks.worker.soft_timeout import SoftLimit, SoftLimited
 from pgtasks.worker.threads import ElasticThreadPool
 
 if TYPE_CHECKING:
-    from pgtasks.core.definition import TaskDefinition
+    from pgtasks.core.definition import TaskDefinition, TaskHandlers
     from pgtasks.core.registry import Registry
     from pgtasks.worker.cancel import CancelRegistry
 
@@ -62,6 +63,23 @@ def user_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, first or exc.__traceback__))
 
 
+# What a job's stored arguments decoded to: (args, kwargs), the exception decoding raised (the
+# attempt fails with it, like a task's exception), or None when the task is unknown or the job expired.
+_Call = tuple[tuple[Any, ...], dict[str, Any]] | Exception | None
+
+_HANDLER_KINDS = {JobState.RETRYABLE: "retry", JobState.DISCARDED: "failure", JobState.COMPLETED: "success"}
+
+
+def _decode(task: TaskDefinition[Any, Any] | None, job: ClaimedJob) -> _Call:
+    """Decoded once, before before_job, so hooks see the arguments the task receives."""
+    if task is None or job.expired:
+        return None
+    try:
+        return task.codec.decode(job.args)
+    except Exception as exc:  # noqa: BLE001 - raised again as the attempt's failure (Executor._attempt)
+        return exc
+
+
 class Executor:
     """Executes jobs for one worker. Never raises for task failures; CancelledError propagates."""
 
@@ -76,23 +94,44 @@ class Executor:
     async def run(self, job: ClaimedJob) -> Outcome:
         started = time.perf_counter()
         hooks = self.registry.hooks
+        task = self.registry.tasks.get(job.task)
+        call = _decode(task, job)
+        handlers = task.config.handlers if task is not None else None
         event = None
-        if hooks:  # one truth test when no hook is registered
+        if hooks or handlers is not None:  # one truth test when no hook is registered
+            args, kwargs = call if isinstance(call, tuple) else ((), {})
             event = JobEvent(job.id, job.task, job.queue, job.attempt, job.max_attempts, self.worker_id,
-                             traceparent=job.traceparent)
+                             traceparent=job.traceparent, args=args, kwargs=kwargs)
             await hooks.run(hooks.before, event, "before_job")
-        outcome = await self._run(job, event)
+        outcome = await self._run(job, task, call, event)
         # The job's log line is the completer's, once the outcome is recorded (see completer.JobLine).
         if event is not None:
             event.state, event.duration = outcome.state.value, time.perf_counter() - started
+            if outcome.state is JobState.RETRYABLE:
+                event.retry_in = outcome.retry_in
+            if task is not None:
+                await self._settled(outcome, event, handlers)
             await hooks.run(hooks.after, event, "after_job")
         return outcome
 
-    async def _run(self, job: ClaimedJob, event: JobEvent | None = None) -> Outcome:
+    async def _settled(self, outcome: Outcome, event: JobEvent, handlers: TaskHandlers | None) -> None:
+        """on_retry (the App's, then the task's), or the task's on_failure / on_success."""
+        hooks = self.registry.hooks
+        state = outcome.state
+        if state is JobState.RETRYABLE:
+            await hooks.run(hooks.retry, event, "on_retry")
+        if handlers is None:
+            return
+        handler = {JobState.RETRYABLE: handlers.on_retry, JobState.DISCARDED: handlers.on_failure,
+                   JobState.COMPLETED: handlers.on_success}.get(state)
+        if handler is not None:
+            await hooks.run((handler,), event, f"{event.task}.on_{_HANDLER_KINDS[state]}")
+
+    async def _run(self, job: ClaimedJob, task: TaskDefinition[Any, Any] | None, call: _Call,
+                   event: JobEvent | None) -> Outcome:
         if job.expired:
             error = ErrorEntry(job.attempt, datetime.now(UTC), "Expired", "the job expired before it could run")
             return Outcome.cancelled(job, error)
-        task = self.registry.tasks.get(job.task)
         if task is None:
             missing = UnknownTaskError(
                 f"task {job.task!r} is not registered in this worker (pid-local registry has "
@@ -102,11 +141,11 @@ class Executor:
         context = JobContext(job.id, job.task, job.queue, job.attempt, job.max_attempts, job.created_at,
                              self.worker_id, claims=job.claims, progress_sink=self.progress)
         if self.cancels is None:
-            return await self._attempt(task, job, context, event)
+            return await self._attempt(task, job, call, context, event)
         # Registered while running, so `pgtasks jobs cancel` can reach it.
         self.cancels.add(job.id, context, asyncio.current_task() if task.is_async else None)
         try:
-            outcome = await self._attempt(task, job, context, event)
+            outcome = await self._attempt(task, job, call, context, event)
         except asyncio.CancelledError:
             if not self.cancels.requested(job.id):
                 raise  # shutdown, not a cancel request
@@ -121,20 +160,30 @@ class Executor:
             return Outcome.cancelled(job, error)
         return outcome
 
-    async def _attempt(self, task: TaskDefinition[Any, Any], job: ClaimedJob, context: JobContext,
+    async def _attempt(self, task: TaskDefinition[Any, Any], job: ClaimedJob, call: _Call, context: JobContext,
                        event: JobEvent | None) -> Outcome:
         try:
-            result = await self._invoke(task, job, context)
+            if not isinstance(call, tuple):  # the stored arguments did not decode: this attempt fails
+                assert call is not None
+                raise call
+            result = await self._invoke(task, job, call, context)
         except Snooze as snooze:
             return Outcome.snoozed(job, snooze.seconds)
         except Cancel as cancel:
             return Outcome.cancelled(job, _error(job, cancel, with_traceback=False))
         except Retry as retry:
-            return self._failed(job, retry, task.config.retry, retry_in=retry.in_, with_traceback=False)
+            original = retry.error
+            if event is not None:
+                event.error = original if original is not None else retry
+            if original is None:
+                return self._failed(job, retry, task.config.retry, retry_in=retry.in_, with_traceback=False)
+            return self._failed(job, original, task.config.retry, retry_in=retry.in_)
         except JobTimeoutError as exc:  # say which limit, without a traceback of the event loop
             return await self._failure(job, task, event, exc, with_traceback=False)
-        except Exception as exc:  # noqa: BLE001 - any task failure becomes a retry, by design
+        except Exception as exc:  # noqa: BLE001 - a task failure becomes a retry unless the task says otherwise
             return await self._failure(job, task, event, exc)
+        if event is not None:
+            event.result = result
         stored = self._encode_result(job, result) if task.config.store_result else None
         return Outcome.completed(job, stored)
 
@@ -143,21 +192,40 @@ class Executor:
         if event is not None:
             event.error = exc
             await self.registry.hooks.run(self.registry.hooks.error, event, "on_error")
-        return self._failed(job, exc, task.config.retry, with_traceback=with_traceback)
+        return self._failed(job, exc, task.config.retry, with_traceback=with_traceback,
+                            retried=task.config.retries(exc))
 
-    async def _invoke(self, task: TaskDefinition[Any, Any], job: ClaimedJob, context: JobContext) -> Any:
-        args, kwargs = task.codec.decode(job.args)
-        timeout = task.config.timeout
+    async def _invoke(self, task: TaskDefinition[Any, Any], job: ClaimedJob,
+                      call: tuple[tuple[Any, ...], dict[str, Any]], context: JobContext) -> Any:
+        args, kwargs = call
+        timeout, soft = task.config.timeout, task.config.soft_timeout
+        limit = None
+        if soft is not None:
+            limit = SoftLimit(soft, context, hard=timeout, on_expired=lambda: log_event(
+                logger, logging.WARNING, "job.soft_timeout", job_id=job.id, task=job.task, soft_timeout_s=soft))
+        handle = None
         if task.is_async:
             # Each job runs in its own asyncio task, so this context var is private to it.
             set_current_job(context)
             awaitable: Any = task.func(*args, **kwargs)
+            if limit is not None:  # armed when first awaited, disarmed when it returns
+                awaitable = SoftLimited(awaitable, limit)
         else:
             ctx = contextvars.copy_context()
             ctx.run(set_current_job, context)
             awaitable = self.threads.run_async(lambda: ctx.run(task.func, *args, **kwargs))
-        if timeout is None:
-            return await awaitable
+            if limit is not None:  # a thread cannot be interrupted: the task polls the flag
+                handle = limit.arm(None)
+        try:
+            if timeout is None:
+                return await awaitable
+            return await self._hard_limited(task, job, awaitable, timeout)
+        finally:
+            if handle is not None:
+                handle.cancel()
+
+    async def _hard_limited(self, task: TaskDefinition[Any, Any], job: ClaimedJob, awaitable: Any,
+                            timeout: float) -> Any:
         # asyncio.timeout, not wait_for: no extra task per job, and no lost shutdown cancel on
         # Python 3.11 (see pgtasks/aio.py). expired() tells our limit from a TimeoutError the
         # task raised itself, which stays an ordinary failure with its own traceback.
@@ -175,9 +243,9 @@ class Executor:
             raise JobTimeoutError(f"task exceeded its timeout of {timeout}s") from exc
 
     def _failed(self, job: ClaimedJob, exc: BaseException, policy: RetryPolicy, *,
-                retry_in: float | None = None, with_traceback: bool = True) -> Outcome:
+                retry_in: float | None = None, with_traceback: bool = True, retried: bool = True) -> Outcome:
         error = _error(job, exc, with_traceback=with_traceback)
-        if job.attempt >= job.max_attempts:
+        if not retried or job.attempt >= job.max_attempts:
             return Outcome.discarded(job, error)
         delay = retry_in if retry_in is not None else policy.delay(job.attempt)
         return Outcome.retry(job, delay, error)

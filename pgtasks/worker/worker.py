@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from pgtasks.core.aio import cancel_and_wait, wait_event
 from pgtasks.core.channels import control_channel, jobs_channel
 from pgtasks.core.errors import ConfigurationError, ConnectionLostError, DatabaseError
+from pgtasks.core.hooks import WorkerEvent
 from pgtasks.core.logs import log_event
 from pgtasks.core.models import ClaimedJob, ErrorEntry, Outcome
 from pgtasks.core.registry import Registry
@@ -129,6 +130,7 @@ class Worker:
         # The tasks this worker claims jobs of (set at start, when every task is registered).
         self._task_names: list[str] = []
         self.maintenance: Maintenance | None = None
+        self._lifecycle: WorkerEvent | None = None  # set once the worker_ready hooks run
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -221,6 +223,9 @@ class Worker:
             await self.maintenance.start()
             await self._log_started(pool)
             self._warn_unserved_queues()
+            # Before the first claim: a task may rely on what a worker_ready hook set up.
+            self._lifecycle = WorkerEvent(self.worker_id, tuple(self.queues), self.concurrency)
+            await self.registry.hooks.ready(self._lifecycle)
             self.started.set()
             await self._fetch_loop(pool)
         finally:
@@ -574,6 +579,8 @@ class Worker:
             await self.maintenance.stop()
         await pool.close()
         self.threads.shutdown()
+        if self._lifecycle is not None:  # every job has finished or been put back: tear down
+            await self.registry.hooks.shutdown(self._lifecycle)
         log_event(logger, logging.INFO, "worker.stopped", worker_id=self.worker_id, claimed=self.claimed)
 
     def _return_unstarted(self, reason: str = "shutdown") -> None:
