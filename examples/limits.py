@@ -9,6 +9,7 @@ how fast the rate-limited ones started. docs/limits.md explains each.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import defaultdict
@@ -65,7 +66,7 @@ def main() -> None:
     print(f"exports: at most {_peak['exports']} at once (limit 2)")
     for customer in (1, 2):
         print(f"customer {customer}: at most {_peak[f'customer {customer}']} at once (limit 1 per customer)")
-    gaps = [b - a for a, b in zip(_started, _started[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(_started)]
     print(f"notify: {len(_started)} started, about {min(gaps):.1f} s apart at least (rate 5/s)")
     app.close()
 

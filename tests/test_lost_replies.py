@@ -44,7 +44,7 @@ def commits_of(app: App, query: str, marker: str) -> ReplyMatcher:
     return matches
 
 
-FETCH = ("job_fetch_available", "claims = j.claims + 1")
+FETCH = ("job_fetch_available", "WITH claimable AS (")
 OUTCOME = ("job_set_outcome_many", "AS o(id, claims, state, retry_in")
 
 

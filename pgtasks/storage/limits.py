@@ -64,12 +64,15 @@ class LimitStore(StoreBase):
     async def alimits_declare(self, conn: AsyncConnection[Any], queue_limits: Mapping[str, QueueLimits],
                               tasks: Mapping[str, tuple[str, TaskLimits | None]]) -> DeclaredLimits:
         """Write the limits the code declares: `tasks` maps each registered task to (its queue, its
-        limits or None). One transaction, so a claim sees all of them or none."""
-        return await self.arun(conn, _declare(self.queries, queue_limits, tasks), transaction=True)
+        limits or None). One transaction, so a claim sees all of them or none; without any limit, one
+        statement outside a transaction (so a statement-mode pooler still serves such an app)."""
+        return await self.arun(conn, _declare(self.queries, queue_limits, tasks),
+                               transaction=_declares_any(queue_limits, tasks))
 
     def limits_declare(self, conn: Connection[Any], queue_limits: Mapping[str, QueueLimits],
                        tasks: Mapping[str, tuple[str, TaskLimits | None]]) -> DeclaredLimits:
-        return self.run(conn, _declare(self.queries, queue_limits, tasks), transaction=True)
+        return self.run(conn, _declare(self.queries, queue_limits, tasks),
+                        transaction=_declares_any(queue_limits, tasks))
 
     def limits_queue_set(self, conn: Connection[Any], name: str, limits: QueueLimits, *, clear: bool = False,
                          clear_rate: bool = False) -> dict[str, Any] | None:
@@ -82,6 +85,10 @@ class LimitStore(StoreBase):
     def limits_list(self, conn: Connection[Any], now: datetime | None = None) -> list[dict[str, Any]]:
         """Every queue and task limit with its jobs running, ready and held back (limits.sql)."""
         return self.run(conn, select_dicts(self.queries["limits_list"], {"now": now}))
+
+
+def _declares_any(queue_limits: Mapping[str, QueueLimits], tasks: Mapping[str, tuple[str, TaskLimits | None]]) -> bool:
+    return bool(queue_limits) or any(limits is not None for _, limits in tasks.values())
 
 
 def _limited_queues(q: Mapping[str, Any], queues: Sequence[str]) -> Operation[list[str]]:
