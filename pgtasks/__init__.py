@@ -6,6 +6,7 @@ from pgtasks.client.results import JobStatus
 from pgtasks.client.task import Call, ConfiguredTask, JobRef, Task
 from pgtasks.client.workflows import StepResult, WorkflowRef
 from pgtasks.core.context import JobContext, JobProgress, current_job
+from pgtasks.core.crontab import Crontab, crontab
 from pgtasks.core.errors import (
     Cancel,
     ConfigurationError,
@@ -49,6 +50,7 @@ __all__ = [
     "ConfigurationError",
     "ConfiguredTask",
     "ConnectionLostError",
+    "Crontab",
     "DatabaseError",
     "DatabaseUnreachableError",
     "DuplicateTaskError",
@@ -90,6 +92,7 @@ __all__ = [
     "__version__",
     "chain",
     "chord",
+    "crontab",
     "current_job",
     "group",
 ]

@@ -16,6 +16,7 @@ from psycopg import AsyncConnection, Connection
 from pgtasks.client.enqueue import ConnectionBinding, DatabaseEnqueuer, Enqueuer
 from pgtasks.client.results import JobRef, read_job
 from pgtasks.client.task import Call, Task, TaskConfig, aenqueue_calls, enqueue_calls
+from pgtasks.core.crontab import Crontab
 from pgtasks.core.definition import ExceptionTypes, TaskDefinition
 from pgtasks.core.errors import ConfigurationError
 from pgtasks.core.hooks import Hook, Hooks, WorkerHook
@@ -23,7 +24,7 @@ from pgtasks.core.limits import Limit, QueueLimits, Rate
 from pgtasks.core.options import DEFAULT_MAX_ATTEMPTS
 from pgtasks.core.registry import Registry
 from pgtasks.core.retry import RetryPolicy
-from pgtasks.core.schedules import DEFAULT_CATCH_UP_LIMIT, PeriodicSchedule
+from pgtasks.core.schedules import DEFAULT_CATCH_UP_LIMIT, PeriodicSchedule, resolve_timezone
 from pgtasks.core.unique import Unique
 from pgtasks.storage import migrations
 from pgtasks.storage.database import Database
@@ -60,6 +61,10 @@ class App:
     `database_url` defaults to $PGTASKS_DATABASE_URL, then to an embedded PostgreSQL (which is
     migrated automatically); `schema` defaults to $PGTASKS_SCHEMA, then to "pgtasks". Nothing
     connects until first use, so creating an App at import time is free.
+
+    `timezone="Europe/Paris"` (an IANA name or a tzinfo; default UTC) is the zone cron schedules
+    are read in when `@app.periodic` gives no timezone=, like Celery's `timezone` setting; an
+    unknown name raises ConfigurationError here.
     """
 
     def __init__(
@@ -71,19 +76,30 @@ class App:
         pool_size: int = 4,
         application_name: str = "pgtasks",
         embedded_dir: str | Path | None = None,
+        timezone: str | tzinfo | None = None,
     ) -> None:
         self.schema = validate_schema_name(schema or os.environ.get(SCHEMA_ENV) or "pgtasks")
+        try:
+            zone = resolve_timezone(timezone)  # checked first: a typo fails here, not at the first schedule
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"App(timezone=...): {exc}") from None
         self.database = Database(database_url, schema=self.schema, listen_dsn=listen_dsn, pool_size=pool_size,
                                  application_name=application_name,
                                  embedded_dir=Path(embedded_dir) if embedded_dir is not None else None)
         self.store = Store(self.schema)
         self.registry: Registry[Task[Any, Any]] = Registry()
+        self.registry.timezone = zone
         self.binding = ConnectionBinding(f"pgtasks_bound_{id(self)}")
         self._database_enqueuer = DatabaseEnqueuer(self.database, self.store, self.binding, source=self)
         # Where .delay() sends its rows; pgtasks.testing.eager() swaps in one that runs them inline.
         self.enqueuer: Enqueuer = self._database_enqueuer
 
     # -- configuration ---------------------------------------------------------------------------
+
+    @property
+    def timezone(self) -> tzinfo:
+        """The time zone of cron schedules that give no timezone= (App(timezone=...); default UTC)."""
+        return self.registry.timezone
 
     @property
     def dsn(self) -> str:
@@ -237,22 +253,29 @@ class App:
         return hook
 
     def periodic(
-        self, *, cron: str | None = None, every: timedelta | float | None = None, args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None, timezone: str | tzinfo | None = None, catch_up: str = "latest",
-        catch_up_limit: int = DEFAULT_CATCH_UP_LIMIT, name: str | None = None, overlap: bool = True,
+        self, *, cron: str | Crontab | None = None, every: timedelta | float | None = None,
+        args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, timezone: str | tzinfo | None = None,
+        catch_up: str = "latest", catch_up_limit: int = DEFAULT_CATCH_UP_LIMIT, name: str | None = None,
+        overlap: bool = True, queue: str | None = None, priority: int | None = None,
+        expires: float | timedelta | None = None,
     ) -> Callable[[T], T]:
         """Run a task on a schedule: `@app.periodic(cron="*/5 * * * *")` placed above `@app.task`.
 
-        Give `cron` (5 fields, or 6 with seconds first) evaluated in `timezone` (IANA name,
-        default UTC), or `every` (a timedelta of at least a second). Only the elected leader
-        enqueues, and each tick at most once. `catch_up` decides what runs after downtime:
-        "latest" (default) runs the most recent missed tick once, "skip" runs none, "all" runs
-        each missed tick, the newest `catch_up_limit` of them. `overlap=False` skips a tick
-        while the job of the previous tick is still queued or running. See docs/periodic.md.
+        Give `cron`, a string in standard cron syntax (5 fields, or 6 with seconds first) or a
+        `pgtasks.crontab(...)` (Celery's arguments and meaning: a day must match both
+        day_of_month and day_of_week, where a cron string needs either), evaluated in `timezone`
+        (IANA name; default the App's timezone, UTC unless App(timezone=...)); or `every` (a
+        timedelta of at least a second). Only the elected leader enqueues, and each tick at most
+        once. `catch_up` decides what runs after downtime: "latest" (default) runs the most
+        recent missed tick once, "skip" runs none, "all" runs each missed tick, the newest
+        `catch_up_limit` of them. `overlap=False` skips a tick while the job of the previous
+        tick is still queued or running. `queue`, `priority` and `expires` (seconds or a
+        timedelta after each job is enqueued) override the task's for this schedule's jobs,
+        checked as .apply_async() checks them. See docs/periodic.md.
         """
         return self.registry.periodic(cron=cron, every=every, args=args, kwargs=kwargs,
                                   timezone=timezone, catch_up=catch_up, catch_up_limit=catch_up_limit, name=name,
-                                  overlap=overlap)
+                                  overlap=overlap, queue=queue, priority=priority, expires=expires)
 
     # -- connections and transactions -----------------------------------------------------------------
 

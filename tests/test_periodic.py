@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
 
-from pgtasks import App, ConfigurationError
+from pgtasks import App, ConfigurationError, crontab
 from pgtasks.leadership.scheduler import Fire, PeriodicScheduler
 from tests.conftest import ROOT
 from tests.helpers import run_with_pool
@@ -375,3 +377,152 @@ def test_leadership_lost_mid_catch_up_stops_the_pass_between_ticks(app: App, con
     assert [(f.outcome, f.fire_time) for f in fires] == [("enqueued", T0 + MINUTE)]
     assert [r[1] for r in fires_of(conn, schema, "catch-up-all")] == ["registered", "enqueued"]
     assert job_count(conn, schema) == 1
+
+
+# -- Celery-style schedules: crontab(), per-schedule options, the App's time zone ----------------
+
+
+def test_a_crontab_fires_only_on_days_both_fields_select_where_the_cron_string_fires_on_either(
+    app: App, conn: psycopg.Connection[Any], schema: str,
+) -> None:
+    """The leader enqueues crontab(day_of_week=1, day_of_month='1-7') on the first Monday only, and the
+    cron string '0 0 1-7 * 1' on every Monday and on each of the first seven days."""
+
+    @app.periodic(cron=crontab(minute=0, hour=0, day_of_week=1, day_of_month="1-7"), name="celery")
+    @app.periodic(cron="0 0 1-7 * 1", name="standard")
+    @app.task
+    def job() -> None: ...
+
+    at = datetime(2024, 1, 7, 12, tzinfo=UTC)  # a Sunday
+
+    async def body(pool: Any) -> list[list[tuple[str, str, datetime]]]:
+        scheduler = PeriodicScheduler(app.registry, app.store, pool, grace=timedelta(seconds=10))
+        passes = []
+        for moment in [at, datetime(2024, 1, 8, 0, 0, 5, tzinfo=UTC),  # Monday the 8th: not in the first week
+                       datetime(2024, 2, 1, 0, 0, 5, tzinfo=UTC),  # Thursday the 1st: not a Monday
+                       datetime(2024, 2, 5, 0, 0, 5, tzinfo=UTC)]:  # the first Monday of February
+            fires = await scheduler.tick(now=moment)
+            passes.append(sorted((f.schedule, f.outcome, f.fire_time) for f in fires))
+        return passes
+
+    passes = run_with_pool(app, body)
+    assert passes[0] == [("celery", "registered", at), ("standard", "registered", at)]
+    assert passes[1] == [("standard", "enqueued", datetime(2024, 1, 8, tzinfo=UTC))]
+    # The standard schedule also missed ticks in between (Mondays 15-29, then 2-4 February: the 1st-7th).
+    assert passes[2] == [("standard", "enqueued", datetime(2024, 2, 1, tzinfo=UTC)),
+                         ("standard", "skipped", datetime(2024, 1, 29, tzinfo=UTC))]
+    assert passes[3] == [("celery", "enqueued", datetime(2024, 2, 5, tzinfo=UTC)),
+                         ("standard", "enqueued", datetime(2024, 2, 5, tzinfo=UTC)),
+                         ("standard", "skipped", datetime(2024, 2, 4, tzinfo=UTC))]
+    # The crontab had no tick between 7 January and 5 February: nothing missed, nothing skipped.
+    assert [(r[1], r[3]) for r in fires_of(conn, schema, "celery")] == [("registered", 0), ("enqueued", 0)]
+    assert app.schedules["celery"].spec == "crontab(minute='0', hour='0', day_of_week='1', day_of_month='1-7') UTC"
+
+
+def test_schedule_options_reach_the_job_rows(app: App, conn: psycopg.Connection[Any], schema: str) -> None:
+    @app.periodic(every=timedelta(seconds=1), name="plain")
+    @app.periodic(every=timedelta(seconds=1), name="urgent", queue="reports", priority=7,
+                  expires=timedelta(minutes=5))
+    @app.periodic(every=timedelta(seconds=1), name="in-seconds", expires=90)
+    @app.task(queue="mail", priority=3)
+    def send() -> None: ...
+
+    async def body(pool: Any) -> None:
+        scheduler = PeriodicScheduler(app.registry, app.store, pool, grace=timedelta(seconds=10))
+        await scheduler.tick(now=T0 + timedelta(milliseconds=500))  # first sighting
+        await scheduler.tick(now=T0 + timedelta(seconds=1, milliseconds=500))  # one tick of each
+
+    run_with_pool(app, body)
+    rows = conn.execute(
+        f'SELECT f.schedule, j.task, j.queue, j.priority, extract(epoch FROM j.expires_at - j.created_at) '
+        f'FROM "{schema}".periodic_fires AS f JOIN "{schema}".jobs AS j ON j.id = f.job_id ORDER BY 1').fetchall()
+    assert rows == [("in-seconds", send.name, "mail", 3, 90),  # only expires given: the task's queue, priority
+                    ("plain", send.name, "mail", 3, None),  # nothing given: the task's defaults, no expiry
+                    ("urgent", send.name, "reports", 7, 300)]
+
+
+def test_schedule_options_are_checked_as_apply_async_checks_them(app: App) -> None:
+    @app.task
+    def job() -> None: ...
+
+    @app.task(queue="limited", concurrency=1)
+    def limited() -> None: ...
+
+    cases: list[tuple[dict[str, Any], Any]] = [
+        ({"priority": 99999}, job), ({"priority": "high"}, job), ({"queue": "a,b"}, job), ({"queue": ""}, job),
+        ({"expires": -5}, job), ({"expires": "soon"}, job), ({"queue": "other"}, limited)]
+    for options, task in cases:
+        with pytest.raises(ConfigurationError) as refused:
+            task.apply_async(**options)
+        with pytest.raises(ConfigurationError) as info:
+            app.periodic(every=60, **options)(task)
+        assert str(refused.value) in str(info.value), (options, str(info.value))
+        assert str(info.value).startswith(f"@app.periodic on {task.name}: "), str(info.value)
+    with pytest.raises(ConfigurationError, match=r"expires=datetime.*pass seconds or a timedelta"):
+        app.periodic(every=60, expires=T0)(job)  # type: ignore[arg-type]
+    assert app.schedules == {}
+
+
+def test_the_apps_time_zone_is_the_default_of_cron_schedules(database_url: str, schema: str,
+                                                            conn: psycopg.Connection[Any]) -> None:
+    paris = App(database_url, schema=schema, timezone="Europe/Paris")
+    try:
+        assert paris.timezone == ZoneInfo("Europe/Paris")
+
+        @paris.periodic(cron="0 9 * * *", name="string")
+        @paris.periodic(cron=crontab(minute=0, hour=9), name="crontab")
+        @paris.periodic(cron="0 9 * * *", timezone="UTC", name="own-zone")
+        @paris.periodic(every=timedelta(hours=1), name="interval")
+        @paris.task
+        def job() -> None: ...
+
+        winter, summer = datetime(2024, 1, 10, tzinfo=UTC), datetime(2024, 7, 10, tzinfo=UTC)
+        for name in ("string", "crontab"):
+            assert paris.schedules[name].timezone == ZoneInfo("Europe/Paris")
+            assert paris.schedules[name].next_after(winter) == datetime(2024, 1, 10, 8, tzinfo=UTC)  # CET
+            assert paris.schedules[name].next_after(summer) == datetime(2024, 7, 10, 7, tzinfo=UTC)  # CEST
+        assert paris.schedules["own-zone"].next_after(winter) == datetime(2024, 1, 10, 9, tzinfo=UTC)
+        assert paris.schedules["interval"].timezone == UTC  # intervals tick on instants
+        assert paris.schedules["string"].spec == "cron '0 9 * * *' Europe/Paris"
+
+        paris.migrate()
+
+        async def body(pool: Any) -> list[Fire]:
+            scheduler = PeriodicScheduler(paris.registry, paris.store, pool, grace=timedelta(seconds=10))
+            await scheduler.tick(now=datetime(2024, 1, 10, 7, tzinfo=UTC))  # first sighting, 08:00 in Paris
+            return await scheduler.tick(now=datetime(2024, 1, 10, 8, 0, 5, tzinfo=UTC))  # 09:00:05 in Paris
+
+        fires = run_with_pool(paris, body)
+        assert sorted((f.schedule, f.fire_time) for f in fires if f.outcome == "enqueued") == [
+            ("crontab", datetime(2024, 1, 10, 8, tzinfo=UTC)), ("interval", datetime(2024, 1, 10, 8, tzinfo=UTC)),
+            ("string", datetime(2024, 1, 10, 8, tzinfo=UTC))]
+    finally:
+        paris.close()
+    assert App(database_url, schema=schema).timezone == UTC  # the default
+    assert App(database_url, schema=schema, timezone=ZoneInfo("Asia/Tokyo")).timezone == ZoneInfo("Asia/Tokyo")
+    for bad, fragment in [("Mars/Olympus", "'Mars/Olympus' is not a known IANA time zone"),
+                          ("", "'' is not a known IANA time zone"), (5, "expected an IANA zone name")]:
+        with pytest.raises(ConfigurationError) as info:
+            App(database_url, schema=schema, timezone=bad)  # type: ignore[arg-type]
+        assert str(info.value).startswith("App(timezone=...): timezone=") and fragment in str(info.value)
+
+
+def test_pgtasks_periodic_lists_a_crontab_its_zone_and_its_job_options(app: App) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGTASKS_")}
+    env.update(PYTHONPATH=str(ROOT), PGTASKS_DATABASE_URL=app.dsn, PGTASKS_SCHEMA=app.schema)
+
+    def listing(*extra: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "pgtasks", "--app", "tests.apps.beat_app:app", "periodic", *extra],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    text = listing()
+    assert ("first-monday\n  task:      beat.report\n"
+            "  schedule:  crontab(minute='0', hour='0', day_of_week='1', day_of_month='1-7') Europe/Paris\n"
+            "  jobs:      queue reports, priority 5, expires 3600 s after enqueue\n") in text, text
+    assert ("  schedule:  cron '0 0 1-7 * 1' Europe/Paris\n  jobs:      queue default, priority 0\n") in text, text
+    entries = {e["name"]: e for e in json.loads(listing("--json"))["schedules"]}
+    assert {k: entries["first-monday"][k] for k in ("queue", "priority", "expires_in")} == {
+        "queue": "reports", "priority": 5, "expires_in": 3600.0}
+    assert entries["monday-or-first-week"]["expires_in"] is None

@@ -49,7 +49,8 @@ def _entry(schedule: PeriodicSchedule, fire: LastFire | None, now: datetime) -> 
     return {"name": schedule.name, "task": schedule.task.name, "schedule": schedule.spec,
             "catch_up": schedule.catch_up,
             "catch_up_limit": schedule.catch_up_limit if schedule.catch_up == "all" else None,
-            "overlap": schedule.overlap, "last_fire": fire.enqueued_time if fire is not None else None,
+            "overlap": schedule.overlap, "queue": schedule.row.queue, "priority": schedule.row.priority,
+            "expires_in": schedule.row.expires_in, "last_fire": fire.enqueued_time if fire is not None else None,
             "last_job_id": fire.enqueued_job_id if fire is not None else None,
             "next_fire": upcoming, "due": upcoming <= now}
 
@@ -58,7 +59,9 @@ def _text(entry: dict[str, Any]) -> str:
     limit = f" (limit {entry['catch_up_limit']})" if entry["catch_up_limit"] is not None else ""
     job = f" job {entry['last_job_id']}" if entry["last_job_id"] is not None else ""
     overlap = "allowed" if entry["overlap"] else "skip ticks while a run is unfinished"
+    expires = f", expires {entry['expires_in']:g} s after enqueue" if entry["expires_in"] is not None else ""
     return (f"{entry['name']}\n  task:      {entry['task']}\n  schedule:  {entry['schedule']}\n"
+            f"  jobs:      queue {entry['queue']}, priority {entry['priority']}{expires}\n"
             f"  catch-up:  {entry['catch_up']}{limit}\n  overlap:   {overlap}\n"
             f"  last fire: {_when(entry['last_fire'])}{job}\n"
             f"  next fire: {_when(entry['next_fire'])}{' (due)' if entry['due'] else ''}")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta, tzinfo
+from datetime import UTC, timedelta, tzinfo
 from typing import Any, Generic, TypeVar
 
+from pgtasks.core.crontab import Crontab
 from pgtasks.core.definition import TaskDefinition
 from pgtasks.core.errors import ConfigurationError, DuplicateTaskError
 from pgtasks.core.hooks import Hooks
@@ -29,6 +30,7 @@ class Registry(Generic[D]):
         self.schedules: dict[str, PeriodicSchedule] = {}
         self.hooks = Hooks()
         self.queue_limits: dict[str, QueueLimits] = {}  # app.queue(name, concurrency=, rate_limit=)
+        self.timezone: tzinfo = UTC  # the zone of cron schedules that name none: App(timezone=...)
 
     def add_task(self, task: D) -> None:
         if task.name in self.tasks:
@@ -57,15 +59,18 @@ class Registry(Generic[D]):
         self.schedules[schedule.name] = schedule
 
     def periodic(
-        self, *, cron: str | None, every: timedelta | float | None, args: Sequence[Any],
+        self, *, cron: str | Crontab | None, every: timedelta | float | None, args: Sequence[Any],
         kwargs: Mapping[str, Any] | None, timezone: str | tzinfo | None, catch_up: str, catch_up_limit: int,
-        name: str | None, overlap: bool,
+        name: str | None, overlap: bool, queue: str | None = None, priority: int | None = None,
+        expires: float | timedelta | None = None,
     ) -> Callable[[T], T]:
         """The decorator `@app.periodic(...)` returns: registers the schedule, returns the task unchanged."""
 
         def register(task: T) -> T:
             schedule = make_schedule(task, cron=cron, every=every, args=args, kwargs=kwargs, timezone=timezone,
-                                     catch_up=catch_up, catch_up_limit=catch_up_limit, name=name, overlap=overlap)
+                                     catch_up=catch_up, catch_up_limit=catch_up_limit, name=name, overlap=overlap,
+                                     queue=queue, priority=priority, expires=expires,
+                                     default_timezone=self.timezone)
             if not self.owns(task):
                 raise ConfigurationError(f"{task.name} belongs to another App; use that App's periodic()")
             self.add_schedule(schedule)

@@ -173,7 +173,7 @@ class PeriodicScheduler(LeaderService):
             fires.append(Fire(schedule.name, fire_time, outcome, job_id, missed))
             if enqueue:
                 log_event(logger, logging.INFO, "periodic.enqueued", schedule=schedule.name, task=schedule.task.name,
-                          fire_time=fire_time.isoformat(), job_id=job_id, missed=missed)
+                          queue=schedule.row.queue, fire_time=fire_time.isoformat(), job_id=job_id, missed=missed)
             else:
                 log_event(logger, logging.WARNING, "periodic.skipped", schedule=schedule.name,
                           fire_time=fire_time.isoformat(), missed=missed, catch_up=schedule.catch_up)
