@@ -1,6 +1,7 @@
 """pgtasks: Celery-style background tasks on PostgreSQL, enqueued inside your own transaction."""
 
 from pgtasks.app import App
+from pgtasks.client.blueprint import Blueprint
 from pgtasks.client.canvas import Signature, chain, chord, group
 from pgtasks.client.results import JobStatus
 from pgtasks.client.task import Call, ConfiguredTask, JobRef, Task
@@ -45,6 +46,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "App",
     "Backoff",
+    "Blueprint",
     "Call",
     "Cancel",
     "ConfigurationError",

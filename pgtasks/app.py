@@ -5,24 +5,31 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
 from psycopg import AsyncConnection, Connection
 
+from pgtasks.client.blueprint import Blueprint, BlueprintTask, register_loader
+from pgtasks.client.canvas import Canvas, Signature, StepOptions
 from pgtasks.client.enqueue import ConnectionBinding, DatabaseEnqueuer, Enqueuer
 from pgtasks.client.results import JobRef, read_job
-from pgtasks.client.task import Call, Task, TaskConfig, aenqueue_calls, enqueue_calls
+from pgtasks.client.task import Call, JobOptions, Task, TaskConfig, aenqueue_calls, enqueue_calls
+from pgtasks.core.byname import NameOnlyTask
 from pgtasks.core.crontab import Crontab
 from pgtasks.core.definition import ExceptionTypes, TaskDefinition
+from pgtasks.core.discovery import Autodiscover, Include, check_related_name, import_tasks_module
 from pgtasks.core.errors import ConfigurationError
 from pgtasks.core.hooks import Hook, Hooks, WorkerHook
 from pgtasks.core.limits import Limit, QueueLimits, Rate
-from pgtasks.core.options import DEFAULT_MAX_ATTEMPTS
-from pgtasks.core.registry import Registry
+from pgtasks.core.logs import log_event
+from pgtasks.core.options import DEFAULT_MAX_ATTEMPTS, EnqueueOptions
+from pgtasks.core.registry import Registry, default_task_name
 from pgtasks.core.retry import RetryPolicy
 from pgtasks.core.schedules import DEFAULT_CATCH_UP_LIMIT, PeriodicSchedule, resolve_timezone
 from pgtasks.core.unique import Unique
@@ -41,18 +48,7 @@ T = TypeVar("T", bound="TaskDefinition[Any, Any]")
 
 SCHEMA_ENV = "PGTASKS_SCHEMA"
 
-
-def _default_task_name(func: Callable[..., Any]) -> str:
-    module = func.__module__
-    if module == "__main__":
-        # A script run directly: name tasks after the module a worker would import it as.
-        main = sys.modules["__main__"]
-        spec = getattr(main, "__spec__", None)
-        if spec is not None and spec.name:
-            module = spec.name
-        elif getattr(main, "__file__", None):
-            module = Path(main.__file__ or "main").stem
-    return f"{module}.{func.__qualname__}"
+logger = logging.getLogger("pgtasks.app")
 
 
 class App:
@@ -61,6 +57,10 @@ class App:
     `database_url` defaults to $PGTASKS_DATABASE_URL, then to an embedded PostgreSQL (which is
     migrated automatically); `schema` defaults to $PGTASKS_SCHEMA, then to "pgtasks". Nothing
     connects until first use, so creating an App at import time is free.
+
+    `include=["myproject.billing.tasks", ...]` names modules that declare tasks (with
+    `@app.task`, or on a pgtasks.Blueprint); they are imported by load_tasks(), which a worker
+    runs when it starts (see load_tasks() for when else), not here, so they may import this App.
 
     `timezone="Europe/Paris"` (an IANA name or a tzinfo; default UTC) is the zone cron schedules
     are read in when `@app.periodic` gives no timezone=, like Celery's `timezone` setting; an
@@ -76,6 +76,7 @@ class App:
         pool_size: int = 4,
         application_name: str = "pgtasks",
         embedded_dir: str | Path | None = None,
+        include: Sequence[str] = (),
         timezone: str | tzinfo | None = None,
     ) -> None:
         self.schema = validate_schema_name(schema or os.environ.get(SCHEMA_ENV) or "pgtasks")
@@ -93,6 +94,13 @@ class App:
         self._database_enqueuer = DatabaseEnqueuer(self.database, self.store, self.binding, source=self)
         # Where .delay() sends its rows; pgtasks.testing.eager() swaps in one that runs them inline.
         self.enqueuer: Enqueuer = self._database_enqueuer
+        if isinstance(include, str):
+            raise ConfigurationError(f"include={include!r}: expected a list of module names, e.g. [{include!r}]")
+        self._to_import: list[Include | Autodiscover] = []
+        self._imported: dict[str, ModuleType] = {}
+        self._loading = False
+        for module in include:
+            self._plan(Include(module))
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -135,7 +143,97 @@ class App:
 
     @property
     def tasks(self) -> Mapping[str, Task[Any, Any]]:
+        """The registered tasks by name, after importing the include= / autodiscover() modules."""
+        if self._to_import:
+            self.load_tasks()
         return self.registry.tasks
+
+    # -- tasks declared elsewhere: blueprints, include= and autodiscover() ------------------------------
+
+    def add_blueprint(self, blueprint: Blueprint) -> None:
+        """Register a pgtasks.Blueprint's tasks on this App (once; adding it again changes nothing).
+
+        Its tasks then enqueue through this App, and this App's workers run them. A name already
+        registered raises DuplicateTaskError.
+        """
+        if not isinstance(blueprint, Blueprint):
+            raise ConfigurationError(f"add_blueprint({blueprint!r}): expected a pgtasks.Blueprint")
+
+        def register(func: Callable[..., Any], config: TaskConfig) -> Task[Any, Any]:
+            task: Task[Any, Any] = Task(self, func, config)
+            self.registry.add_task(task)
+            return task
+
+        blueprint.add_to(self.registry.tasks, register)
+
+    def autodiscover(self, packages: Iterable[str] | Callable[[], Iterable[str]], *,
+                     related_name: str = "tasks") -> None:
+        """Import the `tasks` module (`related_name`) of each package that has one, as Celery's
+        autodiscover_tasks() does: `app.autodiscover(["myproject.billing", "myproject.shipping"])`.
+
+        Imported by load_tasks(), like include=; a package without that module is skipped, one that
+        cannot be imported is an error. `packages` may be a callable returning them, called then
+        (for Django: `lambda: [c.name for c in django.apps.apps.get_app_configs()]`).
+        """
+        self._plan(Autodiscover(packages, check_related_name(related_name)))
+
+    def _plan(self, source: Include | Autodiscover) -> None:
+        """Import `source`'s modules at load_tasks(); add the Blueprints of those already imported now,
+        so this App, the newest, is the one they enqueue through (each test's App, say)."""
+        self._to_import.append(source)
+        for name in source.imported():
+            if name not in self._imported:
+                self._add_module(sys.modules[name])
+        register_loader(self, True)
+
+    def load_tasks(self) -> list[str]:
+        """Import the modules of include= and autodiscover() not imported yet, and add every
+        pgtasks.Blueprint each holds at its top level; returns the modules imported now.
+
+        Runs by itself when a worker is built (app.worker(), `pgtasks worker`), when the `pgtasks`
+        command or the pytest plugin loads the App, when app.tasks is read, at send_task() and
+        signature(), and when a Blueprint's task is used before any App added its blueprint (a
+        module already imported when it is named has its Blueprints added at once). A
+        module that fails to import raises ConfigurationError naming it and the cause (the
+        original exception is the __cause__); the modules after it stay pending. A task name
+        registered twice raises DuplicateTaskError.
+        """
+        if self._loading:  # a module being imported reads app.tasks: it sees what is registered so far
+            return []
+        loaded: list[str] = []
+        self._loading = True
+        try:
+            while self._to_import:
+                source = self._to_import[0]
+                for name in source.modules():
+                    if name not in self._imported:
+                        self._add_module(import_tasks_module(name, source.origin))
+                        loaded.append(name)
+                self._to_import.pop(0)
+        finally:
+            self._loading = False
+            register_loader(self, bool(self._to_import))
+        if loaded:
+            log_event(logger, logging.INFO, "app.tasks_loaded", modules=",".join(loaded),
+                      tasks=len(self.registry.tasks))
+        return loaded
+
+    def _add_module(self, module: ModuleType) -> None:
+        self._imported[module.__name__] = module
+        for value in list(vars(module).values()):
+            if isinstance(value, Blueprint):
+                self.add_blueprint(value)
+
+    def _own_task(self, task: T) -> T:
+        """The task this App registered for `task`: a Blueprint's task becomes this App's own (the
+        blueprint is added first if it was not)."""
+        if isinstance(task, BlueprintTask):
+            own = self.registry.tasks.get(task.name)
+            if own is None or own.func is not task.func:
+                self.add_blueprint(task.blueprint)
+                own = self.registry.tasks[task.name]
+            return own  # type: ignore[return-value] # the App's own Task of that blueprint task
+        return task
 
     @property
     def schedules(self) -> Mapping[str, PeriodicSchedule]:
@@ -204,7 +302,7 @@ class App:
         def register(fn: Callable[P, R]) -> Task[P, R]:
             if isinstance(fn, TaskDefinition):
                 raise ConfigurationError(f"{fn.name} is already a task; apply @app.task once")
-            named = dataclasses.replace(config, name=name or _default_task_name(fn))
+            named = dataclasses.replace(config, name=name or default_task_name(fn))
             registered: Task[P, R] = Task(self, fn, named)
             self.registry.add_task(registered)
             return registered
@@ -273,9 +371,18 @@ class App:
         timedelta after each job is enqueued) override the task's for this schedule's jobs,
         checked as .apply_async() checks them. See docs/periodic.md.
         """
-        return self.registry.periodic(cron=cron, every=every, args=args, kwargs=kwargs,
+        return self._scheduling(self.registry.periodic(cron=cron, every=every, args=args, kwargs=kwargs,
                                   timezone=timezone, catch_up=catch_up, catch_up_limit=catch_up_limit, name=name,
-                                  overlap=overlap, queue=queue, priority=priority, expires=expires)
+                                  overlap=overlap, queue=queue, priority=priority, expires=expires))
+
+    def _scheduling(self, schedule: Callable[[T], T]) -> Callable[[T], T]:
+        """`schedule` for this App's own task of a Blueprint's task (see _own_task); returns the task given."""
+
+        def register(task: T) -> T:
+            schedule(self._own_task(task))
+            return task
+
+        return register
 
     # -- connections and transactions -----------------------------------------------------------------
 
@@ -311,7 +418,8 @@ class App:
     def _own(self, calls: Sequence[Call]) -> list[Call]:
         calls = list(calls)
         for call in calls:
-            if not self.registry.owns(call.task):
+            # A task known by name only belongs to no App: any App can enqueue it.
+            if not self.registry.owns(call.task) and not isinstance(call.task, NameOnlyTask):
                 raise ConfigurationError(f"{call.task.name} belongs to another App; enqueue it through that App")
         return calls
 
@@ -323,6 +431,59 @@ class App:
                             connection: AsyncConnection[Any] | None = None) -> list[JobRef]:
         """Async twin of enqueue_many()."""
         return await aenqueue_calls(self.enqueuer, self._own(calls), connection)
+
+    def send_task(self, name: str, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
+                  connection: Connection[Any] | None = None, link: Canvas | list[Signature] | None = None,
+                  link_error: Signature | None = None, **options: Unpack[JobOptions]) -> JobRef:
+        """Enqueue a job of the task named `name`, which this process may not define (Celery's
+        send_task): `app.send_task("billing.charge", args=[42], kwargs={"cents": 500}, queue="billing")`.
+
+        Transactional like .delay(): it joins `connection`, else the transaction bound by
+        app.bind() / app.transaction(). Options as apply_async's (countdown or eta, expires,
+        priority, queue, max_attempts, unique_key; link and link_error make it a workflow's
+        first step). Returns its JobRef.
+
+        If this App defines the task, that definition is used: arguments bound and validated
+        against its signature, its defaults (queue, priority, max_attempts), unique key and
+        limits, exactly as `task.apply_async(...)`. If not, nothing here knows the task: only the
+        options and the JSON-encodability of the values are checked; the argument count, names and
+        types are checked by the worker that runs it (a mismatch fails the attempt with
+        TaskArgumentError). The defaults are then every task's, so pass `queue=` if the task runs
+        in another queue than "default"; no unique key (unless `unique_key=`) and no per-key limit
+        key can be computed (docs/tasks.md, "Enqueue by name").
+        """
+        return self._named(name, args, kwargs, EnqueueOptions(**options)).apply_async(
+            connection=connection, link=link, link_error=link_error)
+
+    async def asend_task(self, name: str, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
+                         connection: AsyncConnection[Any] | None = None,
+                         link: Canvas | list[Signature] | None = None, link_error: Signature | None = None,
+                         **options: Unpack[JobOptions]) -> JobRef:
+        """Async twin of send_task()."""
+        return await self._named(name, args, kwargs, EnqueueOptions(**options)).aapply_async(
+            connection=connection, link=link, link_error=link_error)
+
+    def signature(self, name: str, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
+                  immutable: bool = False, **options: Unpack[StepOptions]) -> Signature:
+        """A signature of the task named `name` (Celery's app.signature): a step of a chain, group or
+        chord, or a job for `.delay()` / app.enqueue_many(), whether or not this process defines it.
+
+        With a local definition it is that task's `.s(...)` (`.si(...)` with immutable=True). Without
+        one, its arguments are checked as send_task() checks them, and as a step that receives the
+        previous result it gets it as its first positional argument, as a local step does.
+        """
+        return self._named(name, args, kwargs, EnqueueOptions(**options), immutable=bool(immutable))
+
+    def _named(self, name: str, args: Iterable[Any], kwargs: Mapping[str, Any] | None, options: EnqueueOptions,
+               *, immutable: bool = False) -> Signature:
+        if isinstance(args, str | bytes | Mapping) or not isinstance(args, Iterable):
+            raise ConfigurationError(f"args={args!r}: expected a list or tuple of positional arguments; "
+                                     "pass keyword arguments as kwargs={...}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise ConfigurationError(f"kwargs={kwargs!r}: expected a dict of keyword arguments")
+        local = self.tasks.get(name) if isinstance(name, str) else None
+        task = local if local is not None else NameOnlyTask(name)
+        return Signature(task, tuple(args), dict(kwargs or {}), options, immutable=immutable, host=self)
 
     def get_job(self, job_id: int) -> dict[str, Any] | None:
         """The job's row as a dict (args, errors and result as JSON text), or None."""
@@ -336,7 +497,9 @@ class App:
             return [m.version for m in migrations.migrate(conn, self.schema)]
 
     def worker(self, **options: Any) -> Worker:
-        """A Worker for this app; options as WorkerConfig's (queues, concurrency, poll_interval, ...)."""
+        """A Worker for this app; options as WorkerConfig's (queues, concurrency, poll_interval, ...).
+        Imports the include= / autodiscover() modules first (load_tasks())."""
+        self.load_tasks()
         return Worker(self, **options)
 
     def run_worker(self, **options: Any) -> None:
@@ -346,8 +509,11 @@ class App:
     def close(self) -> None:
         """Close the sync pool (call `await app.aclose()` from async code to close the async pool too).
 
+        A Blueprint's task no longer asks a closed App to import its include= / autodiscover() modules.
+
         The embedded server, if any, keeps running for other processes; `pgtasks embedded stop` stops it.
         """
+        register_loader(self, False)
         self.database.close()
 
     async def aclose(self) -> None:

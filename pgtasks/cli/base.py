@@ -67,6 +67,7 @@ def load_app(path: str) -> App:
         target = target()
     if not isinstance(target, App):
         raise click.UsageError(f"--app {path}: expected a pgtasks.App, found {type(target).__name__}")
+    target.load_tasks()  # its include= / autodiscover() modules: every command sees all the tasks
     return target
 
 
@@ -115,8 +116,8 @@ def _report(ctx: click.Context, kind: str, message: str, exit_code: int, *, text
 
 
 @click.group(cls=PgtasksGroup)
-@click.option("--app", "app_path", envvar=APP_ENV, metavar="MODULE:ATTR",
-              help="Your pgtasks.App, e.g. myproject.tasks:app [env: PGTASKS_APP]")
+@click.option("--app", "-A", "app_path", envvar=APP_ENV, metavar="MODULE:ATTR",
+              help="Your pgtasks.App, e.g. myproject.tasks:app (-A as in Celery) [env: PGTASKS_APP]")
 @click.option("--database-url", envvar=DATABASE_URL_ENV, metavar="DSN",
               help="PostgreSQL DSN; overrides the app's [env: PGTASKS_DATABASE_URL]")
 @click.option("--schema", default=None, envvar="PGTASKS_SCHEMA",

@@ -9,7 +9,8 @@ from pgtasks.core.logs import configure_logging
 
 
 @click.command()
-@click.option("--queues", "-q", default="default", show_default=True, help="Comma-separated queues to run.")
+@click.option("--queues", "-q", "-Q", default="default", show_default=True,
+              help="Comma-separated queues to run (-Q as in Celery).")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=10, show_default=True,
               help="Jobs run at once (sync tasks on threads, async tasks on the event loop).")
 @click.option("--poll-interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
@@ -41,8 +42,9 @@ from pgtasks.core.logs import configure_logging
               envvar="PGTASKS_WAIT_FOR_DATABASE",
               help="At start, keep retrying an unreachable database this long (a line per try) before exiting "
                    "2; 0 exits at once [env: PGTASKS_WAIT_FOR_DATABASE]")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-level", "-l", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Log level (-l as in Celery; any case: -l info).")
 @click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]))
 @click.pass_context
 def worker(ctx: click.Context, queues: str, concurrency: int, poll_interval: float, listen: bool | None,

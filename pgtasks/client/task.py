@@ -30,10 +30,16 @@ class JobOptions(StepOptions, total=False):
 
 
 class _EnqueueApi(Generic[P]):
-    """The enqueue API shared by Task and ConfiguredTask; `options` are the per-call defaults."""
+    """The enqueue API shared by Task, ConfiguredTask and a Blueprint's tasks; `options` are the
+    per-call defaults."""
 
-    _task: Task[Any, Any]
     _options: EnqueueOptions
+
+    @property
+    def _task(self) -> Task[Any, Any]:
+        """The registered Task that enqueues: looked up at each call, so a Blueprint's task (and a
+        ConfiguredTask of one) reaches the App that added its blueprint, whenever that happened."""
+        raise NotImplementedError
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> JobRef:
         """Enqueue with these arguments; joins the app's bound transaction if there is one."""
@@ -104,12 +110,16 @@ class _EnqueueApi(Generic[P]):
 class ConfiguredTask(_EnqueueApi[P]):
     """A task with some enqueue options fixed: `task.configure(queue="mail").delay(...)`."""
 
-    def __init__(self, task: Task[P, Any], options: EnqueueOptions) -> None:
-        self._task = task
+    def __init__(self, task: _EnqueueApi[P], options: EnqueueOptions) -> None:
+        self._source = task
         self._options = options
 
+    @property
+    def _task(self) -> Task[Any, Any]:
+        return self._source._task
+
     def configure(self, **options: Unpack[JobOptions]) -> ConfiguredTask[P]:
-        return ConfiguredTask(self._task, self._options.merged(EnqueueOptions(**options)))
+        return ConfiguredTask(self._source, self._options.merged(EnqueueOptions(**options)))
 
 
 class Task(TaskDefinition[P, R], _EnqueueApi[P]):
@@ -118,8 +128,11 @@ class Task(TaskDefinition[P, R], _EnqueueApi[P]):
     def __init__(self, app: TaskHost, func: Callable[P, R], config: TaskConfig) -> None:
         super().__init__(func, config)
         self.app = app
-        self._task = self
         self._options = EnqueueOptions()
+
+    @property
+    def _task(self) -> Task[Any, Any]:
+        return self
 
     def configure(self, **options: Unpack[JobOptions]) -> ConfiguredTask[P]:
         """Fix some enqueue options (as apply_async takes them); returns an object with the same API."""

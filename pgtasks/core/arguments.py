@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from pgtasks.core.errors import TaskArgumentError
+from pgtasks.core.errors import TaskArgumentError, UnknownTaskError
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -140,7 +140,15 @@ class ArgumentCodec:
         try:
             decoded = self._decoder.decode(raw)
         except msgspec.ValidationError as exc:
-            raise TaskArgumentError(f"{self.task_name}: stored arguments do not fit: {_describe(exc)}") from None
+            call = by_name_call(raw)
+            if call is None:
+                raise TaskArgumentError(f"{self.task_name}: stored arguments do not fit: {_describe(exc)}") from None
+            # Enqueued by name (app.send_task): checked against the signature here, for the first time.
+            try:
+                return self.decode(self.encode(*call))
+            except TaskArgumentError as bad:
+                raise TaskArgumentError(f"{bad} (the job was enqueued by name, so its arguments were first "
+                                        "checked against the task's signature by this worker)") from None
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
         for param in self.signature.parameters.values():
@@ -198,6 +206,90 @@ class ArgumentCodec:
             except RecursionError:  # msgspec nests deeper in C than this Python walk can
                 raise self._encode_error(name, RecursionError()) from None
         return _ENCODER.encode(kept)
+
+
+# The stored form of a call enqueued by name only (app.send_task / app.signature with no local
+# definition): the sender knows no parameter names, so positional arguments are kept as a list under
+# BY_NAME_ARGS, keyword arguments as themselves, and the values the database fills in later (a workflow
+# step's input, an errback's job id and error) under "*0", "*1", ..., which come first positionally.
+# No Python parameter name starts with "*", so this form cannot be mistaken for a normal one, and a
+# normal decode of it always fails (unknown field) before by_name_call() is tried: the normal path
+# pays nothing for it.
+BY_NAME_ARGS = "*args"
+_RESERVED_PREFIX = "*"
+
+
+def by_name_call(raw: str | bytes) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """(args, kwargs) of arguments stored in the by-name form; None if `raw` is not in that form."""
+    try:
+        stored = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(stored, dict) or not isinstance(stored.get(BY_NAME_ARGS), list):
+        return None
+    positional = stored.pop(BY_NAME_ARGS)
+    leading: list[Any] = []
+    while f"{_RESERVED_PREFIX}{len(leading)}" in stored:
+        leading.append(stored.pop(f"{_RESERVED_PREFIX}{len(leading)}"))
+    if any(key.startswith(_RESERVED_PREFIX) for key in stored):
+        return None
+    return (*leading, *positional), stored
+
+
+class ByNameCodec(ArgumentCodec):
+    """The codec of a task known here by name only: no signature to bind or check against.
+
+    What it checks: every value can be stored as JSON in jsonb and comes back the same (the checks
+    of any task's arguments, NaN, NUL and big floats included), and keyword names are strings that
+    do not start with "*". What it cannot check: the number of arguments, their names, their types,
+    or that the task exists. The worker that runs the job checks those against the real signature
+    (TaskArgumentError, naming the parameter). decode() refuses: nothing here can run the task.
+    """
+
+    def __init__(self, task_name: str) -> None:
+        super().__init__(_any_call, task_name)
+
+    def encode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        for key in kwargs:
+            if not isinstance(key, str) or key.startswith(_RESERVED_PREFIX):
+                raise TaskArgumentError(f"{self.task_name}: keyword argument {key!r}: keyword names must be "
+                                        f"strings not starting with {_RESERVED_PREFIX!r} (those are reserved "
+                                        "for the stored form of a call by name)")
+        arguments = {BY_NAME_ARGS: list(args), **kwargs}
+        try:
+            encoded = _ENCODER.encode(arguments)
+        except _UNENCODABLE as exc:
+            raise self._unencodable(_named_values(args, kwargs), exc) from None
+        if _needs_inspection(arguments, encoded):
+            self._checked(_named_values(args, kwargs))  # raises naming the value; big floats kept below
+            encoded = self._checked(arguments)
+        return encoded.decode()
+
+    def encode_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any], reserved: list[str]) -> str:
+        # The reserved "*N" keys are added by the database; encode() refuses them from the caller.
+        return self.encode(args, kwargs)
+
+    def leading_parameters(self, count: int) -> list[str] | None:
+        return [f"{_RESERVED_PREFIX}{index}" for index in range(count)]
+
+    def decode(self, raw: str | bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        raise UnknownTaskError(
+            f"{self.task_name} is not defined in this process (it is known here by name only), so it cannot "
+            "run here: import the module that defines it, or run it on a worker that has it "
+            "(eager mode runs only tasks defined in the process)")
+
+    def normalized(self, raw: str | bytes) -> dict[str, Any]:
+        normal: dict[str, Any] = msgspec.json.decode(raw)
+        return normal
+
+
+def _any_call(*args: Any, **kwargs: Any) -> None:
+    """The signature a by-name task is given: it accepts any call."""
+
+
+def _named_values(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A call's values by what an error message calls them: args[0], ..., then keyword names."""
+    return {**{f"args[{index}]": value for index, value in enumerate(args)}, **kwargs}
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

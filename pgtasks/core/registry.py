@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, timedelta, tzinfo
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pgtasks.core.crontab import Crontab
@@ -16,6 +18,24 @@ from pgtasks.core.schedules import PeriodicSchedule, make_schedule
 
 D = TypeVar("D", bound="TaskDefinition[Any, Any]")
 T = TypeVar("T", bound="TaskDefinition[Any, Any]")
+
+
+def default_task_name(func: Callable[..., Any]) -> str:
+    """The name a task is registered under unless name= is given: `module.qualname`."""
+    module = func.__module__
+    if module == "__main__":
+        # A script run directly: name tasks after the module a worker would import it as.
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+        elif getattr(main, "__file__", None):
+            module = Path(main.__file__ or "main").stem
+    return f"{module}.{func.__qualname__}"
+
+
+def _where(func: Callable[..., Any]) -> str:
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
 
 
 class Registry(Generic[D]):
@@ -33,9 +53,11 @@ class Registry(Generic[D]):
         self.timezone: tzinfo = UTC  # the zone of cron schedules that name none: App(timezone=...)
 
     def add_task(self, task: D) -> None:
-        if task.name in self.tasks:
+        known = self.tasks.get(task.name)
+        if known is not None:
             raise DuplicateTaskError(
-                f"a task named {task.name!r} is already registered; pass a distinct name=... to @app.task"
+                f"a task named {task.name!r} is already registered (function {_where(known.func)}; this one is "
+                f"{_where(task.func)}); pass a distinct name=... to @app.task / @bp.task"
             )
         self.tasks[task.name] = task
 

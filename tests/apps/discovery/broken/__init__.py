@@ -1,0 +1,1 @@
+"""A package whose tasks module cannot be imported."""

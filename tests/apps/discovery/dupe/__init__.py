@@ -1,0 +1,1 @@
+"""A package whose tasks module reuses a task name billing's tasks already use."""

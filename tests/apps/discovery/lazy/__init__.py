@@ -1,0 +1,1 @@
+"""A package whose tasks module no other test imports, so a test can see when an App imports it."""

@@ -1,0 +1,1 @@
+"""A package with no tasks module: autodiscover() skips it."""
