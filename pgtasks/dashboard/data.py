@@ -210,8 +210,8 @@ def filter_choices(app: App) -> dict[str, list[str]]:
     """Queue and task names for the filter menus: the App's tasks plus what unfinished jobs use."""
     with connection(app) as conn:
         queues = set(app.store.dashboard_queue_names(conn))
-    queues |= {task.config.queue for task in app.registry.tasks.values()}
-    return {"queues": sorted(queues), "tasks": sorted(app.registry.tasks)}
+    queues |= {task.config.queue for task in app.tasks.values()}
+    return {"queues": sorted(queues), "tasks": sorted(app.tasks)}
 
 
 def _pretty(text: str | None) -> str | None:
@@ -251,7 +251,7 @@ def queues(app: App) -> QueuesPage:
     listed = {r["queue"] for r in rows}
     # A queue the App declares but that has nothing waiting is still worth a row (and a pause button).
     idle = [{"queue": q, "available": 0, "scheduled": 0, "running": 0, "retryable": 0, "lag_seconds": 0.0,
-             "paused_at": None} for q in sorted({t.config.queue for t in app.registry.tasks.values()} - listed)]
+             "paused_at": None} for q in sorted({t.config.queue for t in app.tasks.values()} - listed)]
     own = {str(r["name"]): r for r in limits if r["kind"] == "queue"}
     for row in rows + idle:
         limit = own.get(str(row["queue"]))
@@ -285,4 +285,4 @@ def periodic(app: App) -> dict[str, Any]:
                         "catch_up": s.catch_up, "overlap": s.overlap, "next_fire": upcoming, "due": upcoming <= now,
                         "fires": by_schedule.get(s.name, [])})
     undefined = [{"name": n, "fires": by_schedule.get(n, [])} for n in sorted(set(recorded) - set(names))]
-    return {"schedules": entries, "undefined": undefined, "defined_in_app": bool(app.registry.tasks)}
+    return {"schedules": entries, "undefined": undefined, "defined_in_app": bool(app.tasks)}
