@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from pgtasks.ops.bench import Result
 
@@ -49,3 +50,13 @@ def repeated(times: int, run: Callable[[], Result]) -> Result:
 
 def emit(result: Result) -> None:
     print(result.to_json(), flush=True)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """`rows` as a Markdown table of `columns`, padded so it also reads as plain text."""
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths, strict=True)) + " |"
+              for r in rows]
+    return "\n".join(lines)
