@@ -523,3 +523,37 @@ def test_workflow_steps_carry_their_keys_and_a_key_unknown_at_enqueue_is_refused
     with pytest.raises(ConfigurationError, match=r"enforced in its own queue 'keyed'"):
         pgtasks.group(per_customer.s("a", 1).set(queue="other")).delay()
     pgtasks.chain(total.s([1]), per_customer.si("a", 2)).delay()  # immutable: its key is known
+
+
+def test_a_claim_looks_past_a_window_full_of_one_held_key(app: App) -> None:
+    """120 jobs of customer "hot" (one running at a time) ahead of 3 of other customers: the first,
+    small window holds only "hot" jobs, so the claim looks further and finds the others."""
+    @app.task(name="per_customer", queue="keyed", concurrency=Limit(max=1, key="customer"))
+    def per_customer(customer: str, n: int) -> int:
+        return n
+
+    declare(app)
+    per_customer.delay_many([per_customer.s("hot", i) for i in range(120)])
+    per_customer.delay_many([per_customer.s(c, 0) for c in ("x", "y", "z")])
+    with app.connect() as c:
+        claim = app.store.job_fetch_limited(c, queues=["keyed"], limit=10, worker_id="w")
+    assert sorted(call(j)[1:] for j in claim.jobs) == [("hot", 0), ("x", 0), ("y", 0), ("z", 0)]
+    assert claim.held
+
+
+def test_a_job_locked_by_another_transaction_is_skipped_not_waited_for(
+        app: App, database_url: str) -> None:
+    app.queue("capped", concurrency=5)
+
+    @app.task(name="c", queue="capped")
+    def c(n: int) -> int:
+        return n
+
+    declare(app)
+    refs = c.delay_many([c.s(i) for i in range(3)])
+    with psycopg.connect(database_url) as holder:  # not autocommit: holds the row lock
+        holder.execute(f'SELECT 1 FROM "{app.schema}".jobs WHERE id = %s FOR UPDATE', [refs[0].id])
+        with app.connect() as conn:
+            conn.execute("SET lock_timeout = '5s'")  # a wait would fail the claim, not hang the test
+            claim = app.store.job_fetch_limited(conn, queues=["capped"], limit=10, worker_id="w")
+        assert sorted(j.id for j in claim.jobs) == sorted(r.id for r in refs[1:])

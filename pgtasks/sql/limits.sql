@@ -22,7 +22,8 @@ FOR UPDATE OF p
 -- Running jobs are counted through jobs_running_by_idx (only running rows are in it). The tokens
 -- taken are written back in the same statement. Besides the claimed jobs it returns one row with a
 -- NULL id when some candidate was held back: `wake_in` is the seconds until the soonest rate limit
--- that held one back has a token again (NULL if only concurrency did), `held` that something was.
+-- that held one back has a token again (NULL if only concurrency did), `held` that something was,
+-- `scanned` the number of candidates looked at.
 -- Seconds rather than a time, so the worker's clock does not have to agree with the database's.
 WITH clock AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
@@ -82,12 +83,18 @@ WITH clock AS (
       AND (q.rate IS NULL OR p.queue_rank <= floor(q.tokens))
     ORDER BY p.priority DESC, p.run_at, p.id
     LIMIT %(limit)s
+), lockable AS (
+    -- A picked job another transaction has locked (an operator's bulk action) is skipped, not
+    -- waited for: waiting here would hold the queue's lock, and every claimer of it, meanwhile.
+    SELECT j.id FROM {schema}.jobs AS j
+    WHERE j.id IN (SELECT id FROM picked)
+    FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE {schema}.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, claims = j.claims + 1,
         attempted_at = (SELECT now FROM clock), attempted_by = %(worker_id)s
-    FROM picked
-    WHERE j.id = picked.id AND j.state IN ('available', 'scheduled', 'retryable')
+    FROM lockable
+    WHERE j.id = lockable.id AND j.state IN ('available', 'scheduled', 'retryable')
     RETURNING j.id, j.task, j.queue, j.args::text AS args, j.priority, j.attempt, j.max_attempts, j.claims,
               j.run_at, j.created_at,
               (j.expires_at IS NOT NULL AND j.expires_at <= (SELECT now FROM clock)) AS expired,
@@ -132,13 +139,16 @@ WITH clock AS (
     ) AS d
 )
 SELECT id, task, queue, args, priority, attempt, max_attempts, claims, run_at, created_at, expired, traceparent,
-       NULL::float8 AS wake_in, false AS held
+       NULL::float8 AS wake_in, false AS held, NULL::bigint AS scanned
 FROM claimed
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       extract(epoch FROM wake.wake_at - (SELECT now FROM clock))::float8, true
+       extract(epoch FROM wake.wake_at - (SELECT now FROM clock))::float8, true,
+       (SELECT count(*) FROM candidates)
 FROM wake
+-- Held: candidates were left although the batch had room (not only the batch size stopped it).
 WHERE (SELECT count(*) FROM candidates) > (SELECT count(*) FROM claimed)
+  AND (SELECT count(*) FROM claimed) < %(limit)s
 
 -- name: limits_queue_declare
 -- A worker's start: write the limits its code declares for a queue (app.queue()). A queue whose
