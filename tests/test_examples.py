@@ -59,3 +59,48 @@ def test_limits_example(app: App, database_url: str) -> None:
     notify = next(line for line in out if line.startswith("notify: "))
     assert notify.startswith("notify: 6 started, about 0.2 s apart at least") or \
         notify.startswith("notify: 6 started, about 0.3 s apart at least"), notify
+
+
+def test_from_celery_example(app: App, database_url: str) -> None:
+    """examples/from_celery/: a Celery-shaped package (Blueprints in several modules, include= and
+    autodiscover(), retry_on, crontab() beat schedules, send_task by name, JobRef.from_id) runs, and
+    `pgtasks -A bookshop.app` finds its tasks and schedules as a Celery user would spell it."""
+    env = {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": app.schema}
+    result = subprocess.run([sys.executable, "examples/from_celery/run.py"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    assert ("tasks: billing.charge, billing.invoice_overdue, mail.send_receipt, mail.send_statements, "
+            "reports.weekly_sales") in out
+    # Celery's crontab meaning: the first Monday of each month, in the App's time zone.
+    assert ("beat monthly-statements: crontab(minute='0', hour='6', day_of_week='mon', day_of_month='1-7') "
+            "Europe/Paris -> 2024-01-01 06:00, 2024-02-05 06:00, 2024-03-04 06:00") in out
+    assert "rolled back: out of stock for dan@example.com -> no order, no charge, no receipt" in out
+    assert "order 1 ann@example.com 12.50 EUR: payment pending (available)" in out
+    # Retried on ConnectionError only: the timeout ran twice, the declined card once.
+    assert [line.split(maxsplit=1)[1] for line in out if line.startswith("  job ")] == [
+        "1 billing.charge     attempt 1 completed",
+        "2 mail.send_receipt  attempt 1 completed",
+        "3 billing.charge     attempt 1 retryable (ConnectionError: payment gateway timed out)",
+        "3 billing.charge     attempt 2 completed",
+        "4 mail.send_receipt  attempt 1 completed",
+        "5 billing.charge     attempt 1 discarded (CardDeclined: card declined for order 3)",
+    ]
+    assert "order 1 ann@example.com 12.50 EUR: paid ch_1_1250 (attempts 1)" in out
+    assert "order 2 bob@example.com 74.00 EUR: paid ch_2_7400 (attempts 2)" in out
+    assert "order 3 cat@example.com 20.13 EUR: declined: card declined for order 3 (attempts 1)" in out
+    assert "receipt job 2: completed: receipt for order 1 (ch_1_1250) sent to ann@example.com" in out
+    assert sum(line.startswith("receipt job ") for line in out) == 3  # none for the order rolled back
+    assert any(line.startswith("receipt job 6: cancelled: workflow ") and "ended discarded: CardDeclined" in line
+               for line in out)
+    assert "analytics.track_visit: available attempts=0 (no worker here defines it)" in out
+    assert "weekly sales: orders=3, paid=2, cents=8650" in out
+    assert "charge failed for good: order 3: CardDeclined('card declined for order 3')" in result.stderr
+
+    periodic = subprocess.run([sys.executable, "-m", "pgtasks", "-A", "bookshop.app", "periodic"],
+                              cwd=ROOT / "examples" / "from_celery", env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert periodic.returncode == 0, periodic.stdout + periodic.stderr
+    assert "  schedule:  crontab(minute='30', hour='2') Europe/Paris" in periodic.stdout
+    assert "  jobs:      queue billing, priority 0, expires 3600 s after enqueue" in periodic.stdout
+    assert periodic.stdout.count("  task:      ") == 3
