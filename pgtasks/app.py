@@ -237,6 +237,9 @@ class App:
 
     @property
     def schedules(self) -> Mapping[str, PeriodicSchedule]:
+        """The periodic schedules by name, after importing the include= / autodiscover() modules."""
+        if self._to_import:
+            self.load_tasks()
         return self.registry.schedules
 
     @property

@@ -221,3 +221,18 @@ def test_the_pytest_plugin_in_a_user_project(tmp_path: Path, database_url: str, 
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 passed" in result.stdout
+
+
+def test_drain_runs_a_workflow_step_whose_queue_had_nothing_ready_at_the_start(app: App) -> None:
+    @app.task(name="first")
+    def first() -> int:
+        return 1
+
+    @app.task(name="second", queue="other")
+    def second(x: int) -> int:
+        return x + 1
+
+    ref = pgtasks.chain(first.s(), second.s()).delay()
+    outcomes = drain(app)
+    assert [(o.task, o.state) for o in outcomes] == [("first", "completed"), ("second", "completed")]
+    assert ref.wait(timeout=5) == 2

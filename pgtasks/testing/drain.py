@@ -48,10 +48,13 @@ class DrainedJob:
 def _queues(app: App, queues: Sequence[str] | None) -> list[str]:
     if queues:
         return list(queues)
+    # The queues of every registered task too: a workflow's later step may be in a queue that has
+    # no ready job yet when the drain starts (it becomes ready when the step before it completes).
     with app.connect() as conn:
-        found = [row["queue"] for row in app.store.queue_stats(conn)
-                 if row["available"] or row["scheduled"] or row["retryable"]]
-    return found or ["default"]
+        found = {row["queue"] for row in app.store.queue_stats(conn)
+                 if row["available"] or row["scheduled"] or row["retryable"] or row.get("waiting")}
+    found |= {task.config.queue for task in app.tasks.values()}
+    return sorted(found) or ["default"]
 
 
 def _make_due(app: App, queues: Sequence[str]) -> int:
@@ -102,8 +105,8 @@ def drain(app: App, queues: Sequence[str] | None = None, *, with_scheduled: bool
           max_rounds: int = DEFAULT_MAX_ROUNDS, **options: Any) -> list[DrainedJob]:
     """Run a burst worker until no job is ready to run now; return each attempt's outcome in order.
 
-    `queues` defaults to every queue with pending jobs. Jobs scheduled for later, and retries
-    waiting for their backoff, are not waited for (they are not "ready") unless
+    `queues` defaults to every queue with pending jobs and every registered task's queue. Jobs
+    scheduled for later, and retries waiting for their backoff, are not waited for (they are not "ready") unless
     `with_scheduled=True`: then they are made due and run too, round after round, until none is
     left (at most `max_rounds` rounds, then DrainError). Other keyword arguments go to the
     Worker (concurrency=1 gives a deterministic order). Call `await adrain(...)` from a running
