@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import sys
 import threading
 import time
 from typing import Any
@@ -256,6 +257,27 @@ def test_an_error_entry_written_before_modules_were_recorded(app: App, conn: psy
     assert (caught.value.error_type, caught.value.error_module, caught.value.error_message) == (
         "ValueError", None, "from before")
     assert str(caught.value) == f"job {ref.id} ended discarded: ValueError: from before"
+
+
+def test_an_error_entry_cannot_make_wait_run_a_program(app: App, conn: psycopg.Connection[Any]) -> None:
+    """A row's "module" is data: naming a `__main__` module of an imported package (pgtasks', or
+    unittest's under pytest) would run that program inside the waiting process (the pgtasks command
+    line with this process's argv, then SystemExit). wait() refuses it and raises the plain error."""
+
+    @app.task(name="victim")
+    def victim() -> None: ...
+
+    for module in ("pgtasks.__main__", "unittest.__main__", "pgtasks.__main__.sub"):
+        ref = victim.delay()
+        entry = {"attempt": 1, "at": "2025-01-01T00:00:00Z", "type": "main", "module": module,
+                 "message": "planted", "traceback": None}
+        conn.execute(f'UPDATE "{app.schema}".jobs SET state = \'discarded\', finalized_at = now(), '
+                     f"errors = jsonb_build_array(%s::jsonb) WHERE id = %s", (json.dumps(entry), ref.id))
+        with pytest.raises(pgtasks.JobDiscardedError) as caught:
+            ref.wait(timeout=10)
+        assert type(caught.value) is pgtasks.JobDiscardedError, module
+        assert caught.value.error_module == module
+        assert module.partition(".__main__")[0] + ".__main__" not in sys.modules, module
 
 
 def test_propagate_false_returns_the_error(app: App) -> None:

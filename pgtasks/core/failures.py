@@ -38,18 +38,19 @@ def exception_class(module: str | None, qualname: str | None) -> type[Exception]
     that is not an Exception subclass (a KeyboardInterrupt must not come out of a wait), for
     pgtasks' job control exceptions (a Cancel raised from a wait inside a task would cancel that
     task) and for JobFailedError's own family. A module that is not imported yet is imported only
-    if its top-level package is: the database can make a wait load more of your project's modules,
-    never an unrelated one.
+    if its top-level package is, and never a `__main__` module: the module is data from the
+    database, so it can make a wait load more modules of a package the process uses, never an
+    unrelated one, and never run a program (`pgtasks.__main__` runs the command line on import).
     """
     if not module or not qualname:
         return None
     found = sys.modules.get(module)
     if found is None:
-        if module.partition(".")[0] not in sys.modules:
+        if module.partition(".")[0] not in sys.modules or "__main__" in module.split("."):
             return None
         try:
             found = importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - not importable here (or its import fails): the plain error
+        except (Exception, SystemExit):  # noqa: BLE001 - not importable here (or its import fails): the plain error
             return None
     target: Any = found
     for part in qualname.split("."):  # a nested class; "<locals>" of a function is not reachable
