@@ -280,6 +280,40 @@ def test_an_error_entry_cannot_make_wait_run_a_program(app: App, conn: psycopg.C
         assert module.partition(".__main__")[0] + ".__main__" not in sys.modules, module
 
 
+def test_pgtasks_own_errors_raised_by_a_task_do_not_pass_for_the_waits_own(app: App) -> None:
+    """A task that waited for another job and timed out (or looked up a job that is gone) failed
+    with pgtasks' WaitTimeoutError (JobNotFoundError). A wait for that task must not raise one of
+    those: `except pgtasks.WaitTimeoutError` around it means "still running, wait again" (the way
+    operations.md tells a wait's timeout from a job's), and would loop on a job that has ended."""
+
+    @app.task(name="outer", max_attempts=1)
+    def outer(inner_id: int) -> None:
+        pgtasks.JobRef.from_id(app, inner_id).wait(timeout=0.05)
+
+    @app.task(name="lookup", max_attempts=1)
+    def lookup() -> None:
+        pgtasks.JobRef.from_id(app, 10**15)
+
+    never_runs = app.send_task("defined.elsewhere", queue="elsewhere")  # no worker here runs it
+    waited, looked = outer.delay(never_runs.id), lookup.delay()
+    drain(app)
+    for ref, own in ((waited, pgtasks.WaitTimeoutError), (looked, pgtasks.JobNotFoundError)):
+        with pytest.raises(pgtasks.JobDiscardedError) as caught:
+            ref.wait(timeout=10)
+        assert not isinstance(caught.value, own), type(caught.value).__name__
+        assert type(caught.value) is pgtasks.JobDiscardedError
+        assert (caught.value.error_type, caught.value.error_module) == (own.__name__, "pgtasks")
+    # A soft time limit the task did not catch is the task's own outcome: still of its type.
+    @app.task(name="soft", soft_timeout=0.05, max_attempts=1)
+    async def soft() -> None:
+        await asyncio.sleep(30)
+
+    ref = soft.delay()
+    drain(app)
+    with pytest.raises(pgtasks.SoftTimeLimitExceeded):
+        ref.wait(timeout=10)
+
+
 def test_propagate_false_returns_the_error(app: App) -> None:
     @app.task(name="charge", max_attempts=1)
     async def charge(amount: int) -> int:

@@ -15,7 +15,15 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
-from pgtasks.core.errors import JobCancelledError, JobControl, JobDiscardedError, JobFailedError, JobTimeoutError
+from pgtasks.core.errors import (
+    JobCancelledError,
+    JobControl,
+    JobDiscardedError,
+    JobFailedError,
+    JobTimeoutError,
+    PgtasksError,
+    SoftTimeLimitExceeded,
+)
 
 FailureArgs = tuple[int, str, str | None, str | None, str | None, str | None]
 
@@ -37,10 +45,12 @@ def exception_class(module: str | None, qualname: str | None) -> type[Exception]
     written before modules were recorded), for a class this process cannot find, for anything
     that is not an Exception subclass (a KeyboardInterrupt must not come out of a wait), for
     pgtasks' job control exceptions (a Cancel raised from a wait inside a task would cancel that
-    task) and for JobFailedError's own family. A module that is not imported yet is imported only
-    if its top-level package is, and never a `__main__` module: the module is data from the
-    database, so it can make a wait load more modules of a package the process uses, never an
-    unrelated one, and never run a program (`pgtasks.__main__` runs the command line on import).
+    task) and for pgtasks' own errors but SoftTimeLimitExceeded (JobFailedError's family included:
+    a WaitTimeoutError of the task's own wait must not pass for the caller's). A module that is not
+    imported yet is imported only if its top-level package is, and never a `__main__` module: the
+    module is data from the database, so it can make a wait load more modules of a package the
+    process uses, never an unrelated one, and never run a program (`pgtasks.__main__` runs the
+    command line on import).
     """
     if not module or not qualname:
         return None
@@ -57,8 +67,12 @@ def exception_class(module: str | None, qualname: str | None) -> type[Exception]
         target = getattr(target, part, None)
         if target is None:
             return None
-    if (not isinstance(target, type) or not issubclass(target, Exception)
-            or issubclass(target, (JobControl, JobFailedError))):
+    if not isinstance(target, type) or not issubclass(target, Exception) or issubclass(target, JobControl):
+        return None
+    if issubclass(target, PgtasksError) and not issubclass(target, SoftTimeLimitExceeded):
+        # pgtasks' own errors describe the call they come from: a WaitTimeoutError of the task's own
+        # wait, re-raised typed, would pass for the caller's wait timing out (and a JobNotFoundError,
+        # ConnectionLostError, ... for the caller's). The soft time limit is the task's outcome.
         return None
     return target
 
