@@ -557,3 +557,69 @@ def test_a_job_locked_by_another_transaction_is_skipped_not_waited_for(
             conn.execute("SET lock_timeout = '5s'")  # a wait would fail the claim, not hang the test
             claim = app.store.job_fetch_limited(conn, queues=["capped"], limit=10, worker_id="w")
         assert sorted(j.id for j in claim.jobs) == sorted(r.id for r in refs[1:])
+
+
+# -- found in review ---------------------------------------------------------------------------------
+
+
+def test_a_claim_that_takes_the_last_whole_token_says_when_the_next_is_due(app: App) -> None:
+    """The bucket's 3 tokens go to 3 jobs and 7 are held: the claim says when the next token is
+    due (0.5 s at 2 a second), not only the claim after it, which a worker would make only at its
+    next poll or when an outcome is written."""
+    @app.task(name="paced", queue="paced", rate_limit=Limit(rate="2/s", burst=3))
+    def paced(n: int) -> int:
+        return n
+
+    @app.task(name="per_tenant", queue="tenants", rate_limit=Limit(rate="1/m", burst=2, key="tenant"))
+    def per_tenant(tenant: str, n: int) -> int:
+        return n
+
+    declare(app)
+    paced.delay_many([paced.s(i) for i in range(10)])
+    per_tenant.delay_many([per_tenant.s("x", i) for i in range(4)])
+    with app.connect() as c:
+        queue_claim = app.store.job_fetch_limited(c, queues=["paced"], limit=10, worker_id="w")
+        key_claim = app.store.job_fetch_limited(c, queues=["tenants"], limit=10, worker_id="w")
+    assert len(queue_claim.jobs) == 3 and queue_claim.held
+    assert queue_claim.wake_in is not None and 0.4 < queue_claim.wake_in <= 0.5
+    assert len(key_claim.jobs) == 2 and key_claim.held
+    assert key_claim.wake_in is not None and 50 < key_claim.wake_in <= 60
+
+
+def test_a_rate_limited_worker_with_long_jobs_starts_each_job_when_its_token_is_due(app: App) -> None:
+    """Jobs of 1 s at 4 a second with a 3 s poll: each claim takes the one token there is, and the
+    worker must learn from that claim when the next is due; waiting for an outcome (1 s) or the
+    poll would start one job a second instead of four."""
+    starts: list[float] = []
+
+    @app.task(name="paced", queue="paced", rate_limit="4/s")
+    async def paced(n: int) -> None:
+        starts.append(time.monotonic())
+        await asyncio.sleep(1.0)
+
+    paced.delay_many([paced.s(i) for i in range(8)])
+    worker = app.worker(queues=["paced"], burst=True, poll_interval=3.0, concurrency=10)
+    asyncio.run(asyncio.wait_for(worker.arun(), 60))
+    assert len(starts) == 8
+    took = starts[-1] - starts[0]
+    assert 7 / 4 - 0.1 <= took < 4.0, took  # 7 tokens after the first at 4 a second
+
+
+def test_a_full_limited_batch_claims_again_when_a_slot_frees_not_at_the_next_poll(app: App) -> None:
+    """A limited queue whose limit (50 at once) is not what stops the claim: the worker's free
+    slots (2) are. Once its short jobs open the claim-ahead allowance, the room is larger than the
+    free slots a limited claim may take, so a full limited batch must still count as full, or the
+    worker waits for its 30 s poll after every 2 jobs."""
+    app.queue("wide", concurrency=50)
+    done: list[int] = []
+
+    @app.task(name="quick", queue="wide")
+    def quick(n: int) -> None:
+        done.append(n)
+
+    quick.delay_many([quick.s(i) for i in range(40)])
+    worker = app.worker(queues=["wide"], burst=True, poll_interval=30.0, concurrency=2)
+    started = time.monotonic()
+    asyncio.run(asyncio.wait_for(worker.arun(), 90))
+    assert len(done) == 40
+    assert time.monotonic() - started < 25.0  # without the fix: a 30 s poll after the first rounds

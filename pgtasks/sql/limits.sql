@@ -125,17 +125,29 @@ WITH clock AS (
                - (t.key_burst - EXCLUDED.tokens),
                EXCLUDED.tokens_at
         FROM {schema}.task_limits AS t WHERE t.task = b.task)
+), behind AS (
+    SELECT l.* FROM limited AS l WHERE l.id NOT IN (SELECT id FROM claimed)
 ), wake AS (
+    -- Each bucket as this claim leaves it (the tokens it took subtracted), among those holding a
+    -- candidate back: a claim that takes the last whole token says when the next one is due,
+    -- rather than leaving that to a next claim the worker would make only at its poll.
     SELECT min(due) AS wake_at FROM (
-        SELECT k.now + make_interval(secs => (1 - q.tokens) / q.rate) AS due
-        FROM q, clock AS k
-        WHERE q.rate IS NOT NULL AND q.tokens < 1 AND EXISTS (SELECT 1 FROM candidates AS c WHERE c.queue = q.name)
+        SELECT k.now + make_interval(secs => (1 - b.tokens) / b.rate) AS due
+        FROM (SELECT q.rate, q.tokens - (SELECT count(*) FROM claimed WHERE claimed.queue = q.name) AS tokens
+              FROM q WHERE q.rate IS NOT NULL AND EXISTS (SELECT 1 FROM behind WHERE behind.queue = q.name)) AS b
+        CROSS JOIN clock AS k
+        WHERE b.tokens < 1
         UNION ALL
-        SELECT k.now + make_interval(secs => (1 - l.task_tokens) / l.task_rate)
-        FROM limited AS l, clock AS k WHERE l.task_rate IS NOT NULL AND l.task_tokens < 1
+        SELECT k.now + make_interval(secs => (1 - (l.task_tokens - coalesce(n.n, 0))) / l.task_rate)
+        FROM behind AS l CROSS JOIN clock AS k
+        LEFT JOIN (SELECT task, count(*) AS n FROM claimed GROUP BY task) AS n ON n.task = l.task
+        WHERE l.task_rate IS NOT NULL AND l.task_tokens - coalesce(n.n, 0) < 1
         UNION ALL
-        SELECT k.now + make_interval(secs => (1 - l.key_tokens) / l.key_rate)
-        FROM limited AS l, clock AS k WHERE l.key_rate IS NOT NULL AND l.key_tokens < 1
+        SELECT k.now + make_interval(secs => (1 - (l.key_tokens - coalesce(n.n, 0))) / l.key_rate)
+        FROM behind AS l CROSS JOIN clock AS k
+        LEFT JOIN (SELECT task, limit_key, count(*) AS n FROM claimed GROUP BY task, limit_key) AS n
+               ON n.task = l.task AND n.limit_key = l.limit_key
+        WHERE l.key_rate IS NOT NULL AND l.key_tokens - coalesce(n.n, 0) < 1
     ) AS d
 )
 SELECT id, task, queue, args, priority, attempt, max_attempts, claims, run_at, created_at, expired, traceparent,

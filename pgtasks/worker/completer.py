@@ -88,7 +88,8 @@ class Completer:
         self.written = 0
         self.rejected = 0
         # Called after each batch is written: the worker's flow control claims again then, when a
-        # limit held jobs back (their place frees only once the outcome leaves `running`).
+        # limit held jobs back or its last batch was full (a place frees only once the outcome
+        # leaves `running`).
         self.on_written: Callable[[], None] | None = None
 
     def submit(self, outcome: Outcome, line: JobLine | None = None) -> None:

@@ -41,6 +41,10 @@ class FlowControl:
         self.limited: list[str] = []
         self._refreshed_at = float("-inf")
         self.held = False  # the last limited claim left a ready job behind
+        # The last limited claim took as many jobs as it asked for (the worker's free slots, fewer
+        # than the room the fetch loop counts with claim-ahead): more are probably waiting, and a
+        # slot that frees should claim again, as after a full plain batch.
+        self.full = False
         self.wake_at: float | None = None  # monotonic time a rate limit that held one has a token again
         self.limited_claims = 0
 
@@ -69,11 +73,16 @@ class FlowControl:
         self.limited = limited
         self._refreshed_at = time.monotonic()
 
-    def record(self, claim: LimitedClaim) -> None:
+    def record(self, claim: LimitedClaim, limit: int) -> None:
         self.limited_claims += 1
         self.held = claim.held
+        self.full = len(claim.jobs) >= limit
         # At least MIN_WAKE away: a token due "now" is claimed on the next turn, not in a spin.
         self.wake_at = time.monotonic() + max(claim.wake_in, MIN_WAKE) if claim.wake_in is not None else None
+
+    def claim_when_a_slot_frees(self) -> bool:
+        """A job a limit held back, or more behind a full batch, may be claimable once a slot frees."""
+        return self.held or self.full
 
     def seconds_until_wake(self) -> float | None:
         if self.wake_at is None:

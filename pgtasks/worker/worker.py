@@ -450,7 +450,7 @@ class Worker:
             if free > 0:
                 claim = await self.store.ajob_fetch_limited(conn, queues=flow.limited, limit=free,
                                                             worker_id=self.worker_id, tasks=self._task_names)
-                flow.record(claim)
+                flow.record(claim, free)
                 jobs = claim.jobs
             if len(flow.limited) == len(self._queue_set):
                 return jobs
@@ -460,8 +460,8 @@ class Worker:
         return jobs
 
     def _outcomes_written(self) -> None:
-        """Outcomes left `running`: if a limit held jobs back, their places may be free now."""
-        if self.flow.held:
+        """Outcomes left `running`: jobs a limit held back, or left behind a full limited batch, may fit now."""
+        if self.flow.claim_when_a_slot_frees():
             self._on_notify(None)
 
     def _place(self, jobs: list[ClaimedJob]) -> None:
