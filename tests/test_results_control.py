@@ -262,12 +262,15 @@ def test_an_error_entry_written_before_modules_were_recorded(app: App, conn: psy
 def test_an_error_entry_cannot_make_wait_run_a_program(app: App, conn: psycopg.Connection[Any]) -> None:
     """A row's "module" is data: naming a `__main__` module of an imported package (pgtasks', or
     unittest's under pytest) would run that program inside the waiting process (the pgtasks command
-    line with this process's argv, then SystemExit). wait() refuses it and raises the plain error."""
+    line with this process's argv, then SystemExit). wait() imports no module at all: it raises the
+    plain error for a class of a module not imported yet."""
 
     @app.task(name="victim")
     def victim() -> None: ...
 
-    for module in ("pgtasks.__main__", "unittest.__main__", "pgtasks.__main__.sub"):
+    never_imported = "email.mime.audio"  # a stdlib module nothing in the suite imports
+    assert never_imported not in sys.modules
+    for module in ("pgtasks.__main__", "unittest.__main__", "pgtasks.__main__.sub", never_imported):
         ref = victim.delay()
         entry = {"attempt": 1, "at": "2025-01-01T00:00:00Z", "type": "main", "module": module,
                  "message": "planted", "traceback": None}
@@ -278,6 +281,7 @@ def test_an_error_entry_cannot_make_wait_run_a_program(app: App, conn: psycopg.C
         assert type(caught.value) is pgtasks.JobDiscardedError, module
         assert caught.value.error_module == module
         assert module.partition(".__main__")[0] + ".__main__" not in sys.modules, module
+    assert never_imported not in sys.modules  # wait() imports nothing the database names
 
 
 def test_pgtasks_own_errors_raised_by_a_task_do_not_pass_for_the_waits_own(app: App) -> None:

@@ -8,7 +8,6 @@ a subclass of both, built once per pair of classes: `JobDiscardedError[ValueErro
 
 from __future__ import annotations
 
-import importlib
 import sys
 import threading
 import types
@@ -46,22 +45,17 @@ def exception_class(module: str | None, qualname: str | None) -> type[Exception]
     that is not an Exception subclass (a KeyboardInterrupt must not come out of a wait), for
     pgtasks' job control exceptions (a Cancel raised from a wait inside a task would cancel that
     task) and for pgtasks' own errors but SoftTimeLimitExceeded (JobFailedError's family included:
-    a WaitTimeoutError of the task's own wait must not pass for the caller's). A module that is not
-    imported yet is imported only if its top-level package is, and never a `__main__` module: the
-    module is data from the database, so it can make a wait load more modules of a package the
-    process uses, never an unrelated one, and never run a program (`pgtasks.__main__` runs the
-    command line on import).
+    a WaitTimeoutError of the task's own wait must not pass for the caller's). No module is imported: the
+    class is looked up only in modules this process has imported already (an error entry is data
+    from the database, and an import runs code).
     """
     if not module or not qualname:
         return None
+    # Only a module this process has imported already: the module is data from the database, and
+    # an import runs code. Code that catches the type (`except CardDeclined:`) has imported it.
     found = sys.modules.get(module)
     if found is None:
-        if module.partition(".")[0] not in sys.modules or "__main__" in module.split("."):
-            return None
-        try:
-            found = importlib.import_module(module)
-        except (Exception, SystemExit):  # noqa: BLE001 - not importable here (or its import fails): the plain error
-            return None
+        return None
     target: Any = found
     for part in qualname.split("."):  # a nested class; "<locals>" of a function is not reachable
         target = getattr(target, part, None)
