@@ -623,3 +623,36 @@ def test_a_full_limited_batch_claims_again_when_a_slot_frees_not_at_the_next_pol
     asyncio.run(asyncio.wait_for(worker.arun(), 90))
     assert len(done) == 40
     assert time.monotonic() - started < 25.0  # without the fix: a 30 s poll after the first rounds
+
+
+@pytest.mark.parametrize("level", ["queue", "task"])
+def test_a_claimer_whose_transaction_began_early_does_not_wind_the_bucket_back(
+        app: App, database_url: str, level: str) -> None:
+    """B's transaction begins (its loop was busy, a pooler was slow) 2 s before A claims from a
+    1/s bucket; B then claims. Timed by the transaction's start, B finds A's tokens written at a
+    later time than its own "now", adds nothing and writes its earlier time back, so the next claim,
+    right after, is credited those 2 s again: more starts within a second than the burst allows.
+    A queue's bucket, burst 1: A takes the token, B none, C must find none. A task's bucket, burst
+    2: A takes one, B the other, C must find none."""
+    if level == "queue":
+        app.queue("paced", rate_limit="1/s", burst=1)
+
+    @app.task(name="paced", queue="paced", rate_limit=Limit(rate="1/s", burst=2) if level == "task" else None)
+    def paced(n: int) -> int:
+        return n
+
+    declare(app)
+    paced.delay_many([paced.s(i) for i in range(8)])
+    with psycopg.connect(database_url, autocommit=True) as conn_b, app.connect() as conn_a:
+        with conn_b.transaction():
+            conn_b.execute("SELECT 1")  # the transaction's start: now() from here on
+            time.sleep(2.0)
+            first = app.store.job_fetch_limited(conn_a, queues=["paced"], limit=1, worker_id="a")
+            assert len(first.jobs) == 1
+            operation = _fetch_limited(app.store.queries, ["paced"], 5, "b", None, 500)
+            lock: Statement = next(operation)  # type: ignore[assignment]
+            fetch: Statement = operation.send(conn_b.execute(lock.query, lock.params).fetchall())  # type: ignore[assignment]
+            late = conn_b.execute(fetch.query, fetch.params).fetchall()
+            assert len([row for row in late if row[0] is not None]) == (0 if level == "queue" else 1)
+        again = app.store.job_fetch_limited(conn_a, queues=["paced"], limit=5, worker_id="c")
+    assert again.jobs == [], "more starts within a second than the burst, at 1/s"

@@ -25,8 +25,11 @@ FOR UPDATE OF p
 -- that held one back has a token again (NULL if only concurrency did), `held` that something was,
 -- `scanned` the number of candidates looked at.
 -- Seconds rather than a time, so the worker's clock does not have to agree with the database's.
+-- The time is this statement's start, after the lock was granted, not the transaction's (now()):
+-- a claimer whose transaction began before the previous holder's would otherwise see tokens taken
+-- "in its future", add nothing and write its earlier time back, crediting the next claim twice.
 WITH clock AS (
-    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+    SELECT coalesce(%(now)s::timestamptz, statement_timestamp()) AS now
 ), q AS (
     SELECT p.name, p.concurrency, p.rate,
            least(p.burst, coalesce(p.tokens, p.burst)
