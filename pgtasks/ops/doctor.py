@@ -180,6 +180,23 @@ def check_queue_use(app: App, conn: Connection[Any], options: DoctorOptions) -> 
             _stray_finding([u for u in uses.values() if u.stray])]
 
 
+def check_unrunnable_tasks(app: App, conn: Connection[Any], options: DoctorOptions) -> Finding:
+    """Ready jobs in a served queue whose task no live worker of that queue has registered: a worker
+    claims only its own tasks' jobs, so they wait (a task renamed or removed, or its app's workers down)."""
+    rows = app.store.doctor_unrunnable_tasks(conn, options.stale_after)
+    data = {"unrunnable": [{"queue": r["queue"], "task": r["task"], "ready": r["ready"],
+                            "oldest_s": round(r["oldest_s"], 1)} for r in rows]}
+    if not rows:
+        return Finding("unrunnable_tasks", OK, "every ready job's task is known to a live worker of its queue",
+                       data=data)
+    listed = ", ".join(f"{r['task']!r} in {r['queue']!r} ({r['ready']} ready)" for r in rows[:5])
+    first = rows[0]
+    return Finding("unrunnable_tasks", WARN, f"{len(rows)} task(s) have ready jobs that no live worker can run: "
+                   f"{listed}", f"deploy workers whose --app registers them, or end the jobs: `pgtasks jobs "
+                   f"list --task {first['task']}` shows them, `pgtasks jobs cancel` / `jobs purge --task` end them",
+                   data)
+
+
 def _unserved_finding(unserved: list[QueueUse]) -> Finding:
     data = {"unserved": {u.name: {"waiting": u.waiting, "paused": u.paused, "tasks": list(u.tasks),
                                   "silent_workers": list(u.silent_workers)} for u in unserved}}
@@ -274,10 +291,12 @@ def run_checks(app: App, options: DoctorOptions | None = None) -> list[Finding]:
             lambda: check_workers(app, conn, options),
             lambda: check_queues(app, conn, options),
             lambda: check_queue_use(app, conn, options),
+            lambda: check_unrunnable_tasks(app, conn, options),
             lambda: check_vacuum(app, conn, options),
         ]
         if migrated.status == FAIL:
-            for name in ("leader", "workers", "queue_lag", "unserved_queues", "queue_entries", "vacuum"):
+            for name in ("leader", "workers", "queue_lag", "unserved_queues", "queue_entries", "unrunnable_tasks",
+                         "vacuum"):
                 findings.append(Finding(name, SKIP, "skipped: the schema is not migrated"))
         else:
             findings += _run_guarded(schema_checks)

@@ -31,3 +31,22 @@ ORDER BY xact_start
 -- Replication slots, with how far back their xmin holds vacuum (in transactions).
 SELECT slot_name, slot_type, active, age(xmin) AS xmin_age, age(catalog_xmin) AS catalog_xmin_age
 FROM pg_replication_slots ORDER BY slot_name
+
+-- name: doctor_unrunnable_tasks
+-- Ready jobs whose queue a live worker serves (seen in the last %(stale_after)s seconds) but whose
+-- task no such worker has registered: a worker claims only jobs of its own tasks, so these wait
+-- until one that knows the task starts (a task renamed or removed, or an app whose workers are
+-- down). Workers from before tasks were recorded (tasks IS NULL) count as knowing every task.
+-- A scan of the ready jobs (jobs_fetch_idx), grouped: fine for an occasional check.
+WITH live AS (
+    SELECT queues, tasks FROM {schema}.workers
+    WHERE last_seen_at > now() - make_interval(secs => %(stale_after)s::float8)
+)
+SELECT j.queue, j.task, count(*) AS ready, extract(epoch FROM now() - min(j.run_at))::float8 AS oldest_s
+FROM {schema}.jobs AS j
+WHERE j.state IN ('available', 'scheduled', 'retryable') AND j.run_at <= now()
+  AND EXISTS (SELECT 1 FROM live AS w WHERE j.queue = ANY(w.queues))
+  AND NOT EXISTS (SELECT 1 FROM live AS w WHERE j.queue = ANY(w.queues) AND (w.tasks IS NULL OR j.task = ANY(w.tasks)))
+GROUP BY j.queue, j.task
+ORDER BY count(*) DESC, j.queue, j.task
+LIMIT 50

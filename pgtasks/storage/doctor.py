@@ -23,5 +23,8 @@ class DoctorStore(StoreBase):
     def doctor_long_transactions(self, conn: Connection[Any], seconds: float) -> list[dict[str, Any]]:
         return self.run(conn, select_dicts(self.queries["doctor_long_transactions"], {"seconds": seconds}))
 
+    def doctor_unrunnable_tasks(self, conn: Connection[Any], stale_after: float) -> list[dict[str, Any]]:
+        return self.run(conn, select_dicts(self.queries["doctor_unrunnable_tasks"], {"stale_after": stale_after}))
+
     def doctor_replication_slots(self, conn: Connection[Any]) -> list[dict[str, Any]]:
         return self.run(conn, select_dicts(self.queries["doctor_replication_slots"]))

@@ -55,3 +55,8 @@ ALTER TABLE {schema}.jobs ADD COLUMN limit_key text;
 -- The supervisor (`pgtasks worker --processes N`) a worker process runs under, "host:pid"; NULL for
 -- a worker started on its own. `pgtasks workers` groups the children under it.
 ALTER TABLE {schema}.workers ADD COLUMN supervisor text;
+
+-- The tasks a worker process has registered, written by its first heartbeat: it claims only their
+-- jobs, and `pgtasks doctor` reports ready jobs whose task no live worker of their queue knows.
+-- NULL for a worker of an older version (counted as knowing every task).
+ALTER TABLE {schema}.workers ADD COLUMN tasks text[];
