@@ -29,6 +29,7 @@ from pgtasks.core.errors import (
     WaitTimeoutError,
 )
 from pgtasks.core.hooks import JobEvent
+from pgtasks.core.limits import Limit
 from pgtasks.core.models import JobState
 from pgtasks.core.retry import Backoff, Fixed, RetryPolicy
 from pgtasks.core.unique import Unique
@@ -59,6 +60,7 @@ __all__ = [
     "JobRef",
     "JobState",
     "JobTimeoutError",
+    "Limit",
     "PgtasksError",
     "PoolExhaustedError",
     "ResultDecodeError",

@@ -19,6 +19,7 @@ from pgtasks.client.task import Call, Task, TaskConfig, aenqueue_calls, enqueue_
 from pgtasks.core.definition import TaskDefinition
 from pgtasks.core.errors import ConfigurationError
 from pgtasks.core.hooks import Hook, Hooks
+from pgtasks.core.limits import Limit, QueueLimits, Rate
 from pgtasks.core.options import DEFAULT_MAX_ATTEMPTS
 from pgtasks.core.registry import Registry
 from pgtasks.core.retry import RetryPolicy
@@ -135,23 +136,30 @@ class App:
     def task(
         self, *, name: str | None = None, queue: str = "default", priority: int = 0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS, retry: RetryPolicy | None = None, timeout: float | None = None,
-        store_result: bool = True, unique: Unique | bool | None = None,
+        store_result: bool = True, unique: Unique | bool | None = None, concurrency: int | Limit | None = None,
+        rate_limit: str | Rate | Limit | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc] # mypy cannot match ParamSpec-bound overloads to one implementation
         self, func: Callable[P, R] | None = None, /, *, name: str | None = None, queue: str = "default",
         priority: int = 0, max_attempts: int = DEFAULT_MAX_ATTEMPTS, retry: RetryPolicy | None = None,
         timeout: float | None = None, store_result: bool = True, unique: Unique | bool | None = None,
+        concurrency: int | Limit | None = None, rate_limit: str | Rate | Limit | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function as a task: `@app.task` or `@app.task(queue="mail", timeout=30)`.
 
         `store_result=False` keeps the return value out of jobs.result. `unique=True` (or a
         pgtasks.Unique) gives every job a unique_key from its arguments, so enqueueing a duplicate
         while one is pending or running returns the existing job (see pgtasks.Unique).
+
+        `concurrency=5` lets at most 5 of its jobs run at once over every worker, and
+        `rate_limit="100/m"` start at most 100 a minute; `pgtasks.Limit(max=1, key="customer_id")`
+        applies a limit per value of an argument instead (docs/limits.md).
         """
         # Validated now, so a bad option fails at decoration even before the function is seen.
         config = TaskConfig.create("", queue=queue, priority=priority, max_attempts=max_attempts, retry=retry,
-                                   timeout=timeout, store_result=store_result, unique=unique)
+                                   timeout=timeout, store_result=store_result, unique=unique,
+                                   concurrency=concurrency, rate_limit=rate_limit)
 
         def register(fn: Callable[P, R]) -> Task[P, R]:
             if isinstance(fn, TaskDefinition):
@@ -162,6 +170,13 @@ class App:
             return registered
 
         return register(func) if func is not None else register
+
+    def queue(self, name: str, *, concurrency: int | None = None, rate_limit: str | Rate | None = None,
+              burst: int | None = None) -> None:
+        """Declare a queue's limits, over every worker: at most `concurrency` of its jobs running at
+        once, at most `rate_limit` ("100/m") starting, `burst` tokens at once. A worker writes them
+        when it starts; `pgtasks queues limit` changes them while workers run (docs/limits.md)."""
+        self.registry.declare_queue(name, QueueLimits.create(concurrency, rate_limit, burst))
 
     def before_job(self, hook: Hook) -> Hook:
         """Register `hook(event: pgtasks.JobEvent)` to run before each job attempt (a decorator)."""

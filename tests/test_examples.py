@@ -45,3 +45,17 @@ def test_workflows_example(app: App, database_url: str) -> None:
     assert sum(line.startswith("alert: job ") for line in out) == 1
     assert [line.split()[3] for line in out if line.startswith("  step ")] == ["discarded", "cancelled", "completed"]
     assert any(line.startswith("rolled back: workflow ") and line.endswith("state=None") for line in out)
+
+
+def test_limits_example(app: App, database_url: str) -> None:
+    env = {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": app.schema}
+    result = subprocess.run([sys.executable, "examples/limits.py"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    assert "exports: at most 2 at once (limit 2)" in out
+    assert "customer 1: at most 1 at once (limit 1 per customer)" in out
+    assert "customer 2: at most 1 at once (limit 1 per customer)" in out
+    notify = next(line for line in out if line.startswith("notify: "))
+    assert notify.startswith("notify: 6 started, about 0.2 s apart at least") or \
+        notify.startswith("notify: 6 started, about 0.3 s apart at least"), notify

@@ -284,10 +284,34 @@ class _Draft:
     input_param: str | None
     input_list: bool
     next_steps: list[int] = field(default_factory=list)
+    limit_key: str | None = None
 
 
 # The steps whose results a part of the canvas hands on, and whether as a list (a group).
 _Output = tuple[tuple[int, ...], bool]
+
+
+def _step_limit_key(label: str, sig: Signature, encoded: str, input_param: str | None) -> str | None:
+    """The step's limit_key; refuses a limited task in another queue than its own, and a per-key
+    limit whose key is not known at enqueue (the step receives the previous step's result)."""
+    task = sig.task
+    limits = task.config.limits
+    if limits is None:
+        return None
+    if sig.options.queue not in (None, task.config.queue):
+        raise ConfigurationError(f"{label}: {task.name} has limits, enforced in its own queue "
+                                 f"{task.config.queue!r}; a step of it cannot run in queue {sig.options.queue!r}")
+    if limits.key is None:
+        return None
+    if input_param is not None:
+        raise ConfigurationError(
+            f"{label}: {task.name} has a per-key limit, whose key is computed from the arguments at enqueue, but "
+            "this step receives the previous step's result then; make it immutable with .si(), or start the "
+            "workflow with it")
+    try:
+        return limits.key_of(task.name, task.codec.normalized(encoded))
+    except TaskArgumentError as exc:
+        raise TaskArgumentError(f"{label}: {exc}") from None
 
 
 class _Compiler:
@@ -372,8 +396,9 @@ class _Compiler:
                 encoded = task.codec.encode(args, kwargs)
         except TaskArgumentError as exc:
             raise TaskArgumentError(f"{label}: {exc}") from None
+        limit_key = _step_limit_key(label, sig, encoded, input_param)
         self.drafts.append(_Draft(sig, path, encoded, len(sources), sources if input_param else (), input_param,
-                                  as_list))
+                                  as_list, limit_key=limit_key))
         for source in sources:
             self.drafts[source].next_steps.append(index)
         return ((index,), False), {"type": "task", "step": index, "task": task.name, "immutable": sig.immutable}
@@ -387,7 +412,8 @@ class _Compiler:
                 step=index, task=task.name, queue=row.queue, args=draft.args, priority=row.priority,
                 max_attempts=row.max_attempts, waits=draft.waits, next_steps=tuple(draft.next_steps),
                 input_from=draft.input_from, input_param=draft.input_param, input_list=draft.input_list,
-                run_at=row.run_at, delay=row.delay, expires_at=row.expires_at, expires_in=row.expires_in))
+                run_at=row.run_at, delay=row.delay, expires_at=row.expires_at, expires_in=row.expires_in,
+                limit_key=draft.limit_key))
         return tuple(rows)
 
     def errback(self, sig: Signature, step: int) -> LinkErrorSpec:

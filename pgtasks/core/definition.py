@@ -11,6 +11,7 @@ import msgspec
 
 from pgtasks.core.arguments import ArgumentCodec
 from pgtasks.core.errors import ConfigurationError
+from pgtasks.core.limits import Limit, Rate, TaskLimits, task_limits
 from pgtasks.core.models import EnqueueRow
 from pgtasks.core.options import (
     DEFAULT_MAX_ATTEMPTS,
@@ -43,12 +44,14 @@ class TaskConfig:
     timeout: float | None
     store_result: bool = True  # False: the return value is not written to jobs.result
     unique: Unique | None = None  # derive unique_key from the arguments (pgtasks.Unique)
+    limits: TaskLimits | None = None  # concurrency and rate limits, enforced at claim (docs/limits.md)
 
     @classmethod
     def create(
         cls, name: str, *, queue: str = "default", priority: int = 0, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry: RetryPolicy | None = None, timeout: float | None = None, store_result: bool = True,
-        unique: Unique | bool | None = None,
+        unique: Unique | bool | None = None, concurrency: int | Limit | None = None,
+        rate_limit: str | Rate | Limit | None = None,
     ) -> TaskConfig:
         """Validate what `@app.task(...)` was given; every mistake fails here, at decoration time."""
         validate_queue(queue)
@@ -60,7 +63,8 @@ class TaskConfig:
             raise ConfigurationError(f"retry={retry!r}: expected a retry policy with a delay(attempt) method")
         return cls(name, queue, priority, max_attempts, retry or Backoff(),
                    float(timeout) if timeout is not None else None,
-                   store_result=bool(store_result), unique=as_unique(unique))
+                   store_result=bool(store_result), unique=as_unique(unique),
+                   limits=task_limits(concurrency, rate_limit))
 
     def defaults(self) -> EnqueueOptions:
         return EnqueueOptions(queue=self.queue, priority=self.priority, max_attempts=self.max_attempts)
@@ -82,6 +86,8 @@ class TaskDefinition(Generic[P, R]):
         validate_task_name(config.name)  # before the codec: msgspec refuses a NUL in its type name
         if config.unique is not None:
             config.unique.check(func, config.name)
+        if config.limits is not None:
+            config.limits.check(func, config.name)
         self.func = func
         self.config = config
         self.name = config.name
@@ -113,4 +119,13 @@ class TaskDefinition(Generic[P, R]):
         if row.unique_key is None and self.config.unique is not None:  # an explicit unique_key wins
             key = self.config.unique.key(self.name, self.codec.normalized(row.args))
             row = msgspec.structs.replace(row, unique_key=key)
+        limits = self.config.limits
+        if limits is not None:
+            if row.queue != self.config.queue:
+                raise ConfigurationError(
+                    f"{self.name}: queue={row.queue!r}: this task has limits, enforced in its own queue "
+                    f"{self.config.queue!r}; enqueue it there, or give queue {row.queue!r} a limit of its own "
+                    "and a task without one (docs/limits.md)")
+            if limits.key is not None:
+                row = msgspec.structs.replace(row, limit_key=limits.key_of(self.name, self.codec.normalized(row.args)))
         return row

@@ -110,6 +110,7 @@ class EnqueueRow(msgspec.Struct, frozen=True):
     expires_in: float | None = None
     unique_key: str | None = None
     traceparent: str | None = None  # set by pgtasks.otel's enqueuer: the producer span's W3C trace context
+    limit_key: str | None = None  # the value of the task's per-key limit (pgtasks.Limit(key=...))
 
 
 class StepRow(msgspec.Struct, frozen=True):
@@ -134,6 +135,7 @@ class StepRow(msgspec.Struct, frozen=True):
     delay: float | None = None  # a countdown, from the enqueue (a first step) or from when it is ready
     expires_at: datetime | None = None
     expires_in: float | None = None
+    limit_key: str | None = None  # the value of the task's per-key limit, known at enqueue
 
 
 class LinkErrorSpec(msgspec.Struct, frozen=True):

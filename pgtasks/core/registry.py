@@ -9,6 +9,8 @@ from typing import Any, Generic, TypeVar
 from pgtasks.core.definition import TaskDefinition
 from pgtasks.core.errors import ConfigurationError, DuplicateTaskError
 from pgtasks.core.hooks import Hooks
+from pgtasks.core.limits import QueueLimits
+from pgtasks.core.options import validate_queue
 from pgtasks.core.schedules import PeriodicSchedule, make_schedule
 
 D = TypeVar("D", bound="TaskDefinition[Any, Any]")
@@ -26,6 +28,7 @@ class Registry(Generic[D]):
         self.tasks: dict[str, D] = {}
         self.schedules: dict[str, PeriodicSchedule] = {}
         self.hooks = Hooks()
+        self.queue_limits: dict[str, QueueLimits] = {}  # app.queue(name, concurrency=, rate_limit=)
 
     def add_task(self, task: D) -> None:
         if task.name in self.tasks:
@@ -33,6 +36,13 @@ class Registry(Generic[D]):
                 f"a task named {task.name!r} is already registered; pass a distinct name=... to @app.task"
             )
         self.tasks[task.name] = task
+
+    def declare_queue(self, name: str, limits: QueueLimits) -> None:
+        validate_queue(name)
+        known = self.queue_limits.get(name)
+        if known is not None and known != limits:
+            raise ConfigurationError(f"queue {name!r} is already declared with {known}; declare each queue once")
+        self.queue_limits[name] = limits
 
     def owns(self, task: TaskDefinition[Any, Any]) -> bool:
         """True if `task` was registered here (and not in another App of the same process)."""

@@ -2,12 +2,12 @@
 -- Insert one job. run_at comes from the database clock (countdown) unless an eta is given, so
 -- client clock skew cannot make a job early. A live duplicate unique_key inserts nothing.
 INSERT INTO {schema}.jobs AS j (task, queue, args, state, priority, max_attempts, run_at, expires_at, unique_key,
-                                traceparent)
+                                traceparent, limit_key)
 SELECT %(task)s, %(queue)s, %(args)s::jsonb,
        CASE WHEN v.run_at > now() THEN 'scheduled' ELSE 'available' END::{schema}.job_state,
        %(priority)s, %(max_attempts)s, v.run_at,
        coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)),
-       %(unique_key)s, %(traceparent)s
+       %(unique_key)s, %(traceparent)s, %(limit_key)s
 FROM (SELECT coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => coalesce(%(delay)s::float8, 0)))
       AS run_at) AS v
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'scheduled', 'running', 'retryable')
@@ -59,20 +59,20 @@ WITH input AS (
         %(tasks)s::text[], %(queues)s::text[], %(args)s::jsonb[], %(priorities)s::smallint[],
         %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(delays)s::float8[],
         %(expires_ats)s::timestamptz[], %(expires_ins)s::float8[], %(unique_keys)s::text[],
-        %(traceparents)s::text[]
+        %(traceparents)s::text[], %(limit_keys)s::text[]
     ) WITH ORDINALITY AS t(task, queue, args, priority, max_attempts, run_at, delay, expires_at,
-                           expires_in, unique_key, traceparent, ord)
+                           expires_in, unique_key, traceparent, limit_key, ord)
 ), prepared AS (
-    SELECT ord, task, queue, args, priority, max_attempts, unique_key, traceparent,
+    SELECT ord, task, queue, args, priority, max_attempts, unique_key, traceparent, limit_key,
            coalesce(run_at, now() + make_interval(secs => coalesce(delay, 0))) AS run_at,
            coalesce(expires_at, now() + make_interval(secs => expires_in)) AS expires_at
     FROM input
 )
 INSERT INTO {schema}.jobs (task, queue, args, state, priority, max_attempts, run_at, expires_at, unique_key,
-                           traceparent)
+                           traceparent, limit_key)
 SELECT task, queue, args,
        CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END::{schema}.job_state,
-       priority, max_attempts, run_at, expires_at, unique_key, traceparent
+       priority, max_attempts, run_at, expires_at, unique_key, traceparent, limit_key
 FROM prepared ORDER BY ord
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL
     AND state IN ('available', 'scheduled', 'running', 'retryable')
@@ -92,17 +92,25 @@ WHERE unique_key = %(unique_key)s AND state IN ('available', 'scheduled', 'runni
 -- then a merge by priority: with `queue = ANY(...)` instead, several queues would need a sort of
 -- the whole backlog, or an ORDER BY queue that drains one queue before the next is looked at.
 -- Paused queues (rows of the queues table with paused_at set) are dropped from the list before
--- any index scan, so a pause holds from every worker's next fetch on.
+-- any index scan, so a pause holds from every worker's next fetch on. So are limited queues (a
+-- limit of their own, or a task with one): only job_fetch_limited claims those, under a lock.
+-- Only jobs of the tasks this worker has registered (%(tasks)s) are claimed: a job of a task it does
+-- not know stays available for a worker that does (two apps sharing a queue, a rolling deploy),
+-- instead of burning its attempts here. A hashed `= ANY` (PostgreSQL 14+): cheap per row; NULL
+-- (any task) is folded away when the statement is planned with its parameters.
 WITH claimable AS (
     SELECT c.id
     FROM (SELECT u.name FROM unnest(%(queues)s::text[]) AS u(name)
           WHERE NOT EXISTS (SELECT 1 FROM {schema}.queues AS p
-                            WHERE p.name = u.name AND p.paused_at IS NOT NULL)) AS q
+                            WHERE p.name = u.name
+                              AND (p.paused_at IS NOT NULL OR p.concurrency IS NOT NULL OR p.rate IS NOT NULL))
+            AND NOT EXISTS (SELECT 1 FROM {schema}.task_limits AS t WHERE t.queue = u.name)) AS q
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM {schema}.jobs
         WHERE queue = q.name
           AND state IN ('available', 'scheduled', 'retryable')
           AND run_at <= coalesce(%(now)s::timestamptz, now())
+          AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
         ORDER BY priority DESC, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED

@@ -17,20 +17,21 @@ FROM w
 -- The second round trip of a small workflow: every step in one statement, from one JSON array.
 INSERT INTO {schema}.jobs (id, task, queue, args, state, priority, max_attempts, run_at, expires_at,
                            workflow_id, workflow_step, wait_count, wait_delay, next_ids, input_from,
-                           input_param, input_list)
+                           input_param, input_list, limit_key)
 OVERRIDING SYSTEM VALUE
 SELECT r.id, r.task, r.queue, r.args::jsonb, r.state::{schema}.job_state, r.priority, r.max_attempts,
        r.run_at, r.expires_at, %(workflow_id)s, r.step, r.waits, r.wait_delay, r.next_ids, r.input_from,
-       r.input_param, r.input_list
+       r.input_param, r.input_list, r.limit_key
 FROM json_to_recordset(%(rows)s::json)
      AS r(id bigint, task text, queue text, args json, state text, priority smallint, max_attempts int,
           run_at timestamptz, expires_at timestamptz, step int, waits int, wait_delay float8,
-          next_ids bigint[], input_from bigint[], input_param text, input_list boolean)
+          next_ids bigint[], input_from bigint[], input_param text, input_list boolean, limit_key text)
 
 -- name: workflow_copy_steps
 -- workflow_insert_steps for big workflows (a 10,000-member chord): the steps streamed by COPY.
 COPY {schema}.jobs (id, task, queue, args, state, priority, max_attempts, run_at, expires_at, workflow_id,
-                    workflow_step, wait_count, wait_delay, next_ids, input_from, input_param, input_list)
+                    workflow_step, wait_count, wait_delay, next_ids, input_from, input_param, input_list,
+                    limit_key)
 FROM STDIN
 
 -- name: workflow_get

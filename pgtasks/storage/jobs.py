@@ -32,7 +32,7 @@ def _runs_now(row: EnqueueRow) -> bool:
     """No unique_key, eta, countdown, expiry or trace context: the column defaults say the rest
     (job_insert_now). A traced row takes the general statement, so the untraced hot path is unchanged."""
     return (row.unique_key is None and row.run_at is None and row.delay is None and row.expires_at is None
-            and row.expires_in is None and row.traceparent is None)
+            and row.expires_in is None and row.traceparent is None and row.limit_key is None)
 
 
 def _insert_params(row: EnqueueRow) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def _insert_params(row: EnqueueRow) -> dict[str, Any]:
         "task": row.task, "queue": row.queue, "args": row.args, "priority": row.priority,
         "max_attempts": row.max_attempts, "run_at": row.run_at, "delay": row.delay,
         "expires_at": row.expires_at, "expires_in": row.expires_in, "unique_key": row.unique_key,
-        "traceparent": row.traceparent,
+        "traceparent": row.traceparent, "limit_key": row.limit_key,
     }
 
 
@@ -63,6 +63,7 @@ def _insert_many_params(rows: Sequence[EnqueueRow]) -> dict[str, Any]:
         "run_ats": [r.run_at for r in rows], "delays": [r.delay for r in rows],
         "expires_ats": [r.expires_at for r in rows], "expires_ins": [r.expires_in for r in rows],
         "unique_keys": [r.unique_key for r in rows], "traceparents": [r.traceparent for r in rows],
+        "limit_keys": [r.limit_key for r in rows],
     }
 
 
@@ -157,8 +158,9 @@ def copy_now(q: Queries, rows: Sequence[EnqueueRow]) -> Operation[list[int]]:
 
 
 def fetch_available(q: Queries, *, queues: Sequence[str], limit: int, worker_id: str,
-                    now: datetime | None) -> Operation[list[ClaimedJob]]:
-    params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "now": now}
+                    now: datetime | None, tasks: Sequence[str] | None = None) -> Operation[list[ClaimedJob]]:
+    params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "now": now,
+              "tasks": None if tasks is None else list(tasks)}
     rows = yield every(q["job_fetch_available"], params)
     return [ClaimedJob(*row) for row in rows]
 
@@ -207,10 +209,12 @@ class JobStore(StoreBase):
         return await self.arun(conn, insert_many(self.queries, rows, copy=_copies(conn, rows)))
 
     async def ajob_fetch_available(self, conn: AsyncConnection[Any], *, queues: Sequence[str], limit: int,
-                                   worker_id: str, now: datetime | None = None) -> list[ClaimedJob]:
-        """Claim up to `limit` due jobs of `queues` for `worker_id` (FOR UPDATE SKIP LOCKED, one statement)."""
+                                   worker_id: str, now: datetime | None = None,
+                                   tasks: Sequence[str] | None = None) -> list[ClaimedJob]:
+        """Claim up to `limit` due jobs of `queues` for `worker_id` (FOR UPDATE SKIP LOCKED, one statement);
+        only jobs of `tasks` when given (the tasks the worker can run)."""
         return await self.arun(conn, fetch_available(self.queries, queues=queues, limit=limit,
-                                                     worker_id=worker_id, now=now))
+                                                     worker_id=worker_id, now=now, tasks=tasks))
 
     async def ajob_set_outcome_many(self, conn: AsyncConnection[Any], outcomes: Sequence[Outcome],
                                     now: datetime | None = None) -> set[int]:

@@ -12,6 +12,7 @@ from pgtasks.storage.dashboard import DashboardStore
 from pgtasks.storage.doctor import DoctorStore
 from pgtasks.storage.jobs import COPY_MIN_ROWS, JobStore
 from pgtasks.storage.leader import LeaderStore
+from pgtasks.storage.limits import LimitStore
 from pgtasks.storage.maintenance import MaintenanceStore
 from pgtasks.storage.migrations import MigrationStore
 from pgtasks.storage.operations import OperationsStore
@@ -25,5 +26,5 @@ __all__ = ["COPY_MIN_ROWS", "Store"]
 
 
 class Store(JobStore, LeaderStore, PeriodicStore, WorkerStore, MaintenanceStore, QueueStore, OperationsStore,
-            DoctorStore, DashboardStore, MigrationStore, SessionStore, WorkflowStore):
+            DoctorStore, DashboardStore, MigrationStore, SessionStore, WorkflowStore, LimitStore):
     """Named queries for one schema (see the module docstring)."""

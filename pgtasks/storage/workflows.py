@@ -41,6 +41,7 @@ class _StepRecord(msgspec.Struct, frozen=True):
     input_from: list[int] | None
     input_param: str | None
     input_list: bool
+    limit_key: str | None
 
 
 def _record(row: StepRow, ids: Sequence[int], db_now: datetime) -> _StepRecord:
@@ -61,13 +62,13 @@ def _record(row: StepRow, ids: Sequence[int], db_now: datetime) -> _StepRecord:
         waits=row.waits, wait_delay=wait_delay,
         next_ids=[ids[s] for s in row.next_steps] or None,
         input_from=[ids[s] for s in row.input_from] or None,
-        input_param=row.input_param, input_list=row.input_list)
+        input_param=row.input_param, input_list=row.input_list, limit_key=row.limit_key)
 
 
 def _copy_tuple(r: _StepRecord, workflow_id: int) -> tuple[Any, ...]:
     return (r.id, r.task, r.queue, bytes(r.args).decode(), r.state, r.priority, r.max_attempts, r.run_at,
             r.expires_at, workflow_id, r.step, r.waits, r.wait_delay, r.next_ids, r.input_from, r.input_param,
-            r.input_list)
+            r.input_list, r.limit_key)
 
 
 def _reserve_params(plan: WorkflowPlan) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,9 @@ class Completer:
         self._task: asyncio.Task[None] | None = None
         self.written = 0
         self.rejected = 0
+        # Called after each batch is written: the worker's flow control claims again then, when a
+        # limit held jobs back (their place frees only once the outcome leaves `running`).
+        self.on_written: Callable[[], None] | None = None
 
     def submit(self, outcome: Outcome, line: JobLine | None = None) -> None:
         """Queue `outcome` for the next write; `line` is logged once the write records it."""
@@ -147,22 +151,29 @@ class Completer:
                 for key in keys:
                     del self._pending[key]
                 self.written += len(written)
-                for key, (outcome, line) in zip(keys, entries, strict=True):
-                    if outcome.job_id in written:
-                        uncertain.discard(key)
-                        if line is not None:
-                            line.emit()
-                    elif key in uncertain:
-                        uncertain.discard(key)
-                        if line is not None:  # most likely recorded by the try that failed mid-flight
-                            line.emit()
-                        log_event(logger, logging.INFO, "job.outcome_write_uncertain", job_id=outcome.job_id,
-                                  claims=outcome.claims, state=outcome.state.value,
-                                  reason="an earlier try failed mid-flight and may have written it")
-                    else:
-                        self.rejected += 1
-                        # The claim no longer owns the job (it was rescued and claimed again, or
-                        # changed by an operator): its outcome must not overwrite the newer one.
-                        log_event(logger, logging.WARNING, "job.outcome_rejected", job_id=outcome.job_id,
-                                  claims=outcome.claims, state=outcome.state.value)
+                if self.on_written is not None:
+                    self.on_written()
+                self._report(keys, entries, written, uncertain)
             self._idle.set()
+
+    def _report(self, keys: list[tuple[int, int]], entries: list[tuple[Outcome, JobLine | None]], written: set[int],
+                uncertain: set[tuple[int, int]]) -> None:
+        """Each written outcome's log line; a warning for each the fence rejected."""
+        for key, (outcome, line) in zip(keys, entries, strict=True):
+            if outcome.job_id in written:
+                uncertain.discard(key)
+                if line is not None:
+                    line.emit()
+            elif key in uncertain:
+                uncertain.discard(key)
+                if line is not None:  # most likely recorded by the try that failed mid-flight
+                    line.emit()
+                log_event(logger, logging.INFO, "job.outcome_write_uncertain", job_id=outcome.job_id,
+                          claims=outcome.claims, state=outcome.state.value,
+                          reason="an earlier try failed mid-flight and may have written it")
+            else:
+                self.rejected += 1
+                # The claim no longer owns the job (it was rescued and claimed again, or
+                # changed by an operator): its outcome must not overwrite the newer one.
+                log_event(logger, logging.WARNING, "job.outcome_rejected", job_id=outcome.job_id,
+                          claims=outcome.claims, state=outcome.state.value)

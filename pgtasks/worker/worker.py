@@ -30,6 +30,7 @@ from pgtasks.worker.completer import Completer, job_line
 from pgtasks.worker.config import WorkerConfig, supervisor_pid
 from pgtasks.worker.executor import Executor
 from pgtasks.worker.lifetime import Lifetime
+from pgtasks.worker.limits import LIMITS_CHANGED, FlowControl
 from pgtasks.worker.listening import ListenPlan, describe_connection, plan_listening
 from pgtasks.worker.metrics import WorkerGauges, WorkerMetrics
 from pgtasks.worker.notifier import Notifier
@@ -75,6 +76,8 @@ class Worker:
     stay claimable by other workers, which spreads work evenly and keeps latency low.
     """
 
+    _signals = 0  # SIGTERM/SIGINT received; `self._signals += 1` makes each worker's count its own
+
     def __init__(self, app: WorkerHost, config: WorkerConfig | None = None, **options: Any) -> None:
         if config is not None and options:
             raise ConfigurationError(f"Worker(config=..., {', '.join(options)}=...): give a WorkerConfig or options, "
@@ -108,7 +111,6 @@ class Worker:
         self._last_fetch = 0.0  # monotonic time of the last fetch
         self._stopping = False
         self._forced = False
-        self._signals = 0  # SIGTERM/SIGINT received
         self._wake: asyncio.Event | None = None
         self._force: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,6 +128,9 @@ class Worker:
         self.waits = 0  # times the fetch loop waited for a wakeup or its poll (it must never spin)
         self.started = asyncio.Event()
         self.maintenance_config = cfg.maintenance()
+        self.flow = FlowControl(self.store, self.registry, self.queues, self.poll_interval)
+        # The tasks this worker claims jobs of (set at start, when every task is registered).
+        self._task_names: list[str] = []
         self.maintenance: Maintenance | None = None
         self.lifetime = Lifetime(max_jobs=cfg.max_jobs, max_memory_mb=cfg.max_memory_mb,
                                  supervisor_pid=supervisor_pid(cfg.supervisor) if cfg.supervisor else None)
@@ -228,7 +233,12 @@ class Worker:
         supervisor_watch: asyncio.Task[None] | None = None
         try:
             await self._check_schema(pool)
+            self._task_names = sorted(self.registry.tasks)
+            async with pool.connection() as conn:
+                await self.flow.declare(conn)
+                await self.flow.refresh(conn)
             self.completer = Completer(pool, self.store)
+            self.completer.on_written = self._outcomes_written
             self.completer.start()
             self.pool = pool
             await self._start_ops(pool)
@@ -357,8 +367,11 @@ class Worker:
             self.metrics = metrics  # published once serving, with the real port
 
     def _on_control(self, payload: str) -> None:
-        """A notification on the control channel: a job to cancel."""
-        if self.cancel_watcher is not None:
+        """A notification on the control channel: a job to cancel, or limits that changed."""
+        if payload == LIMITS_CHANGED:
+            self.flow.changed()
+            self._on_notify(None)
+        elif self.cancel_watcher is not None:
             self.cancel_watcher.on_control(payload)
 
     async def _stop_ops(self) -> None:
@@ -428,7 +441,8 @@ class Worker:
             self._place(jobs)
             if len(jobs) == room:
                 self._should_fetch = True  # a full batch: more are probably waiting
-            elif self.burst and not jobs and not self._running and not self._ready and await self._drained():
+            elif (self.burst and not jobs and not self._running and not self._ready and not self.flow.held
+                  and await self._drained()):
                 log_event(logger, logging.INFO, "worker.drained", worker_id=self.worker_id)
                 return
 
@@ -440,8 +454,7 @@ class Worker:
             async with pool.connection() as conn:
                 if self._claims_uncertain:
                     await self._release_unknown_claims(conn)
-                jobs = await self.store.ajob_fetch_available(conn, queues=self.queues, limit=limit,
-                                                             worker_id=self.worker_id)
+                jobs = await self._claim(conn, limit)
         except DatabaseError as exc:
             # A lost connection may have lost a committed fetch's reply with it.
             self._claims_uncertain = self._claims_uncertain or isinstance(exc, ConnectionLostError)
@@ -457,6 +470,32 @@ class Worker:
         self.fetches += 1
         self.claimed += len(jobs)
         return jobs
+
+    async def _claim(self, conn: Any, limit: int) -> list[ClaimedJob]:
+        """The limited queues first (their claim takes only free slots: a job claimed ahead would
+        hold one of the limit's places while it waits here), then the others."""
+        flow = self.flow
+        if flow.refresh_due():
+            await flow.refresh(conn)
+        jobs: list[ClaimedJob] = []
+        if flow.limited:
+            free = min(limit, self.concurrency - len(self._running) - len(self._ready))
+            if free > 0:
+                claim = await self.store.ajob_fetch_limited(conn, queues=flow.limited, limit=free,
+                                                            worker_id=self.worker_id, tasks=self._task_names)
+                flow.record(claim)
+                jobs = claim.jobs
+            if len(flow.limited) == len(self._queue_set):
+                return jobs
+        if limit > len(jobs):
+            jobs += await self.store.ajob_fetch_available(conn, queues=self.queues, limit=limit - len(jobs),
+                                                          worker_id=self.worker_id, tasks=self._task_names)
+        return jobs
+
+    def _outcomes_written(self) -> None:
+        """Outcomes left `running`: if a limit held jobs back, their places may be free now."""
+        if self.flow.held:
+            self._on_notify(None)
 
     def _place(self, jobs: list[ClaimedJob]) -> None:
         """Start claimed jobs in free slots; the rest wait locally, in claim order."""
@@ -480,13 +519,19 @@ class Worker:
             timeout = None
         else:
             timeout = max(0.0, self._last_fetch + self._current_poll_interval() - time.monotonic())
+            token_in = self.flow.seconds_until_wake()  # a rate limit held a job back until then
+            if token_in is not None:
+                timeout = min(timeout, token_in)
         if self._ready:
             timeout = STALL_SECONDS if timeout is None else min(timeout, STALL_SECONDS)
         self.waits += 1
         if not await wait_event(self._wake, timeout):
             # The poll (the safety net for missed or absent NOTIFYs), or only a stall check.
             poll_due = time.monotonic() >= self._last_fetch + self._current_poll_interval()
-            self._should_fetch = self._should_fetch or poll_due
+            token_due = self.flow.wake_at is not None and time.monotonic() >= self.flow.wake_at
+            if token_due:
+                self.flow.wake_at = None
+            self._should_fetch = self._should_fetch or poll_due or token_due
         self._wake.clear()
         self._return_if_stalled()
 
