@@ -41,10 +41,11 @@ class Workers:
         self.procs: list[subprocess.Popen[str]] = []
         self._files: list[IO[str]] = []
 
-    def start(self, app_path: str) -> subprocess.Popen[str]:
+    def start(self, app_path: str, *args: str) -> subprocess.Popen[str]:
+        """`pgtasks --app APP_PATH worker` with WORKER_OPTIONS, then `args` (a later option wins)."""
         log = (self.logs / f"worker-{len(self.procs)}.log").open("w")
         self._files.append(log)
-        proc = subprocess.Popen([sys.executable, "-m", "pgtasks", "--app", app_path, "worker", *WORKER_OPTIONS],
+        proc = subprocess.Popen([sys.executable, "-m", "pgtasks", "--app", app_path, "worker", *WORKER_OPTIONS, *args],
                                 env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
         self.procs.append(proc)
         return proc

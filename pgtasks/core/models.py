@@ -225,3 +225,4 @@ class WorkerInfo(msgspec.Struct, frozen=True):
     started_at: datetime
     last_seen_at: datetime
     seen_ago_s: float
+    supervisor: str | None = None  # "host:pid" of its `--processes N` supervisor

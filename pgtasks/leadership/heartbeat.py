@@ -25,7 +25,8 @@ class Heartbeat(IntervalService):
 
     The row carries last_seen_at (the rescuer's liveness signal) and the ids of the jobs this
     worker holds: running ones and finished ones whose outcome is not written yet, because both
-    still belong to this worker. `remove()` deletes the row on a graceful stop.
+    still belong to this worker; and the "host:pid" of the `--processes N` supervisor it runs
+    under, if any. `remove()` deletes the row on a graceful stop.
     """
 
     name = "heartbeat"
@@ -40,6 +41,7 @@ class Heartbeat(IntervalService):
         concurrency: int,
         held_jobs: Callable[[], Iterable[int]],
         interval: float,
+        supervisor: str | None = None,
     ) -> None:
         super().__init__(interval)
         self._pool = pool
@@ -50,6 +52,7 @@ class Heartbeat(IntervalService):
         self._held_jobs = held_jobs
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
+        self.supervisor = supervisor
         self.beats = 0
 
     async def run_once(self, now: datetime | None = None) -> None:
@@ -58,7 +61,7 @@ class Heartbeat(IntervalService):
             async with asyncio.timeout(max(1.0, 2 * self.interval)), self._pool.connection() as conn:
                 await self._store.aworker_heartbeat(
                     conn, worker_id=self.worker_id, hostname=self.hostname, pid=self.pid, queues=self.queues,
-                    concurrency=self.concurrency, running=held, now=now)
+                    concurrency=self.concurrency, running=held, now=now, supervisor=self.supervisor)
         except TimeoutError:
             raise ConnectionLostError(f"heartbeat took longer than {max(1.0, 2 * self.interval):.2f}s") from None
         self.beats += 1

@@ -98,11 +98,12 @@ class Maintenance:
         concurrency: int,
         held_jobs: Callable[[], Iterable[int]],
         config: MaintenanceConfig,
+        supervisor: str | None = None,
     ) -> None:
         self.registry = registry
         self.config = config
         self.heartbeat = Heartbeat(pool, store, worker_id=worker_id, queues=queues, concurrency=concurrency,
-                                   held_jobs=held_jobs, interval=config.heartbeat_interval)
+                                   held_jobs=held_jobs, interval=config.heartbeat_interval, supervisor=supervisor)
         self.elector = Elector(pool, store, worker_id, ttl=config.leader_ttl, on_change=self._on_leadership)
         self.scheduler = PeriodicScheduler(registry, store, pool, elector=self.elector,
                                            grace=config.effective_periodic_grace)

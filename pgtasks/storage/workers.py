@@ -20,9 +20,9 @@ def _list(query: LiteralString, now: datetime | None) -> Operation[list[WorkerIn
 class WorkerStore(StoreBase):
     async def aworker_heartbeat(self, conn: AsyncConnection[Any], *, worker_id: str, hostname: str, pid: int,
                                 queues: Sequence[str], concurrency: int, running: Sequence[int],
-                                now: datetime | None = None) -> None:
+                                now: datetime | None = None, supervisor: str | None = None) -> None:
         params = {"worker_id": worker_id, "hostname": hostname, "pid": pid, "queues": list(queues),
-                  "concurrency": concurrency, "running": list(running), "now": now}
+                  "concurrency": concurrency, "running": list(running), "now": now, "supervisor": supervisor}
         await self.arun(conn, statement(self.queries["worker_heartbeat"], params))
 
     async def aworker_delete(self, conn: AsyncConnection[Any], worker_id: str) -> None:
@@ -34,6 +34,7 @@ class WorkerStore(StoreBase):
     def worker_status(self, conn: Connection[Any], *, silent_after: float, include_silent: bool = False,
                       now: datetime | None = None) -> list[dict[str, Any]]:
         """Workers seen within `silent_after` seconds (all rows with include_silent), with the jobs
-        each holds now (id, task, queue, attempt, running_s) and whether it leads."""
+        each holds now (id, task, queue, attempt, running_s), whether it leads, and its supervisor
+        ("host:pid", or None for a worker started on its own)."""
         params = {"silent_after": silent_after, "all": include_silent, "now": now}
         return self.run(conn, select_dicts(self.queries["worker_status"], params))

@@ -24,6 +24,14 @@ def _positive_int(name: str, value: Any, minimum: int, why: str = "") -> int:
     return value
 
 
+def supervisor_pid(supervisor: str) -> int:
+    """The pid of a supervisor given as "host:pid"."""
+    host, _, pid = supervisor.rpartition(":")
+    if not host or not pid.isdigit() or int(pid) < 1:
+        raise ConfigurationError(f"supervisor={supervisor!r}: expected 'host:pid', e.g. 'vm:4100'")
+    return int(pid)
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -43,6 +51,12 @@ class WorkerConfig:
     - leader_ttl, heartbeat_interval, rescue_after, retention, elect: see MaintenanceConfig.
     - wait_for_database: seconds to keep retrying at start while the database is unreachable (a
       line per try says when the next one comes); 0, the default, exits at once with the reason.
+    - max_jobs / max_memory_mb: recycling (see worker/lifetime.py). After claiming max_jobs jobs,
+      or once its resident memory passes max_memory_mb, the worker stops fetching, finishes its
+      running jobs and stops, so that a fresh process replaces it (None: no limit).
+    - supervisor: "host:pid" of the `pgtasks worker --processes N` supervisor this worker runs
+      under (set by the supervisor); written with the heartbeat, and the worker stops if that
+      process goes away.
     """
 
     queues: Sequence[str] = ("default",)
@@ -64,6 +78,9 @@ class WorkerConfig:
     elect: bool | None = None  # None: stand for election unless burst
     claim_ahead: bool = True
     wait_for_database: float = 0.0
+    max_jobs: int | None = None
+    max_memory_mb: int | None = None
+    supervisor: str | None = None
 
     def __post_init__(self) -> None:
         queues = self.queues
@@ -85,6 +102,12 @@ class WorkerConfig:
         if self.metrics_port is not None:
             _positive_int("metrics_port", self.metrics_port, 0)
         self._set("wait_for_database", to_seconds("wait_for_database", self.wait_for_database, zero_ok=True))
+        if self.max_jobs is not None:
+            _positive_int("max_jobs", self.max_jobs, 1)
+        if self.max_memory_mb is not None:
+            _positive_int("max_memory_mb", self.max_memory_mb, 1, " (megabytes of resident memory)")
+        if self.supervisor is not None:
+            supervisor_pid(self.supervisor)
         self.maintenance()  # leadership settings fail here too, not at start
 
     def _set(self, name: str, value: Any) -> None:
@@ -96,6 +119,13 @@ class WorkerConfig:
         return MaintenanceConfig(leader_ttl=self.leader_ttl, heartbeat_interval=self.heartbeat_interval,
                                  rescue_after=self.rescue_after, retention=self.retention or Retention(),
                                  elect=(not self.burst) if self.elect is None else self.elect)
+
+    def connection_budget(self) -> dict[str, int]:
+        """Server connections one worker process with this config holds at most: the pool plus the
+        listener. With listen=None (auto) the listener is counted: the worst case, before the worker
+        has detected whether LISTEN works."""
+        listener = 0 if self.listen is False else 1
+        return {"pool": self.pool_size, "listener": listener, "total": self.pool_size + listener}
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> WorkerConfig:

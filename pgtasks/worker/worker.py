@@ -28,8 +28,9 @@ from pgtasks.storage.database import Database
 from pgtasks.storage.store import Store
 from pgtasks.worker.cancel import CancelRegistry, CancelWatcher
 from pgtasks.worker.completer import Completer, job_line
-from pgtasks.worker.config import WorkerConfig
+from pgtasks.worker.config import WorkerConfig, supervisor_pid
 from pgtasks.worker.executor import Executor
+from pgtasks.worker.lifetime import Lifetime
 from pgtasks.worker.limits import LIMITS_CHANGED, FlowControl
 from pgtasks.worker.listening import ListenPlan, describe_connection, plan_listening
 from pgtasks.worker.metrics import WorkerGauges, WorkerMetrics
@@ -76,6 +77,12 @@ class Worker:
     stay claimable by other workers, which spreads work evenly and keeps latency low.
     """
 
+    _signals = 0  # SIGTERM/SIGINT received; `self._signals += 1` makes each worker's count its own
+    # Counters and flags that start the same in every worker (an assignment makes them its own).
+    _claims_uncertain = False  # a fetch's reply may have been lost with its connection
+    _fetch_failures = 0  # consecutive failed fetches
+    claimed_ahead = 0  # jobs that waited in _ready for a slot
+
     def __init__(self, app: WorkerHost, config: WorkerConfig | None = None, **options: Any) -> None:
         if config is not None and options:
             raise ConfigurationError(f"Worker(config=..., {', '.join(options)}=...): give a WorkerConfig or options, "
@@ -95,17 +102,14 @@ class Worker:
         self.pool_size = cfg.pool_size
         self.worker_id = cfg.worker_id
         self.listen_plan: ListenPlan | None = None
-        self._claims_uncertain = False
         self._queue_set = frozenset(self.queues)
         self._running: dict[asyncio.Task[None], ClaimedJob] = {}
         # Claimed ahead of a free slot (only while jobs are short: see worker/prefetch.py); started
         # in claim order as slots free up, put back on shutdown.
         self._ready: deque[ClaimedJob] = deque()
         self.fetch_ahead = FetchAhead(self.concurrency, enabled=cfg.claim_ahead)
-        self.claimed_ahead = 0  # jobs that waited in _ready for a slot
         self._slot_freed_at = 0.0  # monotonic time a job last finished, or _ready last filled up
         self._should_fetch = True
-        self._fetch_failures = 0  # consecutive failed fetches
         self._last_fetch = 0.0  # monotonic time of the last fetch
         self._stopping = False
         self._forced = False
@@ -131,6 +135,8 @@ class Worker:
         self._task_names: list[str] = []
         self.maintenance: Maintenance | None = None
         self._lifecycle: WorkerEvent | None = None  # set once the worker_ready hooks run
+        self.lifetime = Lifetime(max_jobs=cfg.max_jobs, max_memory_mb=cfg.max_memory_mb,
+                                 supervisor_pid=supervisor_pid(cfg.supervisor) if cfg.supervisor else None)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -141,8 +147,12 @@ class Worker:
         """
         if self.listen_plan is not None:
             return self.listen_plan.budget()
-        listener = 0 if self.listen is False else 1
-        return {"pool": self.pool_size, "listener": listener, "total": self.pool_size + listener}
+        return self.config.connection_budget()
+
+    @property
+    def recycled(self) -> str | None:
+        """Why the worker stopped by itself to be replaced ("max_jobs", "max_memory"), else None."""
+        return self.lifetime.recycled
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -184,8 +194,24 @@ class Worker:
         if self._force is not None:
             self._force.set()
 
+    def _recycle(self, reason: str, **fields: Any) -> None:
+        """Stop so that a fresh process replaces this one: running jobs finish within the grace."""
+        if self.lifetime.recycled is None and not self._stopping:
+            self.lifetime.recycled = reason
+            log_event(logger, logging.INFO, "worker.recycling", worker_id=self.worker_id, reason=reason,
+                      claimed=self.claimed, **fields)
+            self._request_stop()
+
+    def _on_supervisor_lost(self) -> None:
+        log_event(logger, logging.WARNING, "worker.supervisor_lost", worker_id=self.worker_id,
+                  supervisor=self.config.supervisor, action="stopping: no supervisor is left to replace or stop it")
+        self._request_stop()
+
     def _on_signal(self, signum: int) -> None:
-        if self._stopping:
+        # Signals are counted, not compared with _stopping: a worker already stopping on its own
+        # (recycling) that gets its supervisor's first SIGTERM still drains; only a second forces.
+        self._signals += 1
+        if self._signals > 1:
             self._force_stop()
         else:
             log_event(logger, logging.INFO, "worker.signal", signal=signal.Signals(signum).name)
@@ -207,6 +233,7 @@ class Worker:
         pool = make_async_pool(dsn, application_name=database.application_name, max_size=self.pool_size,
                                name="pgtasks-worker")
         await pool.open(wait=True, timeout=30.0)
+        supervisor_watch: asyncio.Task[None] | None = None
         try:
             await self._check_schema(pool)
             self._task_names = sorted(self.registry.tasks)
@@ -226,9 +253,12 @@ class Worker:
             # Before the first claim: a task may rely on what a worker_ready hook set up.
             self._lifecycle = WorkerEvent(self.worker_id, tuple(self.queues), self.concurrency)
             await self.registry.hooks.ready(self._lifecycle)
+            supervisor_watch = asyncio.create_task(self.lifetime.watch_supervisor(self._on_supervisor_lost),
+                                                   name="pgtasks-supervisor-watch")
             self.started.set()
             await self._fetch_loop(pool)
         finally:
+            await cancel_and_wait(supervisor_watch)
             await self._shutdown(pool)
             if install_signal_handlers:
                 for signum in (signal.SIGTERM, signal.SIGINT):
@@ -294,7 +324,8 @@ class Worker:
                     + completer.pending_job_ids())
 
         return Maintenance(self.registry, self.store, pool, worker_id=self.worker_id, queues=self.queues,
-                           concurrency=self.concurrency, held_jobs=held_jobs, config=self.maintenance_config)
+                           concurrency=self.concurrency, held_jobs=held_jobs, config=self.maintenance_config,
+                           supervisor=self.config.supervisor)
 
     async def _release_unknown_claims(self, conn: Any) -> None:
         """After a lost connection, put back jobs a fetch claimed whose reply never arrived."""
@@ -399,6 +430,14 @@ class Worker:
             # busy worker fetches in batches instead of one job per freed slot.
             room = self.concurrency + self.fetch_ahead.allowance() - len(self._running) - len(self._ready)
             min_batch = max(1, (self.concurrency + self.fetch_ahead.allowance()) // 2) if self._ready else 1
+            jobs_left = self.lifetime.jobs_left(self.claimed)
+            if jobs_left is not None:
+                # Recycling by job count: claim no more than the budget, and stop once every job
+                # claimed has run (none is put back unstarted).
+                if jobs_left == 0 and not self._running and not self._ready:
+                    self._recycle("max_jobs", max_jobs=self.lifetime.max_jobs)
+                    return
+                room = min(room, jobs_left)
             if not (self._should_fetch and room >= min_batch):
                 await self._wait_for_work()
                 continue
@@ -535,6 +574,9 @@ class Worker:
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
         self._slot_freed_at = time.monotonic()
+        megabytes = self.lifetime.memory_over()
+        if megabytes is not None:  # the jobs grew the process: stop before it starts another
+            self._recycle("max_memory", rss_mb=round(megabytes, 1), max_memory_mb=self.lifetime.max_memory_mb)
         if self._ready and not self._stopping:
             self._start_job(self._ready.popleft())
         if not task.cancelled() and task.exception() is not None:
