@@ -49,7 +49,7 @@ def test_doctor_on_a_healthy_database(app: App) -> None:
     assert json.loads(result.stdout)["ok"] is True
     found = findings(result)
     for check in ("connection", "server_version", "connections", "migrations", "leader", "workers", "queue_lag",
-                  "long_transactions", "replication_slots", "pool_mode", "listen"):
+                  "long_transactions", "replication_slots", "pool_mode", "listen", "unrunnable_tasks"):
         assert found[check]["status"] == "ok", found[check]
     assert found["leader"]["data"]["term"] >= 1
     assert found["pool_mode"]["data"]["mode"] == "direct" and found["listen"]["data"]["listen_ok"] is True
@@ -146,3 +146,26 @@ def test_doctor_reports_a_transaction_held_open_past_the_threshold(app: App, dat
     assert f"pid {pid} ({name}," in held["message"] and "pg_terminate_backend" in held["advice"]
     after = findings(doctor(app.dsn, app.schema, "--json", "--long-transaction", "1"))["long_transactions"]
     assert pid not in [t["pid"] for t in after["data"].get("transactions", [])]
+
+
+def test_doctor_reports_ready_jobs_whose_task_no_live_worker_of_their_queue_knows(app: App) -> None:
+    """A worker claims only its own tasks' jobs: a job of a task no live worker registered (renamed,
+    removed, or its app's workers down) waits; doctor names it and says how to find and end it."""
+    other = App(app.dsn, schema=app.schema)
+
+    @other.task(name="gone.task")
+    def gone() -> None: ...
+
+    @app.task(name="here.task")
+    def here() -> None: ...
+
+    gone.delay()
+    with worker_thread(app, poll_interval=0.1, heartbeat_interval=0.2):
+        here.delay().wait(timeout=10, poll_interval=0.05)
+        result = doctor(app.dsn, app.schema, "--json")
+    other.close()
+    finding = findings(result)["unrunnable_tasks"]
+    assert finding["status"] == "warn", finding
+    assert "'gone.task' in 'default' (1 ready)" in finding["message"]
+    assert "pgtasks jobs list --task gone.task" in finding["advice"]
+    assert [(u["queue"], u["task"], u["ready"]) for u in finding["data"]["unrunnable"]] == [("default", "gone.task", 1)]

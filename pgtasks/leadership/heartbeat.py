@@ -42,6 +42,7 @@ class Heartbeat(IntervalService):
         held_jobs: Callable[[], Iterable[int]],
         interval: float,
         supervisor: str | None = None,
+        tasks: Sequence[str] | None = None,
     ) -> None:
         super().__init__(interval)
         self._pool = pool
@@ -53,6 +54,7 @@ class Heartbeat(IntervalService):
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
         self.supervisor = supervisor
+        self.tasks = None if tasks is None else sorted(tasks)  # the tasks this worker claims jobs of
         self.beats = 0
 
     async def run_once(self, now: datetime | None = None) -> None:
@@ -61,7 +63,8 @@ class Heartbeat(IntervalService):
             async with asyncio.timeout(max(1.0, 2 * self.interval)), self._pool.connection() as conn:
                 await self._store.aworker_heartbeat(
                     conn, worker_id=self.worker_id, hostname=self.hostname, pid=self.pid, queues=self.queues,
-                    concurrency=self.concurrency, running=held, now=now, supervisor=self.supervisor)
+                    concurrency=self.concurrency, running=held, now=now, supervisor=self.supervisor,
+                    tasks=self.tasks)
         except TimeoutError:
             raise ConnectionLostError(f"heartbeat took longer than {max(1.0, 2 * self.interval):.2f}s") from None
         self.beats += 1

@@ -103,7 +103,8 @@ class Maintenance:
         self.registry = registry
         self.config = config
         self.heartbeat = Heartbeat(pool, store, worker_id=worker_id, queues=queues, concurrency=concurrency,
-                                   held_jobs=held_jobs, interval=config.heartbeat_interval, supervisor=supervisor)
+                                   held_jobs=held_jobs, interval=config.heartbeat_interval, supervisor=supervisor,
+                                   tasks=list(registry.tasks))
         self.elector = Elector(pool, store, worker_id, ttl=config.leader_ttl, on_change=self._on_leadership)
         self.scheduler = PeriodicScheduler(registry, store, pool, elector=self.elector,
                                            grace=config.effective_periodic_grace)

@@ -1,11 +1,13 @@
 -- name: worker_heartbeat
 -- Record that this worker process is alive and which jobs it holds; the row is created by the
 -- first heartbeat. The rescuer reads last_seen_at and running. `supervisor` ("host:pid" of a
--- `--processes N` supervisor, or NULL) does not change over a worker's life: written once.
+-- `--processes N` supervisor, or NULL) does not change over a worker's life: written once; nor
+-- do `tasks`, the tasks it registered (it claims only their jobs; `pgtasks doctor` reads them).
 INSERT INTO {schema}.workers AS w (worker_id, hostname, pid, queues, concurrency, running, started_at, last_seen_at,
-                                   supervisor)
+                                   supervisor, tasks)
 VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(queues)s::text[], %(concurrency)s, %(running)s::bigint[],
-        coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()), %(supervisor)s)
+        coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()), %(supervisor)s,
+        %(tasks)s::text[])
 ON CONFLICT (worker_id) DO UPDATE
 SET running = excluded.running, queues = excluded.queues, concurrency = excluded.concurrency,
     last_seen_at = excluded.last_seen_at

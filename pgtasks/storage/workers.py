@@ -20,9 +20,11 @@ def _list(query: LiteralString, now: datetime | None) -> Operation[list[WorkerIn
 class WorkerStore(StoreBase):
     async def aworker_heartbeat(self, conn: AsyncConnection[Any], *, worker_id: str, hostname: str, pid: int,
                                 queues: Sequence[str], concurrency: int, running: Sequence[int],
-                                now: datetime | None = None, supervisor: str | None = None) -> None:
+                                now: datetime | None = None, supervisor: str | None = None,
+                                tasks: Sequence[str] | None = None) -> None:
         params = {"worker_id": worker_id, "hostname": hostname, "pid": pid, "queues": list(queues),
-                  "concurrency": concurrency, "running": list(running), "now": now, "supervisor": supervisor}
+                  "concurrency": concurrency, "running": list(running), "now": now, "supervisor": supervisor,
+                  "tasks": None if tasks is None else list(tasks)}
         await self.arun(conn, statement(self.queries["worker_heartbeat"], params))
 
     async def aworker_delete(self, conn: AsyncConnection[Any], worker_id: str) -> None:
