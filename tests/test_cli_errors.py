@@ -234,3 +234,24 @@ def test_a_database_the_server_or_pooler_refuses_is_one_line_through_every_path(
     assert len(lines) == 1 and done.stdout == "", done.stderr
     assert f"port={params.get('port') or 5432} dbname=pgt_no_such_db" in lines[0], lines[0]
     assert "pgt_no_such_db" in lines[0].split(": ", 1)[1] and "Traceback" not in done.stderr
+
+
+def test_worker_retention_is_parsed_with_defaults_for_unnamed_keys_and_bad_keys_named() -> None:
+    from datetime import timedelta
+
+    from click.testing import CliRunner
+
+    from pgtasks.cli import main
+    from pgtasks.cli.worker import parse_retention
+    from pgtasks.leadership.cleaner import Retention
+
+    MAIL = "tests.apps.mail_app:make_app"
+    assert parse_retention("completed=1h, discarded=forever") == Retention(
+        completed=timedelta(hours=1), discarded=None)
+    result = CliRunner().invoke(main, ["--database-url", "postgresql://nobody@127.0.0.1:1/x", "--app", MAIL, "worker",
+                                       "--retention", "done=1h"])
+    assert result.exit_code == 2
+    assert "'done=1h': expected STATE=DURATION with STATE one of completed, cancelled" in result.output
+    twice = CliRunner().invoke(main, ["--database-url", "postgresql://nobody@127.0.0.1:1/x", "--app", MAIL, "worker",
+                                      "--retention", "completed=1h,completed=2h"])
+    assert twice.exit_code == 2 and "completed is given twice" in twice.output

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from pgtasks.cli.base import CliState
+from pgtasks.cli.output import parse_duration
 from pgtasks.core.logs import configure_logging
+from pgtasks.leadership.cleaner import Retention
 from pgtasks.worker.config import WorkerConfig
 from pgtasks.worker.lifetime import EXIT_RECYCLED
 from pgtasks.worker.supervisor import Supervisor, SupervisorConfig
@@ -84,6 +88,12 @@ def available_cpus() -> int:
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None, metavar="PORT",
               help="Serve Prometheus metrics on this port (needs pgtasks[metrics]); 0 picks a free one. "
                    "With --processes N, process i serves PORT + i.")
+@click.option("--retention", default=None, metavar="STATE=DURATION,...",
+              help="How long the leader's cleaner keeps finished rows, e.g. "
+                   "completed=1h,discarded=30d,cancelled=forever. Keys: completed, cancelled, discarded, "
+                   "periodic_fires, dead_workers; durations as 90s, 15m, 12h, 7d; forever keeps them. Unnamed "
+                   "keys keep their defaults (completed 24h, cancelled 24h, discarded 7d, periodic_fires 7d, "
+                   "dead_workers 1h). Celery's result_expires is completed=.")
 @click.option("--claim-ahead/--no-claim-ahead", default=True, show_default=True,
               help="While jobs are short (<= 50 ms), claim up to a batch beyond the free slots.")
 @click.option("--wait-for-database", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
@@ -102,7 +112,7 @@ def worker(ctx: click.Context, queues: str, concurrency: int, processes: int, ma
            listen_dsn: str | None, grace: float, pool_size: int, burst: bool, leader_ttl: float,
            heartbeat_interval: float, rescue_after: float, log_level: str, log_format: str,
            claim_ahead: bool, wait_for_database: float, metrics_port: int | None = None,
-           supervisor: str | None = None) -> None:
+           supervisor: str | None = None, retention: str | None = None) -> None:
     """Run a worker: claim jobs with SKIP LOCKED, run them, record outcomes.
 
     Exit status: 0 after a requested stop (or, with --burst, once drained); 2 for a configuration
@@ -116,7 +126,8 @@ def worker(ctx: click.Context, queues: str, concurrency: int, processes: int, ma
         metrics_port=metrics_port, queues=queue_list, concurrency=concurrency, poll_interval=poll_interval,
         listen=listen, listen_dsn=listen_dsn, grace=grace, pool_size=pool_size, burst=burst, leader_ttl=leader_ttl,
         heartbeat_interval=heartbeat_interval, rescue_after=rescue_after, claim_ahead=claim_ahead,
-        wait_for_database=wait_for_database, max_jobs=max_jobs, max_memory_mb=max_memory_mb)
+        wait_for_database=wait_for_database, max_jobs=max_jobs, max_memory_mb=max_memory_mb,
+        retention=parse_retention(retention) if retention is not None else None)
     if processes == 1:  # the worker of old: no supervisor process
         running = app.worker(**options, supervisor=supervisor)
         running.run()
@@ -129,6 +140,22 @@ def worker(ctx: click.Context, queues: str, concurrency: int, processes: int, ma
     command_of = _child_command(ctx, metrics_port)
     ctx.exit(Supervisor(command_of, SupervisorConfig(processes=processes, burst=burst),
                         budget=config.connection_budget()).run())
+
+
+def parse_retention(text: str) -> Retention:
+    """`completed=1h,discarded=30d,cancelled=forever` as a Retention; unnamed keys keep their defaults."""
+    keys = [f.name for f in dataclasses.fields(Retention)]
+    values: dict[str, timedelta | None] = {}
+    for item in (part.strip() for part in text.split(",")):
+        name, sep, duration = item.partition("=")
+        name, duration = name.strip(), duration.strip()
+        if not sep or name not in keys:
+            raise click.BadParameter(f"{item!r}: expected STATE=DURATION with STATE one of {', '.join(keys)}, "
+                                     "e.g. --retention completed=1h,discarded=30d", param_hint="--retention")
+        if name in values:
+            raise click.BadParameter(f"{name} is given twice", param_hint="--retention")
+        values[name] = None if duration == "forever" else timedelta(seconds=parse_duration(duration))
+    return dataclasses.replace(Retention(), **values)
 
 
 def _child_command(ctx: click.Context, metrics_port: int | None) -> Callable[[int, str], list[str]]:
