@@ -8,8 +8,9 @@ table), so process start-up is outside it (first_claims_spread_s: how much later
 child the last one claimed its first job). Rounds alternate A, B, A, B, ... because the machine is
 shared and its speed drifts; the summary line has the median of each and the ratio B/A. Beside
 the rate, each run reports the CPU per job of the workers and of the database sessions serving
-them, and others_cpu_s: the CPU the machine spent on anything else meanwhile (read from
-/proc/stat, so Linux only; the database's from /proc/<pid>/stat, so a local server).
+them, others_cpu_s: the CPU the machine spent on anything else meanwhile, and steal_s: the time
+the hypervisor gave this virtual machine's CPUs to others (both from /proc/stat, so Linux only;
+the database's CPU from /proc/<pid>/stat, so a local server).
 
 The worker loads this module's cpu_app(): `--app processes_cpu:cpu_app`, with this directory on
 PYTHONPATH.
@@ -38,6 +39,9 @@ from pgtasks.storage.bench import BenchStore
 
 HERE = Path(__file__).resolve().parent
 SPIN = "cpubench.spin"
+# The workers' connections are told apart by name from this script's (the fill, the figures), so
+# that the database CPU counted is the workers' only.
+WORKER_NAME, CLIENT_NAME = "pgtasks-cpubench", "pgtasks-cpubench-client"
 
 
 def spin(iterations: int) -> int:
@@ -48,9 +52,10 @@ def spin(iterations: int) -> int:
     return total
 
 
-def cpu_app(database_url: str | None = None, *, schema: str | None = None) -> App:
+def cpu_app(database_url: str | None = None, *, schema: str | None = None,
+            application_name: str = WORKER_NAME) -> App:
     """The App of the benchmark's one task: the same code in the worker and in this script."""
-    app = App(database_url, schema=schema, application_name="pgtasks-cpubench")
+    app = App(database_url, schema=schema, application_name=application_name)
     app.task(name=SPIN)(spin)
     return app
 
@@ -67,12 +72,15 @@ def calibrate(target_ms: float) -> int:
     return max(1, round(iterations * target_ms / 1000 / statistics.median(timings)))
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs of this machine spent busy so far (user, nice, system, irq, softirq)."""
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, stolen): CPU seconds all CPUs of this machine spent busy so far (user, nice, system,
+    irq, softirq), and the time a hypervisor ran something else on them (steal: a virtual
+    machine's host is shared too)."""
     with open("/proc/stat") as stat:
-        fields = [int(v) for v in stat.readline().split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+        fields = [int(v) for v in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
 class Worker(bench.WorkerProcess):
@@ -87,7 +95,7 @@ class Worker(bench.WorkerProcess):
 
 @contextlib.contextmanager
 def throwaway(dsn: str) -> Iterator[App]:
-    app = cpu_app(dsn, schema=bench.SCHEMA_PREFIX + uuid.uuid4().hex[:12])
+    app = cpu_app(dsn, schema=bench.SCHEMA_PREFIX + uuid.uuid4().hex[:12], application_name=CLIENT_NAME)
     try:
         app.migrate()
         yield app
@@ -104,12 +112,15 @@ def drain(dsn: str, *, jobs: int, iterations: int, processes: int, concurrency: 
             raise BenchmarkError(f"{SPIN} is not a task of the CPU bench app")
         for offset in range(0, jobs, 5000):
             task.delay_many([(iterations,)] * min(5000, jobs - offset))
-        backends = bench.BackendCpu(app).start()
-        busy_before = machine_busy_seconds()
+        sampled = cpu_app(dsn, schema=app.schema)  # BackendCpu counts the sessions named as its App's
+        backends = bench.BackendCpu(sampled).start()
+        busy_before, stolen_before = machine_cpu_seconds()
         with Worker(app, processes=processes, concurrency=concurrency) as worker:
             wall = worker.wait(timeout=1800)
-        busy = machine_busy_seconds() - busy_before
+        busy_after, stolen_after = machine_cpu_seconds()
+        busy, stolen = busy_after - busy_before, stolen_after - stolen_before
         db_cpu = backends.stop()
+        sampled.close()
         with app.connect() as conn:
             window = BenchStore(app.schema).drain_window(conn, SPIN)
             # When each process claimed its first job: B's window opens with the first child, and
@@ -131,7 +142,7 @@ def drain(dsn: str, *, jobs: int, iterations: int, processes: int, concurrency: 
         "fetches": window["fetches"], "outcome_writes": window["outcome_writes"],
         "worker_cpu_us_per_job": round(cpu / jobs * 1e6, 1) if cpu is not None else None,
         "db_cpu_us_per_job": round(db_cpu / jobs * 1e6, 1) if db_cpu is not None else None,
-        "others_cpu_s": round(others, 2) if others is not None else None,
+        "others_cpu_s": round(others, 2) if others is not None else None, "steal_s": round(stolen, 2),
         "first_claims_spread_s": round(float(firsts[0]), 3) if firsts and firsts[0] is not None else None}
     return jobs / seconds, figures
 
