@@ -61,7 +61,7 @@ def available_cpus() -> int:
               help="Recycling: after claiming N jobs the process finishes its running jobs and exits, and "
                    "its supervisor replaces it (also with --processes 1: exit 0, for your process manager).")
 @click.option("--max-memory-per-child", "max_memory_mb", type=click.IntRange(min=1), default=None, metavar="MB",
-              help="Recycling: once the process's resident memory passes MB megabytes (checked as jobs "
+              help="Recycling: once the process's resident memory passes MB mebibytes (checked as jobs "
                    "finish), it finishes its running jobs and exits, to be replaced.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
               help="Seconds between polls; the safety net for LISTEN, the only wakeup with --no-listen.")
@@ -116,8 +116,9 @@ def worker(ctx: click.Context, queues: str, concurrency: int, processes: int, ma
     """Run a worker: claim jobs with SKIP LOCKED, run them, record outcomes.
 
     Exit status: 0 after a requested stop (or, with --burst, once drained); 2 for a configuration
-    or database error at start. With --processes N: 3 when children keep crashing (5 crashes
-    within 60 s), 1 when a child exited non-zero during the stop.
+    or database error at start. With --processes N, the supervisor's: 3 when children keep
+    crashing (5 crashes within 60 s), 2 when a first child cannot start, 1 when a child exited
+    non-zero during the stop.
     """
     configure_logging(log_level, log_format)
     app = ctx.find_object(CliState).app(required=True)  # type: ignore[union-attr]
