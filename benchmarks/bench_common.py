@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from pgtasks import App
+from pgtasks.ops import bench
 from pgtasks.ops.bench import Result
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -60,3 +64,16 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     lines += ["| " + " | ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths, strict=True)) + " |"
               for r in rows]
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def throwaway_app(make_app: Callable[..., App], dsn: str, **options: Any) -> Iterator[App]:
+    """`make_app(dsn, schema=<a fresh pgtasks_bench_* name>, **options)`, migrated; on exit closed and its
+    schema dropped."""
+    app = make_app(dsn, schema=bench.SCHEMA_PREFIX + uuid.uuid4().hex[:12], **options)
+    try:
+        app.migrate()
+        yield app
+    finally:
+        app.close()
+        bench.drop_schema(app)

@@ -24,11 +24,10 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench_common import base_parser
+from bench_common import base_parser, throwaway_app
 from psycopg import sql
 
 from pgtasks import App
@@ -95,13 +94,8 @@ class Worker(bench.WorkerProcess):
 
 @contextlib.contextmanager
 def throwaway(dsn: str) -> Iterator[App]:
-    app = cpu_app(dsn, schema=bench.SCHEMA_PREFIX + uuid.uuid4().hex[:12], application_name=CLIENT_NAME)
-    try:
-        app.migrate()
+    with throwaway_app(cpu_app, dsn, application_name=CLIENT_NAME) as app:
         yield app
-    finally:
-        app.close()
-        bench.drop_schema(app)
 
 
 def drain(dsn: str, *, jobs: int, iterations: int, processes: int, concurrency: int) -> tuple[float, dict[str, object]]:

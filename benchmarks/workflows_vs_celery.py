@@ -31,13 +31,12 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, LiteralString
 
-from bench_common import base_parser
+from bench_common import base_parser, throwaway_app
 from psycopg import sql
 
 from pgtasks import App, chain, chord
@@ -86,13 +85,8 @@ def task(app: App, name: str) -> Task[..., Any]:
 @contextlib.contextmanager
 def throwaway(dsn: str) -> Iterator[App]:
     """A workflow bench App on a fresh, migrated pgtasks_bench_* schema, dropped on exit."""
-    app = workflow_app(dsn, schema=bench.SCHEMA_PREFIX + uuid.uuid4().hex[:12])
-    try:
-        app.migrate()
+    with throwaway_app(workflow_app, dsn) as app:
         yield app
-    finally:
-        app.close()
-        bench.drop_schema(app)
 
 
 class Worker(bench.WorkerProcess):

@@ -10,11 +10,16 @@ from pgtasks import App
 from tests.conftest import ROOT
 
 
-def test_quickstart_demo(app: App, database_url: str) -> None:
+def run_example(path: str, app: App, database_url: str) -> subprocess.CompletedProcess[str]:
+    """Run `python <path>` as a user would, on the test database and the app fixture's schema; it must exit 0."""
     env = {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": app.schema}
-    result = subprocess.run([sys.executable, "examples/quickstart.py"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, path], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_quickstart_demo(app: App, database_url: str) -> None:
+    result = run_example("examples/quickstart.py", app, database_url)
     out = result.stdout
     assert "rolled back: payment declined for bob@example.com" in out
     assert "quickstart.send_welcome_email    completed  attempts=2" in out
@@ -24,20 +29,14 @@ def test_quickstart_demo(app: App, database_url: str) -> None:
 
 
 def test_periodic_example(app: App, database_url: str) -> None:
-    env = {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": app.schema}
-    result = subprocess.run([sys.executable, "examples/periodic.py"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_example("examples/periodic.py", app, database_url)
     runs = {line.split()[0]: (line.split()[1], int(line.split()[2])) for line in result.stdout.splitlines()}
     assert runs["periodic.heartbeat"][0] == "completed" and 3 <= runs["periodic.heartbeat"][1] <= 5
     assert runs["periodic.cron_two_seconds"][0] == "completed" and 1 <= runs["periodic.cron_two_seconds"][1] <= 3
 
 
 def test_workflows_example(app: App, database_url: str) -> None:
-    env = {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": app.schema}
-    result = subprocess.run([sys.executable, "examples/workflows.py"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_example("examples/workflows.py", app, database_url)
     out = result.stdout.splitlines()
     assert "chain(chord, report) -> 'pages: 9 words'" in out
     assert "group -> [4, 2, 3]" in out
@@ -48,10 +47,7 @@ def test_workflows_example(app: App, database_url: str) -> None:
 
 
 def test_limits_example(app: App, database_url: str) -> None:
-    env = {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": app.schema}
-    result = subprocess.run([sys.executable, "examples/limits.py"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_example("examples/limits.py", app, database_url)
     out = result.stdout.splitlines()
     assert "exports: at most 2 at once (limit 2)" in out
     assert "customer 1: at most 1 at once (limit 1 per customer)" in out
@@ -65,10 +61,7 @@ def test_from_celery_example(app: App, database_url: str) -> None:
     """examples/from_celery/: a Celery-shaped package (Blueprints in several modules, include= and
     autodiscover(), retry_on, crontab() beat schedules, send_task by name, JobRef.from_id) runs, and
     `pgtasks -A bookshop.app` finds its tasks and schedules as a Celery user would spell it."""
-    env = {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": app.schema}
-    result = subprocess.run([sys.executable, "examples/from_celery/run.py"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_example("examples/from_celery/run.py", app, database_url)
     out = result.stdout.splitlines()
     assert ("tasks: billing.charge, billing.invoice_overdue, mail.send_receipt, mail.send_statements, "
             "reports.weekly_sales") in out
@@ -97,6 +90,7 @@ def test_from_celery_example(app: App, database_url: str) -> None:
     assert "weekly sales: orders=3, paid=2, cents=8650" in out
     assert "charge failed for good: order 3: CardDeclined('card declined for order 3')" in result.stderr
 
+    env = {**os.environ, "PGTASKS_DATABASE_URL": database_url, "PGTASKS_SCHEMA": app.schema}
     periodic = subprocess.run([sys.executable, "-m", "pgtasks", "-A", "bookshop.app", "periodic"],
                               cwd=ROOT / "examples" / "from_celery", env=env, capture_output=True, text=True,
                               timeout=120)
