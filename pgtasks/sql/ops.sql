@@ -34,13 +34,7 @@ WHERE state = ANY(%(states)s::{schema}.job_state[])
 -- name: job_count_purgeable
 -- How many jobs a purge would delete (job_purge_many's filter; shown before asking for confirmation).
 SELECT count(*) FROM {schema}.jobs AS j
-WHERE state = ANY(%(states)s::{schema}.job_state[]) AND state <> 'running'
-  AND {include:_outside_unfinished_workflows}
-  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-  AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
-  AND (%(older_than)s::float8 IS NULL
-       OR coalesce(finalized_at, created_at) < coalesce(%(now)s::timestamptz, now())
-                                                - make_interval(secs => %(older_than)s::float8))
+WHERE {include:_purgeable}
 
 -- name: job_retry_many
 -- Make jobs run again now: by ids, or by filter. At most %(limit)s rows per call, so a bulk retry
@@ -121,6 +115,17 @@ WITH picked AS (
 SELECT id FROM {schema}.jobs
 WHERE id = ANY(%(ids)s::bigint[]) AND state = 'running' AND cancel_requested_at IS NOT NULL
 
+-- name: _purgeable
+-- A job (j) a purge may delete: of the given states, queues and tasks, finished or created before
+-- %(older_than)s seconds ago, never running, and no step of an unfinished workflow.
+state = ANY(%(states)s::{schema}.job_state[]) AND state <> 'running'
+AND {include:_outside_unfinished_workflows}
+AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+AND (%(older_than)s::float8 IS NULL
+     OR coalesce(finalized_at, created_at) < coalesce(%(now)s::timestamptz, now())
+                                              - make_interval(secs => %(older_than)s::float8))
+
 -- name: _outside_unfinished_workflows
 -- A job (j) that is no step of a workflow with a step still to finish: deleting such a step would
 -- leave its workflow waiting for ever, or hand a successor a null for its result. Looked up
@@ -150,13 +155,7 @@ FROM {schema}.jobs WHERE id = %(id)s
 -- workflow), oldest first, in a short transaction; `pgtasks jobs purge` calls it until nothing is left.
 WITH picked AS (
     SELECT id FROM {schema}.jobs AS j
-    WHERE state = ANY(%(states)s::{schema}.job_state[]) AND state <> 'running'
-      AND {include:_outside_unfinished_workflows}
-      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
-      AND (%(older_than)s::float8 IS NULL
-           OR coalesce(finalized_at, created_at) < coalesce(%(now)s::timestamptz, now())
-                                                    - make_interval(secs => %(older_than)s::float8))
+    WHERE {include:_purgeable}
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

@@ -65,12 +65,13 @@ def _raw_queries() -> dict[str, str]:
 
 
 def expand_includes(sections: dict[str, str]) -> dict[str, str]:
-    """The queries of `sections` with each `{include:_name}` replaced by fragment `_name`'s text."""
+    """The queries of `sections` with each `{include:_name}` replaced by fragment `_name`'s text (a
+    fragment may include another)."""
     def fragment(match: re.Match[str]) -> str:
         name = match[1]
         if not name.startswith("_") or name not in sections:
             raise ValueError(f"{{include:{name}}}: no fragment named {name!r} (fragments' names start with _)")
-        return sections[name]
+        return _INCLUDE.sub(fragment, sections[name])
     return {name: _INCLUDE.sub(fragment, body) for name, body in sections.items() if not name.startswith("_")}
 
 
