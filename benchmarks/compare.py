@@ -1,4 +1,13 @@
-"""pgtasks side by side with its peers: the same workloads, in one run, as ratios.
+"""pgtasks side by side with its peers: the same workloads, measured the same way, in one run, as ratios.
+
+Workloads (--workloads): enqueue (one job per transaction, each carrying an argument), bulk_1000 and
+bulk_5000 (bulk enqueue through each library's public bulk call, 1,000 or 5,000 jobs per call),
+drain (50,000 queued no-op jobs, async handler, each library's default settings), drain_sync (the
+same with a sync handler on a thread), drain_c10 (async, concurrency 10) and idle_latency.
+Every drain is timed from outside the library (peers/peer_common.py DrainClock: a separate
+connection counting the jobs not finished yet, first completion to last), with each library's own
+timestamps beside it; start latency runs from the enqueuing client's clock to the task's first line
+(StampFile). pgtasks and its workers log at INFO, as pgqueuer's do.
 
 Peers: pgqueuer, procrastinate and oban (on PostgreSQL), and celery (Celery with the Redis broker,
 which needs Redis running; see benchmarks/peers/celery_bench.py). Makes (once) a separate venv
@@ -20,6 +29,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +39,13 @@ import psycopg
 from bench_common import base_parser
 
 import pgtasks
+from pgtasks.app import App
 from pgtasks.ops import bench
+from pgtasks.storage.bench import BenchStore
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "peers"))
+from peer_common import DrainClock, StampFile  # noqa: E402 - stdlib + psycopg, shared with the peers
 
 
 @dataclass(frozen=True)
@@ -50,15 +64,20 @@ class Peer:
 
 
 PEERS = {
-    "pgqueuer": Peer("pgqueuer", "1.6.0"),
+    # Its asyncpg extra: pgqueuer's docs run it on asyncpg (and on uvloop, a dependency on Linux).
+    "pgqueuer": Peer("pgqueuer", "1.6.0", extra="asyncpg", also_report=("asyncpg", "uvloop")),
     "procrastinate": Peer("procrastinate", "3.10.0"),
     # The redis extra brings the redis client at the version kombu supports; the broker is Redis.
     "celery": Peer("celery", "5.7.0", extra="redis", also_report=("redis", "kombu")),
     # Every oban release on the index (0.5.0 to 0.7.0) requires Python 3.12 or newer.
     "oban": Peer("oban", "0.7.0", python=(3, 12)),
 }
-THROUGHPUT = ("enqueue", "bulk_enqueue", "drain", "drain_c10")
+THROUGHPUT = ("enqueue", "bulk_1000", "bulk_5000", "drain", "drain_sync", "drain_c10")
+WORKLOADS = (*THROUGHPUT, "idle_latency")
 SLOW_DRAIN = ("procrastinate",)  # peers drained with --slow-drain-jobs
+# Peers measured with the shared clocks (DrainClock, StampFile) and given --task; the others keep
+# their own scripts' measures (database timestamps), and run no drain_sync.
+SAME_CLOCKS = ("pgqueuer",)
 Row = dict[str, Any]
 
 
@@ -150,31 +169,104 @@ def run_peer(python: Path, library: str, dsn: str, args: list[str]) -> Row:
     return row
 
 
-def run_pgtasks(dsn: str, workload: str, sizes: dict[str, int], chunk: int) -> Row:
+def run_pgtasks(dsn: str, workload: str, sizes: dict[str, int]) -> Row:
     with bench.throwaway_app(dsn) as app:
         if workload == "enqueue":
-            result = bench.enqueue_single(app, sizes["enqueue"])
-        elif workload == "bulk_enqueue":
-            result = bench.enqueue_bulk(app, sizes["bulk"], chunk=chunk)
-        elif workload == "drain":
-            result = bench.drain(app, sizes["drain"])
-        elif workload == "drain_c10":
-            result = bench.drain(app, sizes["drain"], concurrency=10, workload="drain_c10")
-        else:
-            result = bench.idle_latency(app, sizes["latency"])
-    return result.as_dict()
+            return pgtasks_enqueue(app, sizes["enqueue"])
+        if workload.startswith("bulk_"):
+            return pgtasks_bulk(app, sizes["bulk"], int(workload.removeprefix("bulk_")))
+        if workload == "idle_latency":
+            return pgtasks_latency(app, sizes["latency"])
+        task = bench.NOOP_TASK if workload == "drain_sync" else bench.ASYNC_NOOP_TASK
+        concurrency = 10 if workload == "drain_c10" else None
+        return pgtasks_drain(app, sizes["drain"], workload, task, concurrency)
 
 
-def peer_args(workload: str, sizes: dict[str, int], chunk: int, library: str, slow_drain: int) -> list[str]:
+def pgtasks_enqueue(app: App, jobs: int) -> Row:
+    """`task.delay(n=i)`, each its own transaction on the app's pool."""
+    task = bench.stamp_task(app)
+    task.delay(n=-1)  # opens the pool: connecting is not part of enqueueing
+    started = time.perf_counter()
+    for n in range(jobs):
+        task.delay(n=n)
+    seconds = time.perf_counter() - started
+    return bench.Result("enqueue", jobs, seconds, jobs / seconds).as_dict()
+
+
+def pgtasks_bulk(app: App, jobs: int, chunk: int) -> Row:
+    """`task.delay_many([task.s(n=i) ...])`, `chunk` signatures per call (each its own transaction)."""
+    task = bench.stamp_task(app)
+    task.delay_many([task.s(n=-1)])  # opens the pool
+    started = time.perf_counter()
+    for offset in range(0, jobs, chunk):
+        task.delay_many([task.s(n=n) for n in range(offset, min(offset + chunk, jobs))])
+    seconds = time.perf_counter() - started
+    return bench.Result(f"bulk_{chunk}", jobs, seconds, jobs / seconds, details={"chunk": chunk}).as_dict()
+
+
+def pgtasks_drain(app: App, jobs: int, workload: str, task: str, concurrency: int | None) -> Row:
+    """bench.drain() (a `pgtasks worker --burst` subprocess), timed from outside by a DrainClock."""
+    store = BenchStore(app.schema)
+    with app.connect() as conn:
+        clock = DrainClock(lambda: store.count_unfinished(conn), jobs)
+
+        def start_clock(worker: bench.WorkerProcess) -> None:
+            clock.start()  # the jobs are queued and the worker is starting: nothing has completed yet
+
+        try:
+            result = bench.drain(app, jobs, concurrency=concurrency, workload=workload, task_name=task,
+                                 on_start=start_clock)
+            seconds = clock.seconds()
+        finally:
+            clock.abort()
+    details = {**result.details, "own_timestamps_seconds": round(result.seconds, 4),
+               "own_timestamps_rate": round(result.rate, 1), "clock": "outside"}
+    return bench.Result(workload, jobs, seconds, jobs / seconds, details=details).as_dict()
+
+
+def pgtasks_latency(app: App, jobs: int, interval: float = 0.02) -> Row:
+    """An idle `pgtasks worker`; `task.delay(n=i)` every `interval` s; client clock to the task's first line."""
+    task = bench.stamp_task(app)
+    stamps = StampFile()
+    try:
+        worker = bench.WorkerProcess(app)
+        worker.env[bench.STAMP_FILE_ENV] = str(stamps.path)
+        with worker:
+            task.delay(n=-1)  # warm-up job, left out
+            bench.wait_until(lambda: stamps.stamped() >= 1, timeout=60.0, worker=worker, what="the warm-up job")
+            started = time.perf_counter()
+            for n in range(jobs):
+                stamps.mark(n)
+                task.delay(n=n)
+                pause = started + (n + 1) * interval - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+            seconds = time.perf_counter() - started
+            bench.wait_until(lambda: stamps.stamped() >= jobs + 1, timeout=120.0, worker=worker, what="all jobs")
+            worker.stop()
+        latencies = stamps.latencies_ms()
+    finally:
+        stamps.close()
+    details = {"listen": True, "clock": "client to task", "interval_ms": round(interval * 1000, 1),
+               **bench.percentiles(latencies)}
+    return bench.Result("idle_latency", jobs, seconds, jobs / seconds, details=details).as_dict()
+
+
+def peer_args(workload: str, sizes: dict[str, int], library: str, slow_drain: int) -> list[str] | None:
+    """The peer script's command line for a workload, or None when the peer does not run it."""
     drain_jobs = slow_drain if library in SLOW_DRAIN else sizes["drain"]
+    same_clocks = library in SAME_CLOCKS
     if workload == "enqueue":
         return ["enqueue", "--jobs", str(sizes["enqueue"])]
-    if workload == "bulk_enqueue":
-        return ["bulk", "--jobs", str(sizes["bulk"]), "--chunk", str(chunk)]
-    if workload == "drain":
-        return ["drain", "--jobs", str(drain_jobs)]
+    if workload.startswith("bulk_"):
+        return ["bulk", "--jobs", str(sizes["bulk"]), "--chunk", workload.removeprefix("bulk_")]
+    if workload in ("drain", "drain_sync"):
+        if not same_clocks:
+            return ["drain", "--jobs", str(drain_jobs)] if workload == "drain" else None
+        return ["drain", "--jobs", str(drain_jobs), "--task", "sync" if workload == "drain_sync" else "async"]
     if workload == "drain_c10":
-        return ["drain", "--jobs", str(drain_jobs), "--concurrency", "10"]
+        task = ["--task", "async"] if same_clocks else []
+        return ["drain", "--jobs", str(drain_jobs), "--concurrency", "10", *task]
     return ["latency", "--jobs", str(sizes["latency"])]
 
 
@@ -232,9 +324,10 @@ def ratios(summary: dict[str, dict[str, Row]], peers: list[str]) -> list[Row]:
 
 
 def markdown(summary: dict[str, dict[str, Row]], libraries: list[str], ceiling: list[Row]) -> str:
-    lines = ["| library | enqueue, 1 job/tx (jobs/s) | bulk enqueue (jobs/s) | drain, default (jobs/s) "
-             "| drain, concurrency 10 (jobs/s) | idle latency p50 / p95 / p99 (ms) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| library | enqueue, 1 job/tx (jobs/s) | bulk, 1,000/call (jobs/s) | bulk, 5,000/call (jobs/s) "
+             "| drain, async (jobs/s) | drain, sync (jobs/s) | drain, concurrency 10 (jobs/s) "
+             "| idle latency p50 / p95 / p99 (ms) |",
+             "|---|---|---|---|---|---|---|---|"]
     for library in libraries:
         cells = []
         for workload in THROUGHPUT:
@@ -249,6 +342,26 @@ def markdown(summary: dict[str, dict[str, Row]], libraries: list[str], ceiling: 
     return "\n".join(lines)
 
 
+def run_rounds(dsn: str, workloads: list[str], peers: list[str], pythons: dict[str, Path],
+               sizes: dict[str, int], repeat: int, slow_drain: int) -> list[Row]:
+    """Every workload on pgtasks and then on each peer, `repeat` rounds: A and B alternate."""
+    rows: list[Row] = []
+    for _ in range(max(1, repeat)):
+        for workload in workloads:
+            row = run_pgtasks(dsn, workload, sizes)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            for peer in peers:
+                command = peer_args(workload, sizes, peer, slow_drain)
+                if command is None:
+                    continue
+                row = run_peer(pythons[peer], peer, dsn, command)
+                row["workload"] = workload  # the peer scripts name bulk and drain variants alike
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__)
     parser.set_defaults(repeat=3)
@@ -257,18 +370,21 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma-separated peers to run, of: {', '.join(PEERS)} (celery needs Redis running)")
     parser.add_argument("--newer-python", default=None,
                         help="a Python 3.12+ for the peers that need one (oban); default: found on PATH or ~/.pyenv")
-    parser.add_argument("--workloads", default="enqueue,bulk_enqueue,drain,drain_c10,idle_latency")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of: {', '.join(WORKLOADS)}")
     parser.add_argument("--enqueue-jobs", type=int, default=5000)
     parser.add_argument("--bulk-jobs", type=int, default=50_000)
     parser.add_argument("--drain-jobs", type=int, default=50_000)
     parser.add_argument("--slow-drain-jobs", type=int, default=10_000,
                         help="drain size for procrastinate, which drains 50k jobs in minutes (rates stay comparable)")
     parser.add_argument("--latency-jobs", type=int, default=200)
-    parser.add_argument("--chunk", type=int, default=5000, help="bulk enqueue jobs per statement (all libraries)")
     parser.add_argument("--ceiling", action="store_true", help="also run the pgbench ceiling measurements")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table at the end")
     args = parser.parse_args(argv)
     dsn = args.database_url
+    workloads = [w for w in args.workloads.split(",") if w]
+    if set(workloads) - set(WORKLOADS):
+        parser.error(f"unknown workloads {', '.join(sorted(set(workloads) - set(WORKLOADS)))}: "
+                     f"choose from {', '.join(WORKLOADS)}")
     peers = [p for p in args.peers.split(",") if p]
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
@@ -277,19 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(machine(dsn, versions)), flush=True)
     sizes = {"enqueue": args.enqueue_jobs, "bulk": args.bulk_jobs, "drain": args.drain_jobs,
              "latency": args.latency_jobs}
-    rows: list[Row] = []
-    for _ in range(max(1, args.repeat)):
-        for workload in args.workloads.split(","):
-            row = run_pgtasks(dsn, workload, sizes, args.chunk)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            for peer in peers:
-                row = run_peer(pythons[peer], peer, dsn,
-                               peer_args(workload, sizes, args.chunk, peer, args.slow_drain_jobs))
-                if workload == "drain_c10":
-                    row["workload"] = "drain_c10"
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+    rows = run_rounds(dsn, workloads, peers, pythons, sizes, args.repeat, args.slow_drain_jobs)
     ceiling: list[Row] = []
     if args.ceiling:
         out = subprocess.run([sys.executable, str(HERE / "pgbench_ceiling.py"), "--database-url", dsn],

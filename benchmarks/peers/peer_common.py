@@ -1,9 +1,11 @@
 """Plumbing shared by the peer benchmarks (run in the peers venv, so stdlib + psycopg only).
 
 Each peer script runs the same workloads as pgtasks.ops.bench, measured the same way: single and
-bulk enqueue timed on the client; drain rate and start latency from the peer's own database
-timestamps (first claim to last completion; claim minus enqueue), completions counted in the
-database; workers run as subprocesses with INFO logging to a temp file.
+bulk enqueue timed on the client; the drain rate watched from outside the library (DrainClock: a
+separate connection counting the jobs not finished yet), next to the peer's own database
+timestamps; start latency from the enqueuing client's clock to the task's first line (StampFile);
+completions counted in the database; workers run as subprocesses with INFO logging to a temp file.
+This module is shared with benchmarks/compare.py, which runs pgtasks with the same two clocks.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -117,6 +120,112 @@ class WorkerProcess:
             self.proc.wait()
 
 
+class DrainClock:
+    """Times a drain from outside the library: a thread polls `unfinished()` (its own connection),
+    the number of jobs not finished yet, every `interval` seconds.
+
+    The drain runs from the first completion (the first poll that sees fewer than `jobs`
+    unfinished) to the last (the first poll that sees none). Each end is taken as the midpoint
+    between that poll and the one before it, so the poll interval costs no bias, only a
+    resolution of +-interval/2 at each end.
+    """
+
+    def __init__(self, unfinished: Callable[[], int], jobs: int, interval: float = 0.05) -> None:
+        self.unfinished = unfinished
+        self.jobs = jobs
+        self.interval = interval
+        self.first: float | None = None
+        self.last: float | None = None
+        self.polls = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drain-clock", daemon=True)
+
+    def start(self) -> DrainClock:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            previous = time.perf_counter()
+            while not self._stop.is_set():
+                left = self.unfinished()
+                now = time.perf_counter()
+                self.polls += 1
+                if self.first is None and left < self.jobs:
+                    self.first = (previous + now) / 2
+                if left == 0:
+                    self.last = (previous + now) / 2
+                    return
+                previous = now
+                self._stop.wait(self.interval)
+        except Exception as exc:  # noqa: BLE001 - re-raised by seconds(): a failed poll is no result
+            self.error = exc
+
+    def seconds(self, timeout: float = 60.0) -> float:
+        """The drain's duration; waits up to `timeout` for the last poll, raises if it never came."""
+        self._thread.join(timeout)
+        self._stop.set()
+        if self.error is not None:
+            raise RuntimeError(f"the drain clock failed: {self.error!r}") from self.error
+        if self.first is None or self.last is None:
+            raise RuntimeError(f"the drain clock saw no end to the drain within {timeout}s "
+                               f"(last poll: {self.polls} polls)")
+        return max(self.last - self.first, 1e-6)
+
+    def abort(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class StampFile:
+    """Start latency on the enqueuing client's clock: the task's first line appends `<n> <time_ns>`
+    to this file; the client notes time.time_ns() just before enqueueing job n.
+
+    Both ends read the same host's wall clock, so this needs client and worker on one machine.
+    """
+
+    ENV = "BENCH_STAMP_FILE"
+
+    def __init__(self) -> None:
+        handle, name = tempfile.mkstemp(prefix="bench-stamps-", suffix=".txt")
+        os.close(handle)
+        self.path = Path(name)
+        self.sent: dict[int, int] = {}
+
+    def mark(self, n: int) -> None:
+        self.sent[n] = time.time_ns()
+
+    def stamped(self) -> int:
+        return len(self.path.read_text().splitlines())
+
+    def latencies_ms(self) -> list[float]:
+        started = {}
+        for line in self.path.read_text().splitlines():
+            n, at = line.split()
+            started[int(n)] = int(at)
+        missing = [n for n in self.sent if n not in started]
+        if missing:
+            raise RuntimeError(f"{len(missing)} of {len(self.sent)} jobs left no stamp (first: {missing[:5]})")
+        return [(started[n] - sent) / 1e6 for n, sent in sorted(self.sent.items())]
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def write_stamp(n: int) -> None:
+    """The stamping task's first line (the worker side of StampFile), for every library alike."""
+    path = os.environ.get(StampFile.ENV)
+    if path is None:
+        return
+    at = time.time_ns()  # first: the file's open is not part of the latency
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, f"{n} {at}\n".encode())
+    finally:
+        os.close(fd)
+
+
 def paced_enqueue(enqueue: Callable[[], object], jobs: int, interval: float) -> float:
     """Call `enqueue` `jobs` times, `interval` seconds apart; return the seconds it took."""
     started = time.perf_counter()
@@ -195,6 +304,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     d = sub.add_parser("drain", help="drain N queued no-op jobs")
     d.add_argument("--jobs", type=int, default=50_000)
     d.add_argument("--concurrency", type=int, default=None, help="default: the peer's default")
+    d.add_argument("--task", choices=("async", "sync"), default="async",
+                   help="an async no-op (run on the event loop) or a sync one (run on a thread)")
     lat = sub.add_parser("latency", help="idle worker: start latency of jobs enqueued --interval apart")
     lat.add_argument("--jobs", type=int, default=200)
     lat.add_argument("--interval", type=float, default=0.02)
@@ -202,6 +313,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     w.add_argument("--schema", required=True)
     w.add_argument("--concurrency", type=int, default=None)
     w.add_argument("--burst", action="store_true")
+    w.add_argument("--log-level", default="INFO")
     return p
 
 

@@ -1,33 +1,45 @@
 """pgqueuer on the pgtasks benchmark workloads (run with the peers venv's python; see benchmarks/compare.py).
 
-Same measurements as pgtasks.ops.bench: enqueue timed on the client with pgqueuer's sync driver (like
-pgtasks' sync .delay()); drain and start latency from pgqueuer_log timestamps ('picked' and
-'successful' rows are written with now() of their transactions), completions counted there.
+pgqueuer is run as its own docs run it at its best: the worker is what `pgq run
+pgqueuer_app:create_pgqueuer` runs (pgqueuer.run() on uvloop; pgqueuer_app.main() says why not the
+CLI itself) over an asyncpg connection, at --log-level INFO like the
+pgtasks worker, with pgqueuer's default batch size (10); at concurrency 10 it gets
+--max-concurrent-tasks 10 and --batch-size 5 (pgqueuer requires max >= 2 x batch). The producer
+is pgqueuer's Queries on asyncpg (`--driver psycopg` measures its sync psycopg driver instead).
+Every job carries a payload (its number), as every pgtasks job carries an argument.
+
+Drain: timed from outside the library (DrainClock: jobs left in pgqueuer's queue table, which a
+completion deletes from), next to pgqueuer's own pgqueuer_log timestamps ('picked' and
+'successful' rows, now() of their transactions). Start latency: the enqueuing client's clock to
+the task's first line (StampFile).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
+import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from peer_common import (
-    WorkerProcess,
+    DrainClock,
+    StampFile,
     emit,
     emit_idle_latency,
-    paced_run,
     parser,
-    run_workload,
     scalar,
     throwaway_schema,
+    wait_until,
 )
+from pgqueuer_app import NOOP, STAMP, SYNC_NOOP
 
 LIBRARY = "pgqueuer"
-ENTRYPOINT = "noop"
+HERE = Path(__file__).resolve().parent
 
 
 def _use_schema(schema: str) -> None:
@@ -37,150 +49,243 @@ def _use_schema(schema: str) -> None:
     os.environ["PGQUEUER_CHANNEL"] = f"ch_{schema}"
 
 
-def _install(dsn: str) -> None:
-    from pgqueuer.adapters.drivers.psycopg import PsycopgDriver
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    import uvloop
+
+    return uvloop.run(coro)
+
+
+async def _queries(dsn: str, driver: str) -> tuple[Any, Any]:
+    """pgqueuer's async Queries over an asyncpg connection (or psycopg's async one); (queries, conn)."""
     from pgqueuer.adapters.persistence.queries import Queries
 
+    if driver == "asyncpg":
+        import asyncpg
+        from pgqueuer.db import AsyncpgDriver
+
+        conn = await asyncpg.connect(dsn)
+        return Queries(AsyncpgDriver(conn)), conn
+    from pgqueuer.adapters.drivers.psycopg import PsycopgDriver
+
+    pconn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    return Queries(PsycopgDriver(pconn)), pconn
+
+
+def _install(dsn: str) -> None:
     async def run() -> None:
-        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-        async with conn:
-            await Queries(PsycopgDriver(conn)).install(create_schema=True)
+        queries, conn = await _queries(dsn, "asyncpg")
+        try:
+            await queries.install(create_schema=True)
+        finally:
+            await conn.close()
 
-    asyncio.run(run())
-
-
-def _sync_queries(conn: psycopg.Connection[Any]) -> Any:
-    from pgqueuer.adapters.drivers.psycopg import SyncPsycopgDriver
-    from pgqueuer.adapters.persistence.queries import SyncQueries
-
-    return SyncQueries(SyncPsycopgDriver(conn))
+    _run(run())
 
 
-def _fill(dsn: str, jobs: int, chunk: int = 5000) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        queries = _sync_queries(conn)
-        for offset in range(0, jobs, chunk):
-            n = min(chunk, jobs - offset)
-            queries.enqueue([ENTRYPOINT] * n, [None] * n, [0] * n)
+def _payload(n: int) -> bytes:
+    return str(n).encode()
 
 
-def _worker_args(schema: str, concurrency: int | None, burst: bool) -> list[str]:
-    args = ["--schema", schema]
-    if concurrency is not None:
-        args += ["--concurrency", str(concurrency)]
-    if burst:
-        args.append("--burst")
-    return args
-
-
-def cmd_enqueue(dsn: str, jobs: int) -> None:
-    with throwaway_schema(dsn, "bench_pgq") as schema:
-        _use_schema(schema)
-        _install(dsn)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            queries = _sync_queries(conn)
-            queries.enqueue(ENTRYPOINT, None)
-            started = time.perf_counter()
-            for _ in range(jobs):
-                queries.enqueue(ENTRYPOINT, None)
-            seconds = time.perf_counter() - started
-        emit(LIBRARY, "enqueue", jobs, seconds)
-
-
-def cmd_bulk(dsn: str, jobs: int, chunk: int) -> None:
-    with throwaway_schema(dsn, "bench_pgq") as schema:
-        _use_schema(schema)
-        _install(dsn)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            queries = _sync_queries(conn)
-            queries.enqueue([ENTRYPOINT], [None], [0])
-            started = time.perf_counter()
+def _fill(dsn: str, jobs: int, entrypoint: str, chunk: int = 5000) -> None:
+    async def run() -> None:
+        queries, conn = await _queries(dsn, "asyncpg")
+        try:
             for offset in range(0, jobs, chunk):
                 n = min(chunk, jobs - offset)
-                queries.enqueue([ENTRYPOINT] * n, [None] * n, [0] * n)
-            seconds = time.perf_counter() - started
-        emit(LIBRARY, "bulk_enqueue", jobs, seconds, chunk=chunk)
+                await queries.enqueue([entrypoint] * n, [_payload(offset + i) for i in range(n)], [0] * n)
+        finally:
+            await conn.close()
+
+    _run(run())
 
 
-def cmd_drain(dsn: str, jobs: int, concurrency: int | None) -> None:
+class PgqWorker:
+    """pgqueuer's worker (pgqueuer_app.main(), i.e. `pgq run`) as a subprocess on one schema; its
+    log (stderr and stdout) goes to a temp file."""
+
+    def __init__(self, dsn: str, schema: str, *, concurrency: int | None, burst: bool,
+                 log_level: str = "INFO", stamps: StampFile | None = None) -> None:
+        # pgqueuer_app.main() is `pgq run pgqueuer_app:create_pgqueuer` (see its docstring for why
+        # the CLI itself cannot start here), at pgq run's default log level, INFO.
+        if log_level.upper() != "INFO":
+            raise SystemExit(f"the pgqueuer worker runs at pgq run's default log level, INFO, not {log_level}")
+        args = [sys.executable, str(HERE / "pgqueuer_app.py"), "--mode", "drain" if burst else "continuous"]
+        if concurrency is not None:
+            args += ["--max-concurrent-tasks", str(concurrency), "--batch-size", str(max(1, concurrency // 2))]
+        self.args = args
+        self.env = {**os.environ, "BENCH_PGQUEUER_DSN": dsn, "PGQUEUER_SCHEMA": schema,
+                    "PGQUEUER_CHANNEL": f"ch_{schema}", "PYTHONPATH": str(HERE)}
+        if stamps is not None:
+            self.env[StampFile.ENV] = str(stamps.path)
+        self.log = Path(f"/tmp/pgq-bench-{schema}.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    def __enter__(self) -> PgqWorker:
+        self.started_at = time.perf_counter()
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(self.args, env=self.env, cwd=HERE, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.unlink(missing_ok=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+
+    def wait(self, timeout: float) -> float:
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise RuntimeError(f"pgq run did not finish within {timeout}s:\n{self.log_tail()}") from None
+        if code != 0:
+            raise RuntimeError(f"pgq run exited with {code}:\n{self.log_tail()}")
+        return time.perf_counter() - self.started_at
+
+    def stop(self, timeout: float = 60.0) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def cmd_enqueue(dsn: str, jobs: int, driver: str) -> None:
     with throwaway_schema(dsn, "bench_pgq") as schema:
         _use_schema(schema)
         _install(dsn)
-        _fill(dsn, jobs)
-        with WorkerProcess(__file__, dsn, [*_worker_args(schema, concurrency, True)]) as w:
-            wall = w.wait(1800)
+
+        async def run() -> float:
+            queries, conn = await _queries(dsn, driver)
+            try:
+                await queries.enqueue(NOOP, _payload(0))  # warm up: connection caches
+                started = time.perf_counter()
+                for n in range(jobs):
+                    await queries.enqueue(NOOP, _payload(n))
+                return time.perf_counter() - started
+            finally:
+                await conn.close()
+
+        emit(LIBRARY, "enqueue", jobs, _run(run()), driver=driver)
+
+
+def cmd_bulk(dsn: str, jobs: int, chunk: int, driver: str) -> None:
+    with throwaway_schema(dsn, "bench_pgq") as schema:
+        _use_schema(schema)
+        _install(dsn)
+
+        async def run() -> float:
+            queries, conn = await _queries(dsn, driver)
+            try:
+                await queries.enqueue([NOOP], [_payload(0)], [0])
+                started = time.perf_counter()
+                for offset in range(0, jobs, chunk):
+                    n = min(chunk, jobs - offset)
+                    await queries.enqueue([NOOP] * n, [_payload(offset + i) for i in range(n)], [0] * n)
+                return time.perf_counter() - started
+            finally:
+                await conn.close()
+
+        emit(LIBRARY, "bulk_enqueue", jobs, _run(run()), chunk=chunk, driver=driver)
+
+
+def _unfinished(dsn: str, schema: str) -> Callable[[], int]:
+    conn = psycopg.connect(dsn, autocommit=True)
+    query = f'SELECT count(*) FROM "{schema}".pgqueuer'.encode()
+
+    def count() -> int:
+        row = conn.execute(query).fetchone()
+        return int(row[0]) if row else 0
+
+    return count
+
+
+def cmd_drain(dsn: str, jobs: int, concurrency: int | None, task: str) -> None:
+    entrypoint = SYNC_NOOP if task == "sync" else NOOP
+    with throwaway_schema(dsn, "bench_pgq") as schema:
+        _use_schema(schema)
+        _install(dsn)
+        _fill(dsn, jobs, entrypoint)
+        clock = DrainClock(_unfinished(dsn, schema), jobs).start()
+        try:
+            with PgqWorker(dsn, schema, concurrency=concurrency, burst=True) as w:
+                wall = w.wait(1800)
+            outside = clock.seconds()
+        finally:
+            clock.abort()
         log = f'"{schema}".pgqueuer_log'
         done = scalar(dsn, f"SELECT count(*) FROM {log} WHERE status = 'successful'")
         if done != jobs:
             raise RuntimeError(f"pgqueuer drain: {done} of {jobs} completed")
-        seconds = scalar(dsn, f"SELECT extract(epoch FROM max(created) FILTER (WHERE status = 'successful')"
-                              f" - min(created) FILTER (WHERE status = 'picked')) FROM {log}")
-        emit(LIBRARY, "drain", jobs, float(seconds), concurrency=concurrency or "default",
-             wall_seconds=round(wall, 3))
+        own = scalar(dsn, f"SELECT extract(epoch FROM max(created) FILTER (WHERE status = 'successful')"
+                          f" - min(created) FILTER (WHERE status = 'picked')) FROM {log}")
+        emit(LIBRARY, "drain", jobs, outside, concurrency=concurrency or "default", task=task,
+             own_timestamps_seconds=round(float(own), 4), own_timestamps_rate=round(jobs / float(own), 1),
+             wall_seconds=round(wall, 3), clock="outside")
 
 
-def cmd_latency(dsn: str, jobs: int, interval: float) -> None:
+def cmd_latency(dsn: str, jobs: int, interval: float, driver: str) -> None:
     with throwaway_schema(dsn, "bench_pgq") as schema:
         _use_schema(schema)
         _install(dsn)
-        log = f'"{schema}".pgqueuer_log'
+        stamps = StampFile()
+        try:
+            with PgqWorker(dsn, schema, concurrency=None, burst=False, stamps=stamps) as w:
+                async def run() -> float:
+                    queries, conn = await _queries(dsn, driver)
+                    try:
+                        await queries.enqueue(STAMP, _payload(-1))  # warm-up job, left out
+                        await asyncio.to_thread(wait_until, lambda: stamps.stamped() >= 1, timeout=60,
+                                                worker=w, what="the warm-up job")
+                        started = time.perf_counter()
+                        for n in range(jobs):
+                            stamps.mark(n)
+                            await queries.enqueue(STAMP, _payload(n))
+                            pause = started + (n + 1) * interval - time.perf_counter()
+                            if pause > 0:
+                                await asyncio.sleep(pause)
+                        seconds = time.perf_counter() - started
+                        await asyncio.to_thread(wait_until, lambda: stamps.stamped() >= jobs + 1, timeout=120,
+                                                worker=w, what="all jobs")
+                        return seconds
+                    finally:
+                        await conn.close()
 
-        def done() -> int:
-            return int(scalar(dsn, f"SELECT count(*) FROM {log} WHERE status = 'successful'"))
-
-        with WorkerProcess(__file__, dsn, [*_worker_args(schema, None, False)]) as w, \
-                psycopg.connect(dsn, autocommit=True) as conn:
-            queries = _sync_queries(conn)
-            seconds = paced_run(w, lambda: queries.enqueue(ENTRYPOINT, None), done, jobs=jobs, interval=interval)
-            w.stop()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            rows = conn.execute(
-                f"SELECT extract(epoch FROM p.created - q.created) * 1000 FROM {log} q "
-                f"JOIN {log} p ON p.job_id = q.job_id AND p.status = 'picked' "
-                f"WHERE q.status = 'queued' ORDER BY q.job_id".encode()
-            ).fetchall()
-        emit_idle_latency(LIBRARY, jobs, seconds, interval, [float(r[0]) for r in rows][1:], listen=True)
-
-
-def cmd_worker(dsn: str, schema: str, concurrency: int | None, burst: bool) -> None:
-    from datetime import timedelta
-
-    from pgqueuer.adapters.drivers.psycopg import PsycopgDriver
-    from pgqueuer.adapters.persistence.queries import Queries
-    from pgqueuer.core.qm import QueueManager
-    from pgqueuer.domain.types import QueueExecutionMode
-
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    _use_schema(schema)
-
-    async def run() -> None:
-        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-        qm = QueueManager(Queries(PsycopgDriver(conn)))
-
-        async def noop(job: Any) -> None:
-            return None
-
-        qm.entrypoint(ENTRYPOINT)(noop)
-
-        options: dict[str, Any] = {"dequeue_timeout": timedelta(seconds=30), "batch_size": 10}
-        if concurrency is not None:
-            # pgqueuer requires max_concurrent_tasks >= 2 * batch_size.
-            options["batch_size"] = max(1, concurrency // 2)
-            options["max_concurrent_tasks"] = concurrency
-        mode = QueueExecutionMode.drain if burst else QueueExecutionMode.continuous
-        loop = asyncio.get_running_loop()
-        import signal
-
-        loop.add_signal_handler(signal.SIGTERM, qm.shutdown.set)
-        await qm.run(mode=mode, **options)
-
-    asyncio.run(run())
+                seconds = _run(run())
+                w.stop()
+            emit_idle_latency(LIBRARY, jobs, seconds, interval, stamps.latencies_ms(), listen=True,
+                              clock="client to task", driver=driver)
+        finally:
+            stamps.close()
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser(__doc__ or LIBRARY).parse_args(argv)
-    run_workload(args, args.database_url, enqueue=cmd_enqueue, bulk=cmd_bulk, drain=cmd_drain, latency=cmd_latency,
-                 worker=lambda dsn, a: cmd_worker(dsn, a.schema, a.concurrency, a.burst))
+    p = parser(__doc__ or LIBRARY)
+    p.add_argument("--driver", choices=("asyncpg", "psycopg"), default="asyncpg",
+                   help="the producer's driver (the worker always runs on asyncpg under `pgq run`)")
+    args = p.parse_args(argv)
+    dsn = args.database_url
+    if args.command == "enqueue":
+        cmd_enqueue(dsn, args.jobs, args.driver)
+    elif args.command == "bulk":
+        cmd_bulk(dsn, args.jobs, args.chunk, args.driver)
+    elif args.command == "drain":
+        cmd_drain(dsn, args.jobs, args.concurrency, args.task)
+    elif args.command == "latency":
+        cmd_latency(dsn, args.jobs, args.interval, args.driver)
+    else:
+        raise SystemExit("pgqueuer's worker is `pgq run pgqueuer_app:create_pgqueuer` (see PgqWorker)")
 
 
 if __name__ == "__main__":

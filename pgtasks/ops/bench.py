@@ -34,6 +34,10 @@ from pgtasks.storage.bench import BenchStore
 SCHEMA_PREFIX = "pgtasks_bench_"
 NOOP_TASK = "pgtasks.bench.noop"
 ASYNC_NOOP_TASK = "pgtasks.bench.async_noop"
+STAMP_TASK = "pgtasks.bench.stamp"
+# The file the stamp task appends `<n> <time_ns>` to, as its first line (benchmarks/peers/peer_common.py
+# StampFile reads it): start latency on the enqueuing client's clock, the same way for every library.
+STAMP_FILE_ENV = "BENCH_STAMP_FILE"
 # The `pgtasks worker` entry point, run with this interpreter (no reliance on a `pgtasks` script on PATH).
 _CLI = ("-c", "from pgtasks.cli import main; main()")
 _ENCODER = msgspec.json.Encoder()
@@ -53,8 +57,20 @@ def bench_app(database_url: str | None = None, *, schema: str | None = None) -> 
     async def async_noop() -> None:
         return None
 
+    async def stamp(n: int) -> None:
+        at = time.time_ns()  # first: the file's open is not part of the latency
+        path = os.environ.get(STAMP_FILE_ENV)
+        if path is None:
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, f"{n} {at}\n".encode())
+        finally:
+            os.close(fd)
+
     app.task(name=NOOP_TASK)(noop)
     app.task(name=ASYNC_NOOP_TASK)(async_noop)
+    app.task(name=STAMP_TASK)(stamp)
     return app
 
 
@@ -63,6 +79,15 @@ def noop_task(app: App, name: str = NOOP_TASK) -> Task[[], None]:
     task = app.tasks[name]
     if not isinstance(task, Task):
         raise BenchmarkError(f"{name} is not a task of the bench app")
+    return task
+
+
+def stamp_task(app: App) -> Task[[int], None]:
+    """The bench app's task with one argument, `n`: a no-op that, when STAMP_FILE_ENV is set in the
+    worker, first appends `<n> <time.time_ns()>` to that file."""
+    task = app.tasks[STAMP_TASK]
+    if not isinstance(task, Task):
+        raise BenchmarkError(f"{STAMP_TASK} is not a task of the bench app")
     return task
 
 

@@ -23,6 +23,12 @@ ORDER BY id
 -- Completed jobs of one task (the benchmarks count completions here, never in logs).
 SELECT count(*) FROM {schema}.jobs WHERE task = %(task)s AND state = 'completed'
 
+-- name: bench_count_unfinished
+-- Jobs not finished yet (of any task): what an observer outside the worker watches fall to zero
+-- during a drain. Both halves are served by partial indexes (jobs_fetch_idx, jobs_running_by_idx).
+SELECT (SELECT count(*) FROM {schema}.jobs WHERE state IN ('available', 'scheduled', 'retryable'))
+     + (SELECT count(*) FROM {schema}.jobs WHERE state = 'running')
+
 -- name: bench_schema_drop
 -- Drop a benchmark's throwaway schema and everything in it (callers check the bench prefix).
 DROP SCHEMA IF EXISTS {schema} CASCADE

@@ -46,6 +46,10 @@ class BenchStore(StoreBase):
     def count_completed(self, conn: Connection[Any], task: str) -> int:
         return self.run(conn, _count(self.queries["bench_count_completed"], {"task": task}))
 
+    def count_unfinished(self, conn: Connection[Any]) -> int:
+        """Jobs of any task that are not finished yet (queued, scheduled, retryable or running)."""
+        return self.run(conn, _count(self.queries["bench_count_unfinished"], {}))
+
     def schema_drop(self, conn: Connection[Any]) -> None:
         """Drop this schema; only pgtasks.ops.bench.drop_schema() calls it, for its throwaway schemas."""
         self.run(conn, statement(self.queries["bench_schema_drop"]))
