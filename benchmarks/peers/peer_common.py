@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 from urllib.parse import quote
 
 import psycopg
@@ -258,7 +258,15 @@ def emit_idle_latency(library: str, jobs: int, seconds: float, interval: float, 
          **percentiles(latencies_ms))
 
 
-def wait_until(condition: Callable[[], bool], *, timeout: float, worker: WorkerProcess, what: str) -> None:
+class Watched(Protocol):
+    """A worker process being waited on: WorkerProcess, or a peer's own wrapper."""
+
+    def alive(self) -> bool: ...
+
+    def log_tail(self, lines: int = 20) -> str: ...
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float, worker: Watched, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if not worker.alive():

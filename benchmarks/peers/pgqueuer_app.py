@@ -28,22 +28,24 @@ async def create_pgqueuer() -> AsyncIterator[PgQueuer]:
     connection = await asyncpg.connect(os.environ["BENCH_PGQUEUER_DSN"])
     pgq = PgQueuer(AsyncpgDriver(connection))
 
-    @pgq.entrypoint(NOOP)
     async def noop(job: Job) -> None:
         return None
 
     def blocking_noop(job: Job) -> None:
         return None
 
-    @pgq.entrypoint(SYNC_NOOP)
     async def sync_noop(job: Job) -> None:
         # pgqueuer 1.6 takes only async entrypoints; blocking code goes to a thread, as its error
         # message tells users to do.
         await asyncio.to_thread(blocking_noop, job)
 
-    @pgq.entrypoint(STAMP)
     async def stamp(job: Job) -> None:
         write_stamp(int(job.payload or b"0"))
+
+    # pgq.entrypoint(name) is a decorator; called here as a function, like @pgq.entrypoint(name).
+    pgq.entrypoint(NOOP)(noop)
+    pgq.entrypoint(SYNC_NOOP)(sync_noop)
+    pgq.entrypoint(STAMP)(stamp)
 
     try:
         yield pgq

@@ -82,7 +82,7 @@ def noop_task(app: App, name: str = NOOP_TASK) -> Task[[], None]:
     return task
 
 
-def stamp_task(app: App) -> Task[[int], None]:
+def stamp_task(app: App) -> Task[..., None]:
     """The bench app's task with one argument, `n`: a no-op that, when STAMP_FILE_ENV is set in the
     worker, first appends `<n> <time.time_ns()>` to that file."""
     task = app.tasks[STAMP_TASK]
