@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,9 +160,9 @@ def _newer_python(oldest: tuple[int, int], given: str | None) -> str:
     return min(usable)[1]  # the oldest that will do: the closest to the Python pgtasks runs on
 
 
-def run_peer(python: Path, library: str, dsn: str, args: list[str]) -> Row:
+def run_peer(python: Path, library: str, dsn: str, args: list[str], options: Sequence[str] = ()) -> Row:
     script = HERE / "peers" / f"{library}_bench.py"
-    out = subprocess.run([str(python), str(script), "--database-url", dsn, *args], capture_output=True,
+    out = subprocess.run([str(python), str(script), "--database-url", dsn, *options, *args], capture_output=True,
                          text=True, check=False, cwd=script.parent)
     if out.returncode != 0:
         raise SystemExit(f"{library} {' '.join(args)} failed:\n{out.stdout}\n{out.stderr[-4000:]}")
@@ -343,7 +344,8 @@ def markdown(summary: dict[str, dict[str, Row]], libraries: list[str], ceiling: 
 
 
 def run_rounds(dsn: str, workloads: list[str], peers: list[str], pythons: dict[str, Path],
-               sizes: dict[str, int], repeat: int, slow_drain: int) -> list[Row]:
+               sizes: dict[str, int], repeat: int, slow_drain: int,
+               options: dict[str, list[str]] | None = None) -> list[Row]:
     """Every workload on pgtasks and then on each peer, `repeat` rounds: A and B alternate."""
     rows: list[Row] = []
     for _ in range(max(1, repeat)):
@@ -355,7 +357,7 @@ def run_rounds(dsn: str, workloads: list[str], peers: list[str], pythons: dict[s
                 command = peer_args(workload, sizes, peer, slow_drain)
                 if command is None:
                     continue
-                row = run_peer(pythons[peer], peer, dsn, command)
+                row = run_peer(pythons[peer], peer, dsn, command, (options or {}).get(peer, []))
                 row["workload"] = workload  # the peer scripts name bulk and drain variants alike
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -377,6 +379,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slow-drain-jobs", type=int, default=10_000,
                         help="drain size for procrastinate, which drains 50k jobs in minutes (rates stay comparable)")
     parser.add_argument("--latency-jobs", type=int, default=200)
+    parser.add_argument("--pgqueuer-batch-size", type=int, default=10,
+                        help="pgqueuer's worker --batch-size (pgq run's default: 10)")
     parser.add_argument("--ceiling", action="store_true", help="also run the pgbench ceiling measurements")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table at the end")
     args = parser.parse_args(argv)
@@ -393,7 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(machine(dsn, versions)), flush=True)
     sizes = {"enqueue": args.enqueue_jobs, "bulk": args.bulk_jobs, "drain": args.drain_jobs,
              "latency": args.latency_jobs}
-    rows = run_rounds(dsn, workloads, peers, pythons, sizes, args.repeat, args.slow_drain_jobs)
+    options = {"pgqueuer": ["--batch-size", str(args.pgqueuer_batch_size)]}
+    rows = run_rounds(dsn, workloads, peers, pythons, sizes, args.repeat, args.slow_drain_jobs, options)
     ceiling: list[Row] = []
     if args.ceiling:
         out = subprocess.run([sys.executable, str(HERE / "pgbench_ceiling.py"), "--database-url", dsn],

@@ -104,14 +104,16 @@ class PgqWorker:
     log (stderr and stdout) goes to a temp file."""
 
     def __init__(self, dsn: str, schema: str, *, concurrency: int | None, burst: bool,
-                 log_level: str = "INFO", stamps: StampFile | None = None) -> None:
+                 log_level: str = "INFO", stamps: StampFile | None = None, batch_size: int = 10) -> None:
         # pgqueuer_app.main() is `pgq run pgqueuer_app:create_pgqueuer` (see its docstring for why
         # the CLI itself cannot start here), at pgq run's default log level, INFO.
         if log_level.upper() != "INFO":
             raise SystemExit(f"the pgqueuer worker runs at pgq run's default log level, INFO, not {log_level}")
-        args = [sys.executable, str(HERE / "pgqueuer_app.py"), "--mode", "drain" if burst else "continuous"]
-        if concurrency is not None:
-            args += ["--max-concurrent-tasks", str(concurrency), "--batch-size", str(max(1, concurrency // 2))]
+        args = [sys.executable, str(HERE / "pgqueuer_app.py"), "--mode", "drain" if burst else "continuous",
+                "--batch-size", str(batch_size)]
+        if concurrency is not None:  # pgqueuer requires max_concurrent_tasks >= 2 x batch_size
+            args[-1] = str(max(1, min(batch_size, concurrency // 2)))
+            args += ["--max-concurrent-tasks", str(concurrency)]
         self.args = args
         self.env = {**os.environ, "BENCH_PGQUEUER_DSN": dsn, "PGQUEUER_SCHEMA": schema,
                     "PGQUEUER_CHANNEL": f"ch_{schema}", "PYTHONPATH": str(HERE)}
@@ -211,7 +213,7 @@ def _unfinished(dsn: str, schema: str) -> Callable[[], int]:
     return count
 
 
-def cmd_drain(dsn: str, jobs: int, concurrency: int | None, task: str) -> None:
+def cmd_drain(dsn: str, jobs: int, concurrency: int | None, task: str, batch_size: int) -> None:
     entrypoint = SYNC_NOOP if task == "sync" else NOOP
     with throwaway_schema(dsn, "bench_pgq") as schema:
         _use_schema(schema)
@@ -219,7 +221,7 @@ def cmd_drain(dsn: str, jobs: int, concurrency: int | None, task: str) -> None:
         _fill(dsn, jobs, entrypoint)
         clock = DrainClock(_unfinished(dsn, schema), jobs).start()
         try:
-            with PgqWorker(dsn, schema, concurrency=concurrency, burst=True) as w:
+            with PgqWorker(dsn, schema, concurrency=concurrency, burst=True, batch_size=batch_size) as w:
                 wall = w.wait(1800)
             outside = clock.seconds()
         finally:
@@ -232,7 +234,7 @@ def cmd_drain(dsn: str, jobs: int, concurrency: int | None, task: str) -> None:
                           f" - min(created) FILTER (WHERE status = 'picked')) FROM {log}")
         emit(LIBRARY, "drain", jobs, outside, concurrency=concurrency or "default", task=task,
              own_timestamps_seconds=round(float(own), 4), own_timestamps_rate=round(jobs / float(own), 1),
-             wall_seconds=round(wall, 3), clock="outside")
+             wall_seconds=round(wall, 3), clock="outside", batch_size=batch_size)
 
 
 def cmd_latency(dsn: str, jobs: int, interval: float, driver: str) -> None:
@@ -274,6 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__ or LIBRARY)
     p.add_argument("--driver", choices=("asyncpg", "psycopg"), default="asyncpg",
                    help="the producer's driver (the worker always runs on asyncpg under `pgq run`)")
+    p.add_argument("--batch-size", type=int, default=10,
+                   help="the worker's --batch-size (pgq run's default: 10), capped at concurrency / 2")
     args = p.parse_args(argv)
     dsn = args.database_url
     if args.command == "enqueue":
@@ -281,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "bulk":
         cmd_bulk(dsn, args.jobs, args.chunk, args.driver)
     elif args.command == "drain":
-        cmd_drain(dsn, args.jobs, args.concurrency, args.task)
+        cmd_drain(dsn, args.jobs, args.concurrency, args.task, args.batch_size)
     elif args.command == "latency":
         cmd_latency(dsn, args.jobs, args.interval, args.driver)
     else:
