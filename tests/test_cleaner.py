@@ -104,3 +104,27 @@ def test_prunes_old_fire_records_but_keeps_each_schedules_newest_and_dead_worker
                     ("never-ran", NOW - timedelta(days=20)),
                     ("retired", NOW - timedelta(days=40))]
     assert conn.execute(f'SELECT worker_id FROM "{schema}".workers').fetchall() == [("alive",)]
+
+
+def test_a_backlog_is_worked_off_in_short_pauses_then_the_interval_returns(
+        app: App, conn: psycopg.Connection[Any], schema: str) -> None:
+    # Ten rows, two per statement, two statements a pass: a pass that stops at its cap leaves
+    # rows behind, and waiting the full interval for each pass would cap the deletion rate.
+    for _ in range(10):
+        add_job(conn, schema, "completed", timedelta(hours=25))
+
+    async def body(pool: Any) -> list[tuple[int, bool, float]]:
+        cleaner = Cleaner(pool, app.store, batch_size=2, max_batches=2, interval=60.0)
+        passes = []
+        for _ in range(4):
+            await cleaner.run_once(now=NOW)
+            passes.append((len(remaining(conn, schema)), cleaner.interval < 60.0, cleaner.interval))
+        return passes
+
+    passes = run_with_pool(app, body)
+    assert [left for left, _, _ in passes] == [6, 2, 0, 0]
+    # Rows were left after the first two passes (each stopped at its cap with full batches): the
+    # next came after a short pause. The third deleted the last two and then found none, so the
+    # configured interval came back.
+    assert [short for _, short, _ in passes] == [True, True, False, False]
+    assert passes[-1][2] == 60.0
