@@ -16,9 +16,9 @@ heap and index sizes (and each index's), n_live_tup / n_dead_tup, rows deleted i
 Then a summary: the rate over the first and the last --window seconds (default 180; at most half
 the run) and how much the table and its indexes grew from the first sample to the last.
 
-The cleaner runs once a minute and deletes at most 50 batches of 1,000 rows per kind a pass
-(leadership/cleaner.py): above ~830 completions a second it cannot keep up, and the table grows
-however short the retention; `deleted` per interval shows where it stands.
+The cleaner deletes at most 50 batches of 1,000 rows per kind a pass, once a minute, and a second
+after a pass that stopped at that cap (leadership/cleaner.py); `deleted` per interval shows
+whether it keeps up.
 """
 
 from __future__ import annotations
