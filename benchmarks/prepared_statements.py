@@ -1,14 +1,18 @@
-"""What server-side prepared statements would buy pgtasks on a direct connection: one JSON line.
+"""What server-side prepared statements buy pgtasks on a direct connection, and what deciding costs: one JSON line.
 
-pgtasks runs every connection with prepare_threshold=None, because prepared statements break
-under transaction pooling (see docs/pgbouncer.md). This measures what that costs where they would
-be safe (a direct connection): the two statements that matter, a single-job INSERT (.delay()) and
-the worker's claim + outcome round trip (job_fetch_available with LIMIT 10, then
-job_set_outcome_many), each with prepare_threshold=None (pgtasks) and prepare_threshold=0
-(psycopg prepares on first use). The variants alternate within each repeat so a shared machine's
-noise hits both; medians of the repeats are reported with the speedup of prepared over unprepared.
+pgtasks prepares statements only on connections that reach PostgreSQL itself
+(prepared_statements="auto", see pgtasks/storage/prepared.py and docs/pgbouncer.md), because they
+break under transaction pooling. This measures, on a direct connection, the two statements that
+matter, a single-job INSERT (.delay()) and the worker's claim + outcome round trip
+(job_fetch_available with LIMIT 10, then job_set_outcome_many), each with prepare_threshold=None
+(unprepared, as behind a pooler or with "off") and prepare_threshold=0 (psycopg prepares on first
+use). The variants alternate within each repeat so a shared machine's noise hits both; medians of
+the repeats are reported with the speedup of prepared over unprepared. It also times what "auto"
+adds to each new connection: the check (SELECT pg_backend_pid(), compared with the cancel key),
+against the connect itself.
 
     python benchmarks/prepared_statements.py [--database-url DSN] [--repeat 5] [--inserts 2000] [--jobs 2000]
+        [--connections 200]
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from pgtasks import App
 from pgtasks.core.models import EnqueueRow, JobState, Outcome
 from pgtasks.core.options import EnqueueOptions
 from pgtasks.storage.bench import BenchStore
+from pgtasks.storage.connections import connection_kwargs
+from pgtasks.storage.prepared import PreparedStatements, Preparing
 
 
 def _connect_kwargs(prepared: bool) -> dict[str, Any]:
@@ -64,10 +70,29 @@ async def claim_complete_rate(app: App, row: EnqueueRow, prepared: bool, jobs: i
     return done / elapsed
 
 
+async def connect_check_ms(app: App, connections: int) -> tuple[float, float]:
+    """Median milliseconds of a new connection's connect, and of the auto check that follows it."""
+    preparing = Preparing(PreparedStatements.AUTO, app.schema)
+    connects: list[float] = []
+    checks: list[float] = []
+    for _ in range(connections):
+        started = time.perf_counter()
+        conn = await AsyncConnection.connect(app.dsn, **connection_kwargs("pgtasks-bench"))
+        connected = time.perf_counter()
+        await preparing.aconfigure(conn)
+        checks.append((time.perf_counter() - connected) * 1000)
+        connects.append((connected - started) * 1000)
+        if conn.prepare_threshold is None:
+            raise RuntimeError("the benchmark's connection is not direct: auto left preparing off")
+        await conn.close()
+    return statistics.median(connects), statistics.median(checks)
+
+
 async def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--inserts", type=int, default=2000, help="single-row inserts per measurement")
     parser.add_argument("--jobs", type=int, default=2000, help="jobs claimed and completed per measurement")
+    parser.add_argument("--connections", type=int, default=200, help="new connections timed for the auto check")
     args = parser.parse_args()
     schema = f"pgtasks_bench_prep_{uuid.uuid4().hex[:8]}"
     app = App(args.database_url, schema=schema)
@@ -88,6 +113,7 @@ async def main() -> None:
                 suffix = "prepared" if prepared else "unprepared"
                 rates[f"insert_{suffix}"].append(await insert_rate(app, insert_row, prepared, args.inserts))
                 rates[f"claim_{suffix}"].append(await claim_complete_rate(app, row, prepared, args.jobs))
+        connect_ms, check_ms = await connect_check_ms(app, args.connections)
     finally:
         with psycopg.connect(args.database_url, **_connect_kwargs(False)) as conn:
             BenchStore(app.schema).schema_drop(conn)
@@ -105,6 +131,8 @@ async def main() -> None:
         "claim_complete_jobs_per_s_unprepared": medians["claim_unprepared"],
         "claim_complete_jobs_per_s_prepared": medians["claim_prepared"],
         "claim_complete_speedup": round(medians["claim_prepared"] / medians["claim_unprepared"], 3),
+        "new_connection_connect_ms": round(connect_ms, 3),
+        "new_connection_auto_check_ms": round(check_ms, 3),
         "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},
     }))
 
