@@ -65,6 +65,11 @@ class App:
     `timezone="Europe/Paris"` (an IANA name or a tzinfo; default UTC) is the zone cron schedules
     are read in when `@app.periodic` gives no timezone=, like Celery's `timezone` setting; an
     unknown name raises ConfigurationError here.
+
+    `prepared_statements` ("auto", the default; "on" or True; "off" or False; or
+    $PGTASKS_PREPARED_STATEMENTS) says whether connections prepare their statements on the server:
+    auto does so on each connection that reaches PostgreSQL itself, never behind a pooler such as
+    PgBouncer; "off" from the argument or the variable wins (docs/pgbouncer.md, "Prepared statements").
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class App:
         embedded_dir: str | Path | None = None,
         include: Sequence[str] = (),
         timezone: str | tzinfo | None = None,
+        prepared_statements: str | bool | None = None,
     ) -> None:
         self.schema = validate_schema_name(schema or os.environ.get(SCHEMA_ENV) or "pgtasks")
         try:
@@ -85,7 +91,7 @@ class App:
         except ConfigurationError as exc:
             raise ConfigurationError(f"App(timezone=...): {exc}") from None
         self.database = Database(database_url, schema=self.schema, listen_dsn=listen_dsn, pool_size=pool_size,
-                                 application_name=application_name,
+                                 application_name=application_name, prepared_statements=prepared_statements,
                                  embedded_dir=Path(embedded_dir) if embedded_dir is not None else None)
         self.store = Store(self.schema)
         self.registry: Registry[Task[Any, Any]] = Registry()
@@ -130,6 +136,11 @@ class App:
     @property
     def pool_size(self) -> int:
         return self.database.pool_size
+
+    @property
+    def prepared_statements(self) -> str:
+        """"auto", "on" or "off": the resolved App(prepared_statements=...) / $PGTASKS_PREPARED_STATEMENTS."""
+        return self.database.preparing.setting.value
 
     @property
     def embedded_dir(self) -> Path | None:

@@ -76,7 +76,8 @@ def test_start_up_lines_are_short_one_value_a_field_and_name_the_database_like_a
     listens = target.mode.value != "transaction"
     assert records["worker.connections"] == {
         "worker_id": records["worker.started"]["worker_id"], "database_mode": target.mode.value, "pool": 4,
-        "listener_mode": target.mode.value if listens else "none", "server_connections_max": 4 + listens}
+        "listener_mode": target.mode.value if listens else "none", "server_connections_max": 4 + listens,
+        "prepared": "on" if target.name == "direct" else "off"}
     assert records["worker.started"] == {
         "worker_id": records["worker.connections"]["worker_id"], "queues": "default", "concurrency": 10,
         "tasks": 2, "listen": listens, "poll_interval_s": 0.1, "database": where}

@@ -1,5 +1,6 @@
 -- Queries about the connection itself: which backend serves it and LISTEN/NOTIFY. Pool-mode
--- detection (pgtasks.poolmode) and the listener's canary (pgtasks.worker.notifier) use them.
+-- detection (pgtasks.poolmode), the prepared-statements check (pgtasks.storage.prepared) and the
+-- listener's canary (pgtasks.worker.notifier) use them.
 
 -- name: backend_pid_get
 -- The PID of the server process that runs this statement. Behind a transaction pooler it can

@@ -10,6 +10,7 @@ import os
 import re
 import select
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,7 @@ from pgtasks.core.errors import (
     StatementPoolingError,
 )
 from pgtasks.core.logs import log_event
+from pgtasks.storage.prepared import Preparing
 
 logger = logging.getLogger("pgtasks.connections")
 
@@ -46,7 +48,8 @@ def connection_kwargs(application_name: str) -> dict[str, Any]:
     - autocommit: pgtasks opens short explicit transactions itself; psycopg's implicit transaction
       would hold a server connection (and, behind PgBouncer, a pooled backend) until commit.
     - prepare_threshold=None: server-side prepared statements break under transaction pooling
-      ("prepared statement _pg3_0 already exists"), and a pooler may be in any path.
+      ("prepared statement _pg3_0 already exists"), and a pooler may be in any path. A Preparing
+      turns them on afterwards where the connection proves direct (see pgtasks.storage.prepared).
     - application_name is the only startup parameter sent; PgBouncer rejects `options`.
     """
     return {"autocommit": True, "prepare_threshold": None, "application_name": application_name}
@@ -124,20 +127,36 @@ def unreachable(dsn: str, exc: BaseException) -> DatabaseUnreachableError:
         "(--database-url, PGTASKS_DATABASE_URL or App(database_url=...)) and that the server is up")
 
 
-def connect(dsn: str, application_name: str) -> Connection[Any]:
-    """A new pooler-safe connection; DatabaseUnreachableError, naming the target, if none can be opened."""
+def connect(dsn: str, application_name: str, preparing: Preparing | None = None) -> Connection[Any]:
+    """A new pooler-safe connection; DatabaseUnreachableError, naming the target, if none can be opened.
+
+    With `preparing`, it decides whether the connection prepares statements (one round trip)."""
     try:
-        return psycopg.connect(dsn, **connection_kwargs(application_name))
+        conn = psycopg.connect(dsn, **connection_kwargs(application_name))
     except psycopg.OperationalError as exc:
         raise unreachable(dsn, exc) from exc
+    if preparing is not None:
+        try:
+            preparing.configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
 
 
-async def aconnect(dsn: str, application_name: str) -> AsyncConnection[Any]:
+async def aconnect(dsn: str, application_name: str, preparing: Preparing | None = None) -> AsyncConnection[Any]:
     """The asyncio twin of connect()."""
     try:
-        return await AsyncConnection.connect(dsn, **connection_kwargs(application_name))
+        conn = await AsyncConnection.connect(dsn, **connection_kwargs(application_name))
     except psycopg.OperationalError as exc:
         raise unreachable(dsn, exc) from exc
+    if preparing is not None:
+        try:
+            await preparing.aconfigure(conn)
+        except BaseException:
+            await conn.close()
+            raise
+    return conn
 
 
 async def await_database(dsn: str, *, application_name: str, wait: float) -> None:
@@ -214,7 +233,18 @@ class CheckedConnectionPool(ConnectionPool):
     ones are dropped at checkout (see went_stale) and the next one is taken, without the
     pool's own check backoff. The wait for a connection ending (PoolTimeout) becomes a
     ConnectionLostError, like every other lost-connection error pgtasks raises.
+
+    With `preparing`, a connection's first checkout also decides whether it prepares statements
+    (Preparing.configure). At checkout, not in the pool's `configure` callback: the check is a
+    statement, which behind an exhausted pooler waits for a server like the caller's own
+    statement would, and fails the same way (PoolExhaustedError, retried by the caller), where
+    in `configure` it would stall the pool's connecting and time out pool.open().
     """
+
+    def __init__(self, *args: Any, preparing: Preparing | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._preparing = preparing
+        self._decided: weakref.WeakSet[Connection[Any]] = weakref.WeakSet()
 
     def getconn(self, timeout: float | None = None) -> Connection[Any]:
         for _ in range(self.max_size + 1):
@@ -223,6 +253,13 @@ class CheckedConnectionPool(ConnectionPool):
             except PoolTimeout as exc:
                 raise _no_connection(self.name, str(self.conninfo), exc) from exc
             if not went_stale(conn):
+                if self._preparing is not None and conn not in self._decided:
+                    try:
+                        self._preparing.configure(conn)
+                    except BaseException:
+                        self.putconn(conn)  # undecided still (or broken, and then replaced)
+                        raise
+                    self._decided.add(conn)
                 return conn
             log_event(logger, logging.INFO, "connection.stale_dropped", pool=self.name)
             conn.close()
@@ -233,6 +270,11 @@ class CheckedConnectionPool(ConnectionPool):
 class CheckedAsyncConnectionPool(AsyncConnectionPool):
     """The asyncio twin of CheckedConnectionPool."""
 
+    def __init__(self, *args: Any, preparing: Preparing | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._preparing = preparing
+        self._decided: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
+
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
         for _ in range(self.max_size + 1):
             try:
@@ -240,6 +282,13 @@ class CheckedAsyncConnectionPool(AsyncConnectionPool):
             except PoolTimeout as exc:
                 raise _no_connection(self.name, str(self.conninfo), exc) from exc
             if not went_stale(conn):
+                if self._preparing is not None and conn not in self._decided:
+                    try:
+                        await self._preparing.aconfigure(conn)
+                    except BaseException:
+                        await self.putconn(conn)
+                        raise
+                    self._decided.add(conn)
                 return conn
             log_event(logger, logging.INFO, "connection.stale_dropped", pool=self.name)
             await conn.close()
@@ -287,11 +336,14 @@ def close_with_loop(pool: AsyncConnectionPool[Any]) -> asyncio.Task[None]:
     return asyncio.get_running_loop().create_task(close_when_cancelled(), name=f"{pool.name}-closer")
 
 
-def make_pool(dsn: str, *, application_name: str, max_size: int, name: str) -> ConnectionPool:
-    """A sync pool (closed; call .open()) whose connections follow connection_kwargs()."""
+def make_pool(dsn: str, *, application_name: str, max_size: int, name: str,
+              preparing: Preparing | None = None) -> ConnectionPool:
+    """A sync pool (closed; call .open()) whose connections follow connection_kwargs(); with
+    `preparing`, each connection decides at its first checkout whether it prepares statements."""
     return CheckedConnectionPool(
         dsn,
         kwargs=connection_kwargs(application_name),
+        preparing=preparing,
         min_size=0,
         max_size=max_size,
         open=False,
@@ -303,11 +355,13 @@ def make_pool(dsn: str, *, application_name: str, max_size: int, name: str) -> C
     )
 
 
-def make_async_pool(dsn: str, *, application_name: str, max_size: int, name: str) -> AsyncConnectionPool:
+def make_async_pool(dsn: str, *, application_name: str, max_size: int, name: str,
+                    preparing: Preparing | None = None) -> AsyncConnectionPool:
     """The asyncio twin of make_pool()."""
     return CheckedAsyncConnectionPool(
         dsn,
         kwargs=connection_kwargs(application_name),
+        preparing=preparing,
         min_size=min(1, max_size),
         max_size=max_size,
         open=False,

@@ -26,6 +26,7 @@ from pgtasks.storage.connections import (
     with_connect_timeout,
 )
 from pgtasks.storage.embedded import EmbeddedLocation, locate, start_embedded
+from pgtasks.storage.prepared import Preparing, resolve_prepared_statements
 
 DATABASE_URL_ENV = "PGTASKS_DATABASE_URL"
 logger = logging.getLogger("pgtasks")
@@ -36,12 +37,14 @@ class Database:
 
     `dsn` resolves, in order: the database_url given, $PGTASKS_DATABASE_URL, then the embedded
     PostgreSQL (started on first use and migrated automatically: the zero-setup default; a real
-    database is migrated on purpose). Pools follow connection_kwargs(): autocommit, no prepared
-    statements, nothing sent at startup but application_name.
+    database is migrated on purpose). Pools follow connection_kwargs(): autocommit, nothing sent
+    at startup but application_name; `preparing` then decides per new connection whether it
+    prepares statements (`prepared_statements`: auto, on, off; see pgtasks.storage.prepared).
     """
 
     def __init__(self, database_url: str | None, *, schema: str, listen_dsn: str | None, pool_size: int,
-                 application_name: str, embedded_dir: Path | None) -> None:
+                 application_name: str, embedded_dir: Path | None,
+                 prepared_statements: str | bool | None = None) -> None:
         if database_url is not None:
             check_dsn(database_url)
         if listen_dsn is not None:
@@ -52,6 +55,7 @@ class Database:
         self.pool_size = pool_size
         self.application_name = application_name
         self.embedded_dir = embedded_dir
+        self.preparing = Preparing(resolve_prepared_statements(prepared_statements), schema)
         self._database_url = database_url
         self._listen_dsn = listen_dsn
         # Seconds a connection may take to open; None: the DSN's connect_timeout, else
@@ -134,14 +138,15 @@ class Database:
     # -- connections -------------------------------------------------------------------------------
 
     def connect(self) -> Connection[Any]:
-        """A new pooler-safe connection (autocommit, no prepared statements); the caller closes it.
+        """A new pooler-safe connection (autocommit; prepared statements as `preparing` decides); the
+        caller closes it.
 
         DatabaseUnreachableError, naming host, port, database and user, when none can be opened."""
-        return connect(self.dsn, self.application_name)
+        return connect(self.dsn, self.application_name, self.preparing)
 
     async def aconnect(self) -> AsyncConnection[Any]:
         dsn = await asyncio.to_thread(lambda: self.dsn)
-        return await aconnect(dsn, self.application_name)
+        return await aconnect(dsn, self.application_name, self.preparing)
 
     def pool(self) -> ConnectionPool:
         """The sync pool, opened on first use."""
@@ -155,7 +160,8 @@ class Database:
             with self._lock:
                 if self._pool is None:
                     self._pool = make_pool(dsn, application_name=self.application_name,
-                                           max_size=self.pool_size, name="pgtasks-enqueue")
+                                           max_size=self.pool_size, name="pgtasks-enqueue",
+                                           preparing=self.preparing)
                     self._pool.open()
                 pool = self._pool
         return pool
@@ -176,7 +182,8 @@ class Database:
             dsn = await asyncio.to_thread(lambda: self.dsn)
             await (await aconnect(dsn, self.application_name)).close()  # as in pool(): fail fast, by name
             pool = make_async_pool(dsn, application_name=self.application_name,
-                                   max_size=self.pool_size, name="pgtasks-async-enqueue")
+                                   max_size=self.pool_size, name="pgtasks-async-enqueue",
+                                   preparing=self.preparing)
             await pool.open()
             # Another coroutine of this loop may have opened one during our awaits: use theirs.
             existing = self._async_pools.get(loop)

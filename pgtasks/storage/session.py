@@ -23,6 +23,10 @@ def _backend_pid(query: LiteralString) -> Operation[int]:
 
 
 class SessionStore(StoreBase):
+    def backend_pid(self, conn: Connection[Any]) -> int:
+        """pg_backend_pid() of the server process running this statement."""
+        return self.run(conn, _backend_pid(self.queries["backend_pid_get"]))
+
     async def abackend_pid(self, conn: AsyncConnection[Any]) -> int:
         """pg_backend_pid() of the server process running this statement."""
         return await self.arun(conn, _backend_pid(self.queries["backend_pid_get"]))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, LiteralString, TypeVar
@@ -23,6 +24,9 @@ from psycopg import AsyncConnection, Connection, errors, sql
 from psycopg.rows import dict_row
 
 from pgtasks.core.errors import ConnectionLostError, DatabaseError, PoolExhaustedError, SchemaNotMigratedError
+from pgtasks.core.logs import log_event
+
+logger = logging.getLogger("pgtasks.connections")
 
 T = TypeVar("T")
 Query = LiteralString | sql.Composed
@@ -142,6 +146,31 @@ def translate_errors(schema: str) -> Iterator[None]:
         raise DatabaseError(f"database error: {exc}") from exc
 
 
+# A prepared statement the server does not have (26000), one it already has under the name psycopg
+# picked (42P05): what a pooler that shares backends does to prepared statements. And 0A000
+# "cached plan must not change result type": a migration changed a column a prepared statement
+# returns.
+_PREPARED_STATEMENT_ERRORS = (errors.InvalidSqlStatementName, errors.DuplicatePreparedStatement,
+                              errors.FeatureNotSupported)
+
+
+def _stop_preparing(conn: Connection[Any] | AsyncConnection[Any], exc: psycopg.Error) -> None:
+    """After a prepared-statement error, prepare nothing more on `conn`; the error still goes up.
+
+    The statement did not run; the caller's retry (the worker's backoff, or the user's own for a
+    .delay()) runs it unprepared. Each connection warns at most once: preparing stays off on it.
+    """
+    if conn.prepare_threshold is None:
+        return
+    if isinstance(exc, errors.FeatureNotSupported) and "cached plan" not in str(exc):
+        return
+    conn.prepare_threshold = None
+    log_event(logger, logging.WARNING, "connection.prepared_statements_off", error=str(exc).strip(),
+              backend_pid=conn.info.backend_pid,
+              action="prepared statements are now off on this connection; if a connection pooler is in "
+                     "the path, set PGTASKS_PREPARED_STATEMENTS=off (or App(prepared_statements='off'))")
+
+
 def _answer(cur: psycopg.Cursor[Any], fetch: Fetch) -> Any:
     if fetch is Fetch.NOTHING:
         return None
@@ -201,6 +230,9 @@ def run(conn: Connection[Any], operation: Operation[T], *, schema: str, transact
                 step = operation.send(_step(conn, step))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        except _PREPARED_STATEMENT_ERRORS as exc:
+            _stop_preparing(conn, exc)
+            raise
 
 
 async def arun(conn: AsyncConnection[Any], operation: Operation[T], *, schema: str, transaction: bool = False) -> T:
@@ -213,3 +245,6 @@ async def arun(conn: AsyncConnection[Any], operation: Operation[T], *, schema: s
                     step = operation.send(await _astep(conn, step))
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
+            except _PREPARED_STATEMENT_ERRORS as exc:
+                _stop_preparing(conn, exc)
+                raise

@@ -44,14 +44,15 @@ class ListenPlan:
         listener = 1 if self.listen else 0
         return {"pool": self.pool_size, "listener": listener, "total": self.pool_size + listener}
 
-    def log(self, worker_id: str) -> None:
+    def log(self, worker_id: str, *, prepared: str) -> None:
+        """`prepared`: "on"/"off" as auto decided on a pool connection, "always" or "never" as set."""
         # One value per field: how long a pool connection holds a server connection in each mode is
         # explained in docs/pgbouncer.md, not repeated in every start-up line.
         budget = self.budget()
         log_event(logger, logging.INFO, "worker.connections", worker_id=worker_id,
                   database_mode=self.database.mode.value, pool=budget["pool"],
                   listener_mode=self.listener.mode.value if self.listen and self.listener else "none",
-                  server_connections_max=budget["total"])
+                  server_connections_max=budget["total"], prepared=prepared)
 
 
 def describe_connection(conn: AsyncConnection[Any]) -> str:

@@ -231,7 +231,7 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
         pool = make_async_pool(dsn, application_name=database.application_name, max_size=self.pool_size,
-                               name="pgtasks-worker")
+                               name="pgtasks-worker", preparing=database.preparing)
         await pool.open(wait=True, timeout=30.0)
         supervisor_watch: asyncio.Task[None] | None = None
         try:
@@ -282,7 +282,9 @@ class Worker:
         plan = await plan_listening(self.store, dsn, listen_dsn, listen=self.listen, pool_size=self.pool_size,
                                     application_name=application_name)
         self.listen_plan = plan
-        plan.log(self.worker_id)
+        async with pool.connection() as conn:
+            prepared = self.app.database.preparing.describe(conn)  # as a pool connection found it (auto)
+        plan.log(self.worker_id, prepared=prepared)
         if not plan.listen:
             if self.listen is None:
                 log_event(logger, logging.INFO, "worker.poll_only", reason=plan.reason,
