@@ -184,25 +184,13 @@ def run_pgtasks(dsn: str, workload: str, sizes: dict[str, int]) -> Row:
 
 
 def pgtasks_enqueue(app: App, jobs: int) -> Row:
-    """`task.delay(n=i)`, each its own transaction on the app's pool."""
-    task = bench.stamp_task(app)
-    task.delay(n=-1)  # opens the pool: connecting is not part of enqueueing
-    started = time.perf_counter()
-    for n in range(jobs):
-        task.delay(n=n)
-    seconds = time.perf_counter() - started
-    return bench.Result("enqueue", jobs, seconds, jobs / seconds).as_dict()
+    """`task.delay(n=i)`, each its own transaction on the app's pool (bench.enqueue_single)."""
+    return bench.enqueue_single(app, jobs, with_args=True).as_dict() | {"workload": "enqueue"}
 
 
 def pgtasks_bulk(app: App, jobs: int, chunk: int) -> Row:
-    """`task.delay_many([task.s(n=i) ...])`, `chunk` signatures per call (each its own transaction)."""
-    task = bench.stamp_task(app)
-    task.delay_many([task.s(n=-1)])  # opens the pool
-    started = time.perf_counter()
-    for offset in range(0, jobs, chunk):
-        task.delay_many([task.s(n=n) for n in range(offset, min(offset + chunk, jobs))])
-    seconds = time.perf_counter() - started
-    return bench.Result(f"bulk_{chunk}", jobs, seconds, jobs / seconds, details={"chunk": chunk}).as_dict()
+    """`task.delay_many([task.s(n=i) ...])`, `chunk` signatures per call (bench.enqueue_bulk)."""
+    return bench.enqueue_bulk(app, jobs, chunk=chunk, with_args=True).as_dict() | {"workload": f"bulk_{chunk}"}
 
 
 def pgtasks_drain(app: App, jobs: int, workload: str, task: str, concurrency: int | None) -> Row:
@@ -227,7 +215,7 @@ def pgtasks_drain(app: App, jobs: int, workload: str, task: str, concurrency: in
 
 def pgtasks_latency(app: App, jobs: int, interval: float = 0.02) -> Row:
     """An idle `pgtasks worker`; `task.delay(n=i)` every `interval` s; client clock to the task's first line."""
-    task = bench.stamp_task(app)
+    task = bench.noop_task(app, bench.STAMP_TASK)
     stamps = StampFile()
     try:
         worker = bench.WorkerProcess(app)

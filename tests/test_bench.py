@@ -46,6 +46,19 @@ def test_drain_counts_completions_in_the_database(database_url: str, conn: psyco
     assert not _schema_exists(conn, schema), "the throwaway schema is dropped afterwards"
 
 
+def test_enqueue_workloads_with_arguments(database_url: str) -> None:
+    with bench.throwaway_app(database_url) as app:
+        bulk = bench.enqueue_bulk(app, 1200, chunk=600, with_args=True)  # COPY-sized calls
+        single = bench.enqueue_single(app, 3, with_args=True)
+        with app.connect() as conn:
+            stored = conn.execute(f'SELECT args FROM "{app.schema}".jobs WHERE task = %s ORDER BY id',
+                                  (bench.STAMP_TASK,)).fetchall()
+    assert (bulk.workload, bulk.jobs, bulk.details["chunk"]) == ("bulk_enqueue_args", 1200, 600)
+    assert (single.workload, single.jobs) == ("enqueue_args", 3)
+    # The opening call of each workload, then the timed ones with their arguments.
+    assert [row[0] for row in stored] == [{}, *({"n": i} for i in range(1200)), {}, *({"n": i} for i in range(3))]
+
+
 def test_throwaway_schema_is_dropped_after_an_error(database_url: str, conn: psycopg.Connection[Any]) -> None:
     names: list[str] = []
     with pytest.raises(RuntimeError), bench.throwaway_app(database_url) as app:

@@ -93,7 +93,7 @@ def test_pgtasks_bulk_goes_through_signatures(database_url: str) -> None:
             stored = conn.execute(f"SELECT count(*), count(DISTINCT args) FROM {app.schema}.jobs "
                                   "WHERE task = %s", (bench.STAMP_TASK,)).fetchone()
     assert row["workload"] == "bulk_100" and row["jobs"] == 250
-    assert stored == (251, 251), "each job keeps its own argument (plus the pool-opening one)"
+    assert stored == (251, 251), "each job keeps its own argument (and the pool-opening one has none)"
 
 
 def test_the_clock_thread_does_not_outlive_its_drain() -> None:

@@ -114,6 +114,49 @@ def test_bulk_enqueue_in_one_statement_and_transaction(app: App, conn: psycopg.C
     assert len(jobs(conn, app.schema)) == 6
 
 
+def test_delay_many_takes_signatures_with_keyword_arguments(app: App, conn: psycopg.Connection[Any]) -> None:
+    greet, _ = register(app)
+    # 600 rows take the COPY path; the 3 mixed ones the JSON insert. Both keep input order.
+    refs = greet.delay_many([greet.s(name=f"n{i}", times=i) for i in range(600)])
+    mixed = greet.delay_many([greet.s(times=2, name="kw"), ["listed", 4], greet.configure(priority=5).s("pos")])
+    rows = jobs(conn, app.schema)
+    assert [r.id for r in refs + mixed] == [r["id"] for r in rows]
+    assert [r["args"] for r in rows[:600]] == [{"name": f"n{i}", "times": i} for i in range(600)]
+    assert [(r["args"], r["priority"]) for r in rows[600:]] == [
+        ({"name": "kw", "times": 2}, 0), ({"name": "listed", "times": 4}, 0), ({"name": "pos"}, 5)]
+
+
+def test_delay_many_refuses_what_is_not_a_call_of_its_task(app: App, conn: psycopg.Connection[Any]) -> None:
+    greet, agreet = register(app)
+    with pytest.raises(TaskArgumentError, match=r"delay_many\(\) of greet: item 1 is dict \{'name': 'b'\}; pass an "
+                                                r"args tuple, such as \(1, 2\), or a signature, such as greet.s"):
+        greet.delay_many([("a",), {"name": "b"}])  # type: ignore[list-item]
+    with pytest.raises(TaskArgumentError, match="item 0 is str 'abc'"):
+        greet.delay_many(["abc"])  # type: ignore[list-item]
+    with pytest.raises(ConfigurationError, match=r"item 1 is a signature of agreet; enqueue jobs of several tasks "
+                                                 r"with app.enqueue_many\(\)"):
+        greet.delay_many([greet.s("a"), agreet.s(1)])
+    with pytest.raises(TaskArgumentError, match="item 2 is Chain"):
+        greet.delay_many([greet.s("a"), greet.s("b"), greet.s("c") | greet.s()])  # type: ignore[list-item]
+    assert jobs(conn, app.schema) == []
+
+
+def test_bulk_errors_name_the_parameter_as_delay_does(app: App, conn: psycopg.Connection[Any]) -> None:
+    greet, _ = register(app)
+    calls = [greet.s(name=f"n{i}") for i in range(700)]
+    for bad, message in [(greet.s(name="x", times="many"), "greet: invalid argument: parameter 'times'"),
+                         (greet.s(name="x", extra=1), "greet: got an unexpected keyword argument 'extra'"),
+                         (greet.s(times=1), "greet: missing a required argument: 'name'"),
+                         (greet.s(name="x", times=float("nan")), "greet: argument 'times': nan has no JSON form")]:
+        with pytest.raises(TaskArgumentError) as single:
+            greet.delay(*bad.args, **bad.kwargs)
+        with pytest.raises(TaskArgumentError) as bulk:
+            greet.delay_many([*calls[:350], bad, *calls[350:]])
+        assert str(bulk.value) == str(single.value)
+        assert str(bulk.value).startswith(message)
+    assert jobs(conn, app.schema) == []
+
+
 def test_unique_key_returns_the_live_job(app: App, conn: psycopg.Connection[Any]) -> None:
     greet, _ = register(app)
     first = greet.apply_async(args=("a",), unique_key="report:1")

@@ -145,13 +145,17 @@ class DatabaseEnqueuer:
                      connection: Connection[Any] | None) -> list[JobRef]:
         with self.connection(connection) as conn:
             ids = self.store.job_insert_many(conn, rows)
-        return [self._ref(job_id, task) for job_id, task in zip(ids, tasks, strict=True)]
+        return self._refs(ids, tasks)
 
     async def aenqueue_many(self, tasks: Sequence[TaskDefinition[Any, Any]], rows: Sequence[EnqueueRow],
                             connection: AsyncConnection[Any] | None) -> list[JobRef]:
         async with self.aconnection(connection) as conn:
             ids = await self.store.ajob_insert_many(conn, rows)
-        return [self._ref(job_id, task) for job_id, task in zip(ids, tasks, strict=True)]
+        return self._refs(ids, tasks)
+
+    def _refs(self, ids: Sequence[int], tasks: Sequence[TaskDefinition[Any, Any]]) -> list[JobRef]:
+        source = self.source  # one attribute lookup and no method call a job: a bulk call makes thousands
+        return [JobRef(job_id, task.name, source) for job_id, task in zip(ids, tasks, strict=True)]
 
     def _workflow_ref(self, plan: WorkflowPlan, workflow_id: int, ids: Sequence[int]) -> WorkflowRef:
         return WorkflowRef(workflow_id, self.source, tuple(ids[s] for s in plan.result_steps),

@@ -11,6 +11,8 @@ from pgtasks.client.canvas import Canvas, Signature, StepOptions, TaskHost
 from pgtasks.client.enqueue import Enqueuer
 from pgtasks.client.results import JobRef
 from pgtasks.core.definition import TaskConfig, TaskDefinition
+from pgtasks.core.errors import ConfigurationError, TaskArgumentError
+from pgtasks.core.models import EnqueueRow
 from pgtasks.core.options import EnqueueOptions
 
 __all__ = ["Call", "ConfiguredTask", "JobRef", "Task", "TaskConfig", "TaskHost", "aenqueue_calls", "enqueue_calls"]
@@ -93,18 +95,34 @@ class _EnqueueApi(Generic[P]):
         """An immutable signature: as a workflow step it ignores the previous step's result."""
         return self._signature(args, kwargs, self._options, immutable=True)
 
-    def delay_many(self, calls: Iterable[tuple[Any, ...] | Call], *,
+    def delay_many(self, calls: Iterable[tuple[Any, ...] | list[Any] | Call], *,
                    connection: Connection[Any] | None = None) -> list[JobRef]:
-        """Enqueue many jobs of this task in one round trip; each item is an args tuple or a `.s()` Call."""
+        """Enqueue many jobs of this task in one round trip; each item is an args tuple (or list) or a
+        signature of this task, `task.s(x=1)`, with its own options (`task.configure(...).s(...)`)."""
         return enqueue_calls(self._task.app.enqueuer, self._calls(calls), connection)
 
-    async def adelay_many(self, calls: Iterable[tuple[Any, ...] | Call], *,
+    async def adelay_many(self, calls: Iterable[tuple[Any, ...] | list[Any] | Call], *,
                           connection: AsyncConnection[Any] | None = None) -> list[JobRef]:
         """Async twin of delay_many()."""
         return await aenqueue_calls(self._task.app.enqueuer, self._calls(calls), connection)
 
-    def _calls(self, calls: Iterable[tuple[Any, ...] | Call]) -> list[Call]:
-        return [c if isinstance(c, Call) else Call(self._task, tuple(c), {}, self._options) for c in calls]
+    def _calls(self, calls: Iterable[tuple[Any, ...] | list[Any] | Call]) -> list[Call]:
+        task, options = self._task, self._options
+        made: list[Call] = []
+        for index, call in enumerate(calls):
+            if isinstance(call, Call):
+                if call.task is not task:
+                    raise ConfigurationError(
+                        f"delay_many() of {task.name}: item {index} is a signature of {call.task.name}; "
+                        "enqueue jobs of several tasks with app.enqueue_many()")
+                made.append(call)
+            elif isinstance(call, tuple | list):
+                made.append(Call(task, tuple(call), {}, options))
+            else:
+                raise TaskArgumentError(
+                    f"delay_many() of {task.name}: item {index} is {type(call).__name__} {_clip(call)}; pass an "
+                    f"args tuple, such as (1, 2), or a signature, such as {task.name.rsplit('.', 1)[-1]}.s(x=1)")
+        return made
 
 
 class ConfiguredTask(_EnqueueApi[P]):
@@ -147,11 +165,27 @@ class Task(TaskDefinition[P, R], _EnqueueApi[P]):
         return await self.app.enqueuer.aenqueue(self, self.build_row(args, kwargs, options), connection)
 
 
+def build_rows(calls: Sequence[Call]) -> list[EnqueueRow]:
+    """The rows of `calls`, each task's calls validated and encoded as one batch (TaskDefinition.build_rows)."""
+    by_task: dict[int, tuple[TaskDefinition[Any, Any], list[int]]] = {}
+    for index, call in enumerate(calls):
+        by_task.setdefault(id(call.task), (call.task, []))[1].append(index)
+    if len(by_task) == 1:
+        task = calls[0].task
+        return task.build_rows([(call.args, call.kwargs, call.options) for call in calls])
+    rows: list[EnqueueRow | None] = [None] * len(calls)
+    for task, indexes in by_task.values():
+        built = task.build_rows([(calls[i].args, calls[i].kwargs, calls[i].options) for i in indexes])
+        for index, row in zip(indexes, built, strict=True):
+            rows[index] = row
+    return [row for row in rows if row is not None]
+
+
 def enqueue_calls(enqueuer: Enqueuer, calls: Sequence[Call], connection: Connection[Any] | None) -> list[JobRef]:
     """Validate and insert many calls (of any tasks) in one round trip."""
     if not calls:
         return []
-    rows = [call.task.build_row(call.args, call.kwargs, call.options) for call in calls]
+    rows = build_rows(calls)
     return enqueuer.enqueue_many([call.task for call in calls], rows, connection)
 
 
@@ -160,5 +194,10 @@ async def aenqueue_calls(enqueuer: Enqueuer, calls: Sequence[Call],
     """Async twin of enqueue_calls()."""
     if not calls:
         return []
-    rows = [call.task.build_row(call.args, call.kwargs, call.options) for call in calls]
+    rows = build_rows(calls)
     return await enqueuer.aenqueue_many([call.task for call in calls], rows, connection)
+
+
+def _clip(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -6,7 +6,7 @@ import inspect
 import math
 import re
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -64,19 +64,67 @@ class ArgumentCodec:
                 fields.append((param.name, annotation))
             else:
                 fields.append((param.name, annotation, param.default))
+        self._fast = _FastBinding.of(self.signature)
         # kw_only lets a required keyword-only parameter follow an optional one, as Python allows.
         self._struct = msgspec.defstruct(
             f"{task_name}.Arguments", fields, kw_only=True, forbid_unknown_fields=True
         )
         self._decoder = msgspec.json.Decoder(self._struct)
+        self._batch_decoder: msgspec.json.Decoder[Any] | None = None  # list[Arguments], made on first use
 
     def encode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Bind, validate and encode; raises TaskArgumentError naming the offending parameter."""
+        return self._encode_bound(self._bind(args, kwargs), self._decoder)
+
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments by parameter name, as Signature.bind() gives them (defaults left out)."""
+        if self._fast is not None:
+            arguments = self._fast.bind(args, kwargs)
+            if arguments is not None:
+                return arguments
+        # Signature.bind() for what the fast path does not take: *args / **kwargs parameters, and
+        # every call it refuses, so the error message is Python's own.
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TaskArgumentError(f"{self.task_name}: {exc}") from None
-        return self._encode_bound(dict(bound.arguments), self._decoder)
+        return dict(bound.arguments)
+
+    def encode_many(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[str]:
+        """encode() of many calls, the checks done once for the whole batch where they can be: one
+        msgpack encoding and pattern search for the floats jsonb would change, one decode of the
+        batch to validate it. A call that fails a check is found by doing that check call by call,
+        so it raises the same TaskArgumentError encode() would."""
+        arguments = [self._bind(args, kwargs) for args, kwargs in calls]
+        if self._var_positional is not None:
+            for bound in arguments:
+                if self._var_positional in bound:
+                    bound[self._var_positional] = list(bound[self._var_positional])
+        try:
+            encoded = [_ENCODER.encode(bound) for bound in arguments]
+        except _UNENCODABLE:
+            return [self._encode_bound(bound, self._decoder) for bound in arguments]  # raises for the bad one
+        batch = b"[" + b",".join(encoded) + b"]"
+        if _needs_inspection(arguments, batch):
+            for index, bound in enumerate(arguments):
+                if _needs_inspection(bound, encoded[index]):
+                    encoded[index] = self._checked(bound)
+            batch = b"[" + b",".join(encoded) + b"]"
+        if self._batch_decoder is None:
+            self._batch_decoder = msgspec.json.Decoder(list[self._struct])  # type: ignore[name-defined]
+        try:
+            self._batch_decoder.decode(batch)
+        except msgspec.ValidationError:
+            for one in encoded:  # the first call that does not fit raises, naming its parameter
+                self._validate(one, self._decoder)
+            raise
+        return [one.decode() for one in encoded]
+
+    def _validate(self, encoded: bytes, decoder: msgspec.json.Decoder[Any]) -> None:
+        try:
+            decoder.decode(encoded)
+        except msgspec.ValidationError as exc:
+            raise TaskArgumentError(f"{self.task_name}: invalid argument: {_describe(exc)}") from None
 
     def _encode_bound(self, arguments: dict[str, Any], decoder: msgspec.json.Decoder[Any]) -> str:
         """Encode bound arguments and check them against the types `decoder` expects."""
@@ -88,10 +136,7 @@ class ArgumentCodec:
             raise self._unencodable(arguments, exc) from None
         if _needs_inspection(arguments, encoded):
             encoded = self._checked(arguments)
-        try:
-            decoder.decode(encoded)
-        except msgspec.ValidationError as exc:
-            raise TaskArgumentError(f"{self.task_name}: invalid argument: {_describe(exc)}") from None
+        self._validate(encoded, decoder)
         return encoded.decode()
 
     def leading_parameters(self, count: int) -> list[str] | None:
@@ -265,6 +310,9 @@ class ByNameCodec(ArgumentCodec):
             encoded = self._checked(arguments)
         return encoded.decode()
 
+    def encode_many(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[str]:
+        return [self.encode(args, kwargs) for args, kwargs in calls]
+
     def encode_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any], reserved: list[str]) -> str:
         # The reserved "*N" keys are added by the database; encode() refuses them from the caller.
         return self.encode(args, kwargs)
@@ -281,6 +329,60 @@ class ByNameCodec(ArgumentCodec):
     def normalized(self, raw: str | bytes) -> dict[str, Any]:
         normal: dict[str, Any] = msgspec.json.decode(raw)
         return normal
+
+
+class _FastBinding:
+    """Binds a call to a signature without *args or **kwargs parameters in a few dict and set
+    operations: inspect.Signature.bind() costs several microseconds a call in Python, most of an
+    enqueue's client work (docs/performance.md, "Bulk and single enqueue"). It answers None for a
+    call it does not accept (too many positional arguments, an unknown, duplicate or positional-only
+    keyword, a required parameter missing); the caller then binds with Signature.bind(), which
+    raises Python's own message for it."""
+
+    __slots__ = ("keyword", "positional", "required", "required_positional")
+
+    def __init__(self, positional: tuple[str, ...], keyword: frozenset[str], required: frozenset[str],
+                 required_positional: int | None) -> None:
+        self.positional = positional  # the names a positional argument fills, in order
+        self.keyword = keyword  # the names a keyword argument may have
+        self.required = required  # the parameters with no default
+        # How many positional arguments fill every required parameter (None: a required parameter
+        # is keyword-only, so positional arguments alone never do).
+        self.required_positional = required_positional
+
+    @classmethod
+    def of(cls, signature: inspect.Signature) -> _FastBinding | None:
+        params = list(signature.parameters.values())
+        if any(p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) for p in params):
+            return None
+        positional = tuple(p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                                inspect.Parameter.POSITIONAL_OR_KEYWORD))
+        keyword = frozenset(p.name for p in params if p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        required = [p for p in params if p.default is inspect.Parameter.empty]
+        required_positional: int | None = 0
+        for p in required:
+            if p.kind is inspect.Parameter.KEYWORD_ONLY:
+                required_positional = None
+                break
+            required_positional = positional.index(p.name) + 1
+        return cls(positional, keyword, frozenset(p.name for p in required), required_positional)
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        if not args:
+            if kwargs.keys() <= self.keyword and self.required <= kwargs.keys():
+                return dict(kwargs)
+            return None
+        if len(args) > len(self.positional):
+            return None
+        arguments = dict(zip(self.positional, args, strict=False))
+        if not kwargs:
+            if self.required_positional is not None and len(args) >= self.required_positional:
+                return arguments
+            return None
+        if not kwargs.keys() <= self.keyword or not kwargs.keys().isdisjoint(arguments):
+            return None
+        arguments.update(kwargs)
+        return arguments if self.required <= arguments.keys() else None
 
 
 def _any_call(*args: Any, **kwargs: Any) -> None:
@@ -302,7 +404,7 @@ def _describe(exc: msgspec.ValidationError) -> str:
     return message
 
 
-def _needs_inspection(arguments: dict[str, Any], encoded: bytes) -> bool:
+def _needs_inspection(arguments: dict[str, Any] | list[dict[str, Any]], encoded: bytes) -> bool:
     if _MAY_HOLD_NUL in encoded:
         return True
     try:

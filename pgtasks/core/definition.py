@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -181,6 +181,24 @@ class TaskDefinition(Generic[P, R]):
 
     def build_row(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: EnqueueOptions) -> EnqueueRow:
         """The row one call inserts; raises TaskArgumentError / ConfigurationError naming what is wrong."""
+        template = self._template(options)
+        return self._finish(template, self.codec.encode(args, kwargs))
+
+    def build_rows(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any], EnqueueOptions]]) -> list[EnqueueRow]:
+        """build_row() of many (args, kwargs, options) calls, their arguments checked as one batch
+        (ArgumentCodec.encode_many); raises for the first call that is wrong."""
+        templates: list[EnqueueRow] = []
+        last: EnqueueOptions | None = None
+        template: EnqueueRow | None = None
+        for _, _, options in calls:
+            if options is not last or template is None:  # a batch mostly shares one options object
+                template, last = self._template(options), options
+            templates.append(template)
+        encoded = self.codec.encode_many([(args, kwargs) for args, kwargs, _ in calls])
+        return [self._finish(t, args_json) for t, args_json in zip(templates, encoded, strict=True)]
+
+    def _template(self, options: EnqueueOptions) -> EnqueueRow:
+        """The row of `options` (all but its args), resolved against the task's defaults once."""
         try:
             template, cacheable = self._row_templates.get(options), True
         except TypeError:  # an unhashable option value: build_row() below says what is wrong with it
@@ -189,7 +207,10 @@ class TaskDefinition(Generic[P, R]):
             template = build_row(self.name, "", options, self.config.defaults())
             if cacheable and len(self._row_templates) < _MAX_ROW_TEMPLATES:
                 self._row_templates[options] = template
-        row = msgspec.structs.replace(template, args=self.codec.encode(args, kwargs))
+        return template
+
+    def _finish(self, template: EnqueueRow, args_json: str) -> EnqueueRow:
+        row = msgspec.structs.replace(template, args=args_json)
         if row.unique_key is None and self.config.unique is not None:  # an explicit unique_key wins
             key = self.config.unique.key(self.name, self.codec.normalized(row.args))
             row = msgspec.structs.replace(row, unique_key=key)

@@ -34,6 +34,9 @@ from pgtasks.storage.bench import BenchStore
 SCHEMA_PREFIX = "pgtasks_bench_"
 NOOP_TASK = "pgtasks.bench.noop"
 ASYNC_NOOP_TASK = "pgtasks.bench.async_noop"
+# The no-op with one argument: the enqueue workloads `with_args` call it as `.delay(n=i)` / `.s(n=i)`,
+# so binding and validating real arguments is part of what they time (issue #16); the latency
+# workload of benchmarks/compare.py has it stamp its start.
 STAMP_TASK = "pgtasks.bench.stamp"
 # The file the stamp task appends `<n> <time_ns>` to, as its first line (benchmarks/peers/peer_common.py
 # StampFile reads it): start latency on the enqueuing client's clock, the same way for every library.
@@ -57,7 +60,7 @@ def bench_app(database_url: str | None = None, *, schema: str | None = None) -> 
     async def async_noop() -> None:
         return None
 
-    async def stamp(n: int) -> None:
+    async def stamp(n: int = 0) -> None:
         at = time.time_ns()  # first: the file's open is not part of the latency
         path = os.environ.get(STAMP_FILE_ENV)
         if path is None:
@@ -74,20 +77,12 @@ def bench_app(database_url: str | None = None, *, schema: str | None = None) -> 
     return app
 
 
-def noop_task(app: App, name: str = NOOP_TASK) -> Task[[], None]:
-    """The bench app's no-op task (sync, run on a thread; or ASYNC_NOOP_TASK, run on the event loop)."""
+def noop_task(app: App, name: str = NOOP_TASK) -> Task[..., None]:
+    """The bench app's no-op task (sync, run on a thread; or ASYNC_NOOP_TASK, run on the event loop;
+    or STAMP_TASK, which takes n: int)."""
     task = app.tasks[name]
     if not isinstance(task, Task):
         raise BenchmarkError(f"{name} is not a task of the bench app")
-    return task
-
-
-def stamp_task(app: App) -> Task[..., None]:
-    """The bench app's task with one argument, `n`: a no-op that, when STAMP_FILE_ENV is set in the
-    worker, first appends `<n> <time.time_ns()>` to that file."""
-    task = app.tasks[STAMP_TASK]
-    if not isinstance(task, Task):
-        raise BenchmarkError(f"{STAMP_TASK} is not a task of the bench app")
     return task
 
 
@@ -304,21 +299,38 @@ def completed(app: App) -> int:
 # -- workloads -------------------------------------------------------------------------------------
 
 
-def enqueue_single(app: App, jobs: int) -> Result:
-    """(a) `jobs` calls of .delay(), each its own transaction on the app's pool."""
-    task = noop_task(app)
+def enqueue_single(app: App, jobs: int, *, with_args: bool = False) -> Result:
+    """(a) `jobs` calls of .delay(), each its own transaction on the app's pool; `with_args`:
+    `.delay(n=i)` of STAMP_TASK, its argument bound and validated in every call."""
+    task = noop_task(app, STAMP_TASK if with_args else NOOP_TASK)
     task.delay()  # opens the pool: connecting is not part of enqueueing
     started = time.perf_counter()
-    for _ in range(jobs):
-        task.delay()
+    if with_args:
+        for i in range(jobs):
+            task.delay(n=i)
+    else:
+        for _ in range(jobs):
+            task.delay()
     seconds = time.perf_counter() - started
-    return Result("enqueue", jobs, seconds, jobs / seconds)
+    return Result("enqueue_args" if with_args else "enqueue", jobs, seconds, jobs / seconds)
 
 
-def enqueue_bulk(app: App, jobs: int, *, chunk: int = 5000) -> Result:
-    """(b) `jobs` jobs through delay_many(), `chunk` per statement (each its own transaction)."""
-    task = noop_task(app)
+def enqueue_bulk(app: App, jobs: int, *, chunk: int = 5000, with_args: bool = False) -> Result:
+    """(b) `jobs` jobs through delay_many(), `chunk` per call (each its own transaction).
+
+    `with_args`: the public API with real arguments, as an application calls it: every call
+    builds its signatures, `delay_many([task.s(n=i) for i in ...])` of STAMP_TASK, inside the timed
+    window, and each one's argument is bound and validated. Without it the calls are `()` of the
+    argument-less no-op, built before the clock starts.
+    """
+    task = noop_task(app, STAMP_TASK if with_args else NOOP_TASK)
     task.delay_many([()])  # opens the pool
+    if with_args:
+        started = time.perf_counter()
+        for offset in range(0, jobs, chunk):
+            task.delay_many([task.s(n=i) for i in range(offset, min(offset + chunk, jobs))])
+        seconds = time.perf_counter() - started
+        return Result("bulk_enqueue_args", jobs, seconds, jobs / seconds, details={"chunk": chunk})
     calls: list[tuple[Any, ...]] = [()] * jobs
     started = time.perf_counter()
     for offset in range(0, jobs, chunk):
