@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -14,7 +14,7 @@ import pytest
 
 import pgtasks
 from pgtasks import App
-from pgtasks.core.models import JobState, Outcome
+from pgtasks.core.models import ErrorEntry, JobState, Outcome
 from pgtasks.worker import worker as worker_module
 from tests.helpers import drain, jobs, wait_for, worker_thread
 
@@ -395,3 +395,116 @@ def test_several_queues_are_served_by_priority_not_by_name(app: App) -> None:
     tagged.configure(queue="ignored", priority=9).delay("not mine")
     drain(app, queues=["a", "m", "z"], concurrency=1)
     assert order == ["z-high", "m-mid", "a-low"]
+
+
+def test_one_claimed_batch_of_sync_jobs_gives_each_job_its_own_outcome(
+    app: App, conn: psycopg.Connection[Any],
+) -> None:
+    """Sync jobs claimed together share the pool's threads (one wakeup per burst, see
+    worker/threads.py); each still runs on a thread of its own when it blocks, and gets its own
+    timeout, cancel, soft limit, progress and outcome."""
+    meet = threading.Barrier(2)  # two jobs of the batch that only finish if they run at the same time
+    release = threading.Event()
+    cancel_seen = threading.Event()
+
+    @app.task(name="batch.ok")
+    def ok(n: int) -> int:
+        return n
+
+    @app.task(name="batch.boom", max_attempts=1)
+    def boom() -> None:
+        raise ValueError("boom")
+
+    @app.task(name="batch.stuck", max_attempts=1, timeout=0.5)
+    def stuck() -> None:
+        release.wait(20)
+
+    @app.task(name="batch.cancel_me")
+    def cancel_me() -> str:
+        for _ in range(400):
+            if pgtasks.current_job().cancelled:
+                cancel_seen.set()
+                return "stopped"
+            time.sleep(0.05)
+        return "never cancelled"
+
+    @app.task(name="batch.soft", soft_timeout=0.2, timeout=20)
+    def soft() -> str:
+        for _ in range(400):
+            if pgtasks.current_job().soft_timed_out:
+                return "wrapped up"
+            time.sleep(0.02)
+        return "no soft limit"
+
+    @app.task(name="batch.meet")
+    def meet_other(side: str) -> str:
+        meet.wait(20)
+        return side
+
+    @app.task(name="batch.progress")
+    def report() -> str:
+        pgtasks.current_job().set_progress(2, 4, message="half")
+        return "reported"
+
+    refs = {
+        "ok1": ok.delay(1), "boom": boom.delay(), "stuck": stuck.delay(), "cancel_me": cancel_me.delay(),
+        "soft": soft.delay(), "meet_a": meet_other.delay("a"), "ok2": ok.delay(2), "meet_b": meet_other.delay("b"),
+        "progress": report.delay(),
+    }
+    try:
+        with worker_thread(app, concurrency=len(refs), poll_interval=0.1) as worker:
+            wait_for(lambda: refs["cancel_me"].id in worker.cancels, timeout=20)
+            refs["cancel_me"].cancel()
+            wait_for(lambda: all(r["finalized_at"] is not None for r in jobs(conn, app.schema)), timeout=30)
+    finally:
+        release.set()
+    rows = {row["id"]: row for row in jobs(conn, app.schema)}
+    got = {name: rows[ref.id] for name, ref in refs.items()}
+    assert len({row["attempted_at"] for row in got.values()}) == 1  # one claim: now() of one statement
+    assert {name: row["state"] for name, row in got.items()} == {
+        "ok1": "completed", "ok2": "completed", "boom": "discarded", "stuck": "discarded", "cancel_me": "cancelled",
+        "soft": "completed", "meet_a": "completed", "meet_b": "completed", "progress": "completed"}
+    assert (got["ok1"]["result"], got["ok2"]["result"]) == (1, 2)
+    assert got["boom"]["errors"][-1]["type"] == "ValueError"
+    assert "exceeded its timeout of 0.5s" in got["stuck"]["errors"][-1]["message"]
+    assert cancel_seen.is_set()
+    assert got["soft"]["result"] == "wrapped up"
+    assert (got["meet_a"]["result"], got["meet_b"]["result"]) == ("a", "b")
+    progress = refs["progress"].progress()
+    assert progress is not None and (progress.done, progress.total, progress.message) == (2, 4, "half")
+
+
+def test_one_outcome_write_of_every_kind_lands_each_field(app: App, conn: psycopg.Connection[Any]) -> None:
+    """The outcome arrays go as literals where no value needs quoting (storage/jobs.py): numbers,
+    states, NULLs; the JSON ones as lists once one is set. Every kind in one batch, as written."""
+
+    @app.task(name="kinds")
+    def kinds() -> None: ...
+
+    refs = [kinds.delay() for _ in range(5)]
+    at = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    error = ErrorEntry(1, at, "ValueError", 'said "no", {twice}\\ \n', traceback="tb")
+
+    async def scenario() -> set[int]:
+        async with await app.aconnect() as aconn:
+            claimed = await app.store.ajob_fetch_available(aconn, queues=["default"], limit=5, worker_id="w")
+            by_id = {job.id: job for job in claimed}
+            ok, retried, snoozed, failed, later = (by_id[ref.id] for ref in refs)
+            return await app.store.ajob_set_outcome_many(aconn, [
+                Outcome.completed(ok, b'{"a": [1, "x,y"], "b": null}'),
+                Outcome.retry(retried, 2.5, error),
+                Outcome.snoozed(snoozed, 0.0),
+                Outcome.discarded(failed, error),
+                Outcome.retry(later, 1e-05, error),
+            ])
+
+    written = asyncio.run(scenario())
+    assert written == {ref.id for ref in refs}
+    rows = {row["id"]: row for row in jobs(conn, app.schema)}
+    ok, retried, snoozed, failed, later = (rows[ref.id] for ref in refs)
+    assert (ok["state"], ok["result"], ok["errors"]) == ("completed", {"a": [1, "x,y"], "b": None}, [])
+    assert (retried["state"], retried["attempt"]) == ("retryable", 1)
+    assert retried["errors"][0]["message"] == 'said "no", {twice}\\ \n' and retried["errors"][0]["traceback"] == "tb"
+    assert (snoozed["state"], snoozed["attempt"], snoozed["errors"]) == ("scheduled", 0, [])
+    assert (failed["state"], failed["finalized_at"] is not None) == ("discarded", True)
+    assert retried["run_at"] - later["run_at"] == timedelta(seconds=2.5 - 1e-05)  # one statement's now()

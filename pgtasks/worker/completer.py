@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgtasks.core.aio import cancel_and_wait, wait_event
 from pgtasks.core.errors import DatabaseError
-from pgtasks.core.logs import emit_event, log_event
+from pgtasks.core.logs import EventBurst, emit_event, held_writes, log_event
 from pgtasks.core.models import ClaimedJob, JobState, Outcome
 from pgtasks.core.retry import reconnect_delay
 from pgtasks.storage.store import Store
@@ -44,28 +44,36 @@ class JobLine:
     fields: dict[str, Any]
     traceback: str | None = None
 
-    def emit(self) -> None:
-        emit_event(logger, self.level, self.event, self.fields, exc_text=self.traceback)
+    def emit(self, burst: EventBurst | None = None) -> None:
+        if burst is None:
+            emit_event(logger, self.level, self.event, self.fields, exc_text=self.traceback)
+        else:
+            burst.emit(logger, self.level, self.event, self.fields, exc_text=self.traceback)
 
 
-def job_line(job: ClaimedJob, outcome: Outcome, duration_s: float) -> JobLine:
-    """INFO for completions, cancels and snoozes, WARNING for retries, ERROR for discards.
+def job_line(job: ClaimedJob, outcome: Outcome, duration_s: float) -> JobLine | None:
+    """INFO for completions, cancels and snoozes, WARNING for retries, ERROR for discards; None when
+    the logger would drop that level anyway (`--log-level WARNING`: no line to build per completion).
 
     A discard carries the last attempt's traceback; a retry only its one-line error, so a flaky
     task does not flood the log (every attempt's traceback is in `pgtasks jobs show`).
     """
-    fields: dict[str, Any] = {"job_id": job.id, "task": job.task, "attempt": job.attempt,
-                              "duration_ms": round(duration_s * 1000, 2)}
     level = logging.INFO
-    if outcome.error is not None:
-        fields["error"] = f"{outcome.error.type}: {outcome.error.message}"
+    error = outcome.error
+    if error is not None:
         if outcome.state is JobState.DISCARDED:
             level = logging.ERROR
         elif outcome.state is JobState.RETRYABLE:
             level = logging.WARNING
+    if not logger.isEnabledFor(level):
+        return None
+    fields: dict[str, Any] = {"job_id": job.id, "task": job.task, "attempt": job.attempt,
+                              "duration_ms": round(duration_s * 1000, 2)}
+    if error is not None:
+        fields["error"] = f"{error.type}: {error.message}"
     if outcome.retry_in is not None:
         fields["retry_in_s"] = round(outcome.retry_in, 3)
-    traceback = outcome.error.traceback if outcome.error and outcome.state is JobState.DISCARDED else None
+    traceback = error.traceback if error and outcome.state is JobState.DISCARDED else None
     return JobLine(level, _EVENTS.get(outcome.state, f"job.{outcome.state.value}"), fields, traceback)
 
 
@@ -159,16 +167,25 @@ class Completer:
 
     def _report(self, keys: list[tuple[int, int]], entries: list[tuple[Outcome, JobLine | None]], written: set[int],
                 uncertain: set[tuple[int, int]]) -> None:
-        """Each written outcome's log line; a warning for each the fence rejected."""
+        """Each written outcome's log line; a warning for each the fence rejected.
+
+        The lines of a batch are one burst (see core/logs.py): copies of one log record, and
+        with pgtasks' own handler one write for all of them.
+        """
+        with held_writes():
+            self._report_lines(keys, entries, written, uncertain, EventBurst())
+
+    def _report_lines(self, keys: list[tuple[int, int]], entries: list[tuple[Outcome, JobLine | None]],
+                      written: set[int], uncertain: set[tuple[int, int]], burst: EventBurst) -> None:
         for key, (outcome, line) in zip(keys, entries, strict=True):
             if outcome.job_id in written:
                 uncertain.discard(key)
                 if line is not None:
-                    line.emit()
+                    line.emit(burst)
             elif key in uncertain:
                 uncertain.discard(key)
                 if line is not None:  # most likely recorded by the try that failed mid-flight
-                    line.emit()
+                    line.emit(burst)
                 log_event(logger, logging.INFO, "job.outcome_write_uncertain", job_id=outcome.job_id,
                           claims=outcome.claims, state=outcome.state.value,
                           reason="an earlier try failed mid-flight and may have written it")
