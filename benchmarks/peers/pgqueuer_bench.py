@@ -115,6 +115,7 @@ class PgqWorker:
             args[-1] = str(max(1, min(batch_size, concurrency // 2)))
             args += ["--max-concurrent-tasks", str(concurrency)]
         self.args = args
+        self.batch_size = int(args[args.index("--batch-size") + 1])  # as capped at concurrency / 2
         self.env = {**os.environ, "BENCH_PGQUEUER_DSN": dsn, "PGQUEUER_SCHEMA": schema,
                     "PGQUEUER_CHANNEL": f"ch_{schema}", "PYTHONPATH": str(HERE)}
         if stamps is not None:
@@ -223,6 +224,7 @@ def cmd_drain(dsn: str, jobs: int, concurrency: int | None, task: str, batch_siz
         try:
             with PgqWorker(dsn, schema, concurrency=concurrency, burst=True, batch_size=batch_size) as w:
                 wall = w.wait(1800)
+                batch_size = w.batch_size
             outside = clock.seconds()
         finally:
             clock.abort()
