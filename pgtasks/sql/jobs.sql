@@ -133,6 +133,11 @@ RETURNING j.id, j.task, j.queue, j.args::text AS args, j.priority, j.attempt, j.
 -- rescued and claimed again) changes nothing. Returns the ids that were written.
 -- An attempt that would go back to waiting (retry, snooze, shutdown put-back) of a job an
 -- operator asked to cancel (cancel_requested_at is set) ends cancelled instead.
+-- The state is compared as text on purpose: as `state = 'running'` it matches the predicate of
+-- jobs_running_by_idx, and when the statistics still say few jobs run (they lag any burst, and
+-- never catch up without autovacuum), the planner drives the join from that index, re-running the
+-- unnest for every running job: with 100,000 running, one write took minutes. As text it can only
+-- look each outcome up by its primary key, which bounds the write by its own size.
 UPDATE {schema}.jobs AS j
 SET state = CASE WHEN j.cancel_requested_at IS NOT NULL AND o.state NOT IN ('completed', 'cancelled', 'discarded')
                  THEN 'cancelled' ELSE o.state END::{schema}.job_state,
@@ -148,7 +153,7 @@ SET state = CASE WHEN j.cancel_requested_at IS NOT NULL AND o.state NOT IN ('com
 FROM unnest(%(ids)s::bigint[], %(claims)s::int[], %(states)s::text[], %(retry_ins)s::float8[],
             %(attempt_deltas)s::int[], %(errors)s::jsonb[], %(results)s::jsonb[])
      AS o(id, claims, state, retry_in, attempt_delta, error, result)
-WHERE j.id = o.id AND j.state = 'running' AND j.claims = o.claims
+WHERE j.id = o.id AND j.state::text = 'running' AND j.claims = o.claims
 RETURNING j.id
 
 -- name: job_get
