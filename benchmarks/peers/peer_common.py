@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, Self
 from urllib.parse import quote
 
 import psycopg
@@ -75,12 +75,16 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.started_at = 0.0
+        # A subclass may run another command (self.command) with more environment, elsewhere.
+        self.env: dict[str, str] = {**os.environ}
+        self.cwd: Path | None = None
+        self.stdout_to_log = False  # True for a worker that logs to stdout too: both go to the log
 
-    def __enter__(self) -> WorkerProcess:
+    def __enter__(self) -> Self:
         self._log = tempfile.NamedTemporaryFile(prefix="peer-bench-worker-", suffix=".log")
         self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=self._log,
-                                     env={**os.environ})
+        stdout: IO[bytes] | int = self._log if self.stdout_to_log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.command, stdout=stdout, stderr=self._log, env=self.env, cwd=self.cwd)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -29,6 +28,7 @@ import psycopg
 from peer_common import (
     DrainClock,
     StampFile,
+    WorkerProcess,
     emit,
     emit_idle_latency,
     parser,
@@ -99,69 +99,30 @@ def _fill(dsn: str, jobs: int, entrypoint: str, chunk: int = 5000) -> None:
     _run(run())
 
 
-class PgqWorker:
+class PgqWorker(WorkerProcess):
     """pgqueuer's worker (pgqueuer_app.main(), i.e. `pgq run`) as a subprocess on one schema; its
-    log (stderr and stdout) goes to a temp file."""
+    log (stdout and stderr: pgqueuer logs INFO to stdout) goes to a temp file."""
 
     def __init__(self, dsn: str, schema: str, *, concurrency: int | None, burst: bool,
                  log_level: str = "INFO", stamps: StampFile | None = None, batch_size: int = 10) -> None:
+        super().__init__(str(HERE / "pgqueuer_app.py"), dsn, [])
         # pgqueuer_app.main() is `pgq run pgqueuer_app:create_pgqueuer` (see its docstring for why
         # the CLI itself cannot start here), at pgq run's default log level, INFO.
         if log_level.upper() != "INFO":
             raise SystemExit(f"the pgqueuer worker runs at pgq run's default log level, INFO, not {log_level}")
-        args = [sys.executable, str(HERE / "pgqueuer_app.py"), "--mode", "drain" if burst else "continuous",
-                "--batch-size", str(batch_size)]
         if concurrency is not None:  # pgqueuer requires max_concurrent_tasks >= 2 x batch_size
-            args[-1] = str(max(1, min(batch_size, concurrency // 2)))
-            args += ["--max-concurrent-tasks", str(concurrency)]
-        self.args = args
-        self.batch_size = int(args[args.index("--batch-size") + 1])  # as capped at concurrency / 2
-        self.env = {**os.environ, "BENCH_PGQUEUER_DSN": dsn, "PGQUEUER_SCHEMA": schema,
-                    "PGQUEUER_CHANNEL": f"ch_{schema}", "PYTHONPATH": str(HERE)}
+            batch_size = max(1, min(batch_size, concurrency // 2))
+        self.batch_size = batch_size
+        self.command = [sys.executable, str(HERE / "pgqueuer_app.py"), "--mode", "drain" if burst else "continuous",
+                        "--batch-size", str(batch_size)]
+        if concurrency is not None:
+            self.command += ["--max-concurrent-tasks", str(concurrency)]
+        self.env.update({"BENCH_PGQUEUER_DSN": dsn, "PGQUEUER_SCHEMA": schema,
+                         "PGQUEUER_CHANNEL": f"ch_{schema}", "PYTHONPATH": str(HERE)})
         if stamps is not None:
             self.env[StampFile.ENV] = str(stamps.path)
-        self.log = Path(f"/tmp/pgq-bench-{schema}.log")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-
-    def __enter__(self) -> PgqWorker:
-        self.started_at = time.perf_counter()
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(self.args, env=self.env, cwd=HERE, stdout=log, stderr=subprocess.STDOUT)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.unlink(missing_ok=True)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
-
-    def wait(self, timeout: float) -> float:
-        assert self.proc is not None
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise RuntimeError(f"pgq run did not finish within {timeout}s:\n{self.log_tail()}") from None
-        if code != 0:
-            raise RuntimeError(f"pgq run exited with {code}:\n{self.log_tail()}")
-        return time.perf_counter() - self.started_at
-
-    def stop(self, timeout: float = 60.0) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.cwd = HERE
+        self.stdout_to_log = True
 
 
 def cmd_enqueue(dsn: str, jobs: int, driver: str) -> None:
