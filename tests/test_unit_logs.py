@@ -14,7 +14,9 @@ from pgtasks.core import logs
 from pgtasks.core.logs import EventBurst, emit_event, held_writes
 
 # What differs between two records made at different moments; everything else must be equal.
-_TIMES = {"created", "msecs", "relativeCreated"}
+# A record's own times, and `asctime`, which a formatter (pytest's log capture, say) writes onto the
+# record from them: two records made a millisecond apart differ there and nowhere else.
+_TIMES = {"created", "msecs", "relativeCreated", "asctime"}
 
 
 class _Keep(logging.Handler):
